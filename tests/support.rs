@@ -1,1 +1,43 @@
+//! Shared set-up for the integration tests: where the reference model lives and how to
+//! turn synthetic samples into encoded inputs.
+//!
+//! The reference model is built once by `./fleet test` (or `./fleet model`) before the
+//! tests run; the tests never train it themselves.
 
+use std::path::PathBuf;
+
+use fleet_common::DeviceSpec;
+use fleet_imaging::composite::Composited;
+use fleet_imaging::encode::{encode, OutputFormat};
+use fleet_synth::Sample;
+use fleet_worker::engine::{Engine, InferenceThread, InputItem};
+
+/// Root of the local model registry the tests read (`FLEET_MODEL_DIR`, as `./fleet` sets it).
+pub fn models_root() -> PathBuf {
+    match std::env::var_os("FLEET_MODEL_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/gpu-fleet/models"),
+    }
+}
+
+/// Folder of the cached reference model; panics with the fix when it is missing.
+pub fn reference_dir() -> PathBuf {
+    let dir = fleet_worker::reference::model_dir(&models_root());
+    assert!(
+        dir.join("manifest.json").exists(),
+        "reference model missing at {}: run `./fleet model` (./fleet test does it first)",
+        dir.display()
+    );
+    dir
+}
+
+/// The reference model on the CPU behind a fresh engine.
+pub fn reference_engine() -> Engine {
+    Engine::new(InferenceThread::start(&reference_dir(), DeviceSpec::Cpu).expect("reference model loads"))
+}
+
+/// A synthetic sample encoded as PNG (lossless, so pixels can be compared exactly).
+pub fn png_item(id: &str, sample: &Sample) -> InputItem {
+    let bytes = encode(&Composited::Rgb(sample.image.clone()), OutputFormat::Png).expect("png encodes");
+    InputItem { id: id.to_string(), bytes }
+}

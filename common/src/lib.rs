@@ -1,1 +1,11 @@
+//! Types every part of the fleet shares, in the flow
+//! `client -> RabbitMQ -> scheduler -> worker (S3 in, libtorch, S3 out) -> events -> client`.
+//!
+//! Nothing here links libtorch: the scheduler and the CLI read model manifests and device
+//! settings without it.
 
+pub mod device;
+pub mod manifest;
+
+pub use device::{DeviceSpec, DeviceSpecError};
+pub use manifest::{AlphaKind, ManifestError, ModelManifest, ModelRef, Task};

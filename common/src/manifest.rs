@@ -1,0 +1,261 @@
+//! The model contract: the JSON manifest that travels next to every TorchScript model in the
+//! registry (`models/<name>/<version>/manifest.json`). It tells the engine how to feed the
+//! model and how to read what comes out, so any model that honours it loads unchanged.
+//!
+//! Contract, in short: input `[B,3,H,W]` float32 RGB, each value `pixel * scale`, then
+//! `(x - mean[c]) / std[c]`; output alpha `[B,1,H,W]` as a probability in [0,1] or as logits
+//! (declared in `output.alpha`), either the whole output or one element of a returned tuple;
+//! an optional embedding `[B,D]` from the same tuple or from a separate TorchScript file.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest model input side the engine accepts, so a typo cannot ask for a 10^9-pixel tensor.
+pub const MAX_INPUT_SIDE: u32 = 4096;
+
+/// What a model is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Image to alpha matte (background removal).
+    Matting,
+}
+
+/// How the alpha output is expressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlphaKind {
+    /// Values already in [0,1].
+    Probability,
+    /// Raw scores: the engine applies a sigmoid.
+    Logits,
+}
+
+/// Input tensor layout and normalisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// Model input height in pixels; the engine resizes every image to it.
+    pub height: u32,
+    /// Model input width in pixels.
+    pub width: u32,
+    /// Multiplier applied to 8-bit pixel values before mean/std (1/255 for most models).
+    #[serde(default = "default_scale")]
+    pub scale: f32,
+    /// Per-channel mean subtracted after scaling (RGB order).
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation divided by after the mean (RGB order).
+    pub std: [f32; 3],
+}
+
+fn default_scale() -> f32 {
+    1.0 / 255.0
+}
+
+/// Where the embedding comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case", tag = "source")]
+pub enum EmbeddingSpec {
+    /// Element `index` of the tuple the matting model returns, shape `[B,dim]`.
+    Output {
+        /// Tuple position.
+        index: usize,
+        /// Vector length.
+        dim: usize,
+    },
+    /// A separate TorchScript file in the same folder, fed the same input tensor, returning `[B,dim]`.
+    Model {
+        /// File name next to the manifest.
+        file: String,
+        /// Vector length.
+        dim: usize,
+    },
+}
+
+impl EmbeddingSpec {
+    /// Length of the embedding vector.
+    pub fn dim(&self) -> usize {
+        match self {
+            EmbeddingSpec::Output { dim, .. } | EmbeddingSpec::Model { dim, .. } => *dim,
+        }
+    }
+}
+
+/// What the model returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Probability or logits.
+    pub alpha: AlphaKind,
+    /// Tuple position of the alpha map; absent when the model returns a single tensor.
+    #[serde(default)]
+    pub alpha_index: Option<usize>,
+    /// Where the per-image embedding comes from.
+    pub embedding: EmbeddingSpec,
+}
+
+/// Quality figures measured when the model was built.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Mean IoU of `alpha > 0.5` against ground truth.
+    pub iou: f64,
+    /// Mean absolute alpha error in [0,1].
+    pub mae: f64,
+    /// Number of held-out images behind the figures.
+    pub samples: usize,
+    /// What those images were.
+    pub dataset: String,
+}
+
+/// The manifest stored next to a TorchScript model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelManifest {
+    /// Registry name, e.g. `matting-ref`.
+    pub name: String,
+    /// Registry version, e.g. `1.0.0`.
+    pub version: String,
+    /// What the model does.
+    pub task: Task,
+    /// TorchScript file name next to the manifest.
+    #[serde(default = "default_file")]
+    pub file: String,
+    /// Input layout and normalisation.
+    pub input: InputSpec,
+    /// Output layout.
+    pub output: OutputSpec,
+    /// Number of parameters.
+    pub parameters: u64,
+    /// Estimated device memory for one image in a forward pass, in MiB (weights excluded).
+    pub memory_per_image_mib: f64,
+    /// Device memory the weights take, in MiB.
+    pub weights_mib: f64,
+    /// Free-form description of the training data and run.
+    #[serde(default)]
+    pub training: serde_json::Value,
+    /// Held-out quality, when measured.
+    #[serde(default)]
+    pub metrics: Option<Metrics>,
+}
+
+fn default_file() -> String {
+    "model.pt".to_string()
+}
+
+/// A manifest that breaks the contract.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ManifestError {
+    /// A field has a value the engine cannot use.
+    #[error("manifest field {field} is invalid: {reason}")]
+    Invalid {
+        /// Dotted path of the field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The JSON does not parse into a manifest.
+    #[error("manifest does not parse: {0}")]
+    Parse(String),
+}
+
+impl ModelManifest {
+    /// Parses and validates a manifest.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let manifest: ModelManifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks every field the engine relies on.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let invalid = |field, reason: &str| ManifestError::Invalid { field, reason: reason.to_string() };
+        ModelRef::check_part(&self.name).map_err(|r| invalid("name", &r))?;
+        ModelRef::check_part(&self.version).map_err(|r| invalid("version", &r))?;
+        if self.file.is_empty() || self.file.contains('/') || self.file.contains("..") {
+            return Err(invalid("file", "must be a plain file name next to the manifest"));
+        }
+        let side_ok = |s: u32| (8..=MAX_INPUT_SIDE).contains(&s);
+        if !side_ok(self.input.height) || !side_ok(self.input.width) {
+            return Err(invalid("input", &format!("sides must be within 8..={MAX_INPUT_SIDE}")));
+        }
+        if !(self.input.scale.is_finite() && self.input.scale > 0.0) {
+            return Err(invalid("input.scale", "must be a positive number"));
+        }
+        if self.input.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(invalid("input.std", "every channel must be a positive number"));
+        }
+        if self.input.mean.iter().any(|m| !m.is_finite()) {
+            return Err(invalid("input.mean", "every channel must be a finite number"));
+        }
+        let dim = self.output.embedding.dim();
+        if dim == 0 || dim > 65_536 {
+            return Err(invalid("output.embedding.dim", "must be within 1..=65536"));
+        }
+        if let EmbeddingSpec::Output { index, .. } = self.output.embedding {
+            if self.output.alpha_index.is_none() || self.output.alpha_index == Some(index) {
+                return Err(invalid(
+                    "output.embedding.index",
+                    "an embedding output needs a tuple output with a distinct alpha_index",
+                ));
+            }
+        }
+        if !(self.memory_per_image_mib.is_finite() && self.memory_per_image_mib > 0.0) {
+            return Err(invalid("memory_per_image_mib", "must be a positive number"));
+        }
+        Ok(())
+    }
+
+    /// `name@version`.
+    pub fn model_ref(&self) -> ModelRef {
+        ModelRef { name: self.name.clone(), version: self.version.clone() }
+    }
+}
+
+/// A model named as `name@version`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModelRef {
+    /// Registry name.
+    pub name: String,
+    /// Registry version.
+    pub version: String,
+}
+
+impl ModelRef {
+    fn check_part(part: &str) -> Result<(), String> {
+        let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if part.is_empty() || part.len() > 64 {
+            return Err("must be 1 to 64 characters".to_string());
+        }
+        if !part.chars().all(ok_char) || part.starts_with('.') {
+            return Err(format!("{part:?} may only hold letters, digits, '-', '_' and '.'"));
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for ModelRef {
+    type Err = ManifestError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: String| ManifestError::Invalid { field: "model", reason };
+        let (name, version) = s
+            .split_once('@')
+            .ok_or_else(|| invalid(format!("{s:?} is not of the form name@version")))?;
+        Self::check_part(name).map_err(invalid)?;
+        Self::check_part(version).map_err(invalid)?;
+        Ok(ModelRef { name: name.to_string(), version: version.to_string() })
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,67 @@
+use super::*;
+
+fn sample() -> ModelManifest {
+    ModelManifest {
+        name: "matting-ref".into(),
+        version: "1.0.0".into(),
+        task: Task::Matting,
+        file: "model.pt".into(),
+        input: InputSpec { height: 128, width: 128, scale: 1.0 / 255.0, mean: [0.5; 3], std: [0.25; 3] },
+        output: OutputSpec {
+            alpha: AlphaKind::Probability,
+            alpha_index: Some(0),
+            embedding: EmbeddingSpec::Output { index: 1, dim: 128 },
+        },
+        parameters: 1000,
+        memory_per_image_mib: 12.0,
+        weights_mib: 1.0,
+        training: serde_json::Value::Null,
+        metrics: None,
+    }
+}
+
+#[test]
+fn round_trips_through_json() {
+    let m = sample();
+    let json = serde_json::to_vec(&m).unwrap();
+    assert_eq!(ModelManifest::from_json(&json).unwrap(), m);
+}
+
+#[test]
+fn refuses_unknown_fields() {
+    let mut v = serde_json::to_value(sample()).unwrap();
+    v["colour_space"] = "bgr".into();
+    let err = ModelManifest::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("colour_space"), "{err}");
+}
+
+#[test]
+fn refuses_values_the_engine_cannot_use() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut ModelManifest)>)> = vec![
+        ("input", Box::new(|m| m.input.height = 100_000)),
+        ("input.std", Box::new(|m| m.input.std[1] = 0.0)),
+        ("file", Box::new(|m| m.file = "../../etc/passwd".into())),
+        ("name", Box::new(|m| m.name = "a b".into())),
+        ("output.embedding.index", Box::new(|m| m.output.alpha_index = None)),
+        ("output.embedding.dim", Box::new(|m| m.output.embedding = EmbeddingSpec::Model { file: "e.pt".into(), dim: 0 })),
+        ("memory_per_image_mib", Box::new(|m| m.memory_per_image_mib = f64::NAN)),
+    ];
+    for (field, break_it) in cases {
+        let mut m = sample();
+        break_it(&mut m);
+        match m.validate() {
+            Err(ManifestError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected invalid, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn model_refs_parse_and_print() {
+    let r: ModelRef = "matting-ref@1.0.0".parse().unwrap();
+    assert_eq!(r.to_string(), "matting-ref@1.0.0");
+    assert_eq!(r, sample().model_ref());
+    for bad in ["matting-ref", "@1", "a@", "a/b@1", "a@../1", "a@.hidden"] {
+        assert!(bad.parse::<ModelRef>().is_err(), "{bad:?} should be refused");
+    }
+}

@@ -1,0 +1,158 @@
+//! Commands of the `fleet-worker` binary: make a synthetic catalog, build the reference
+//! model, run the engine over a folder, benchmark it, and report the devices.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use fleet_common::{DeviceSpec, ModelRef};
+use fleet_imaging::composite::CompositeOptions;
+use fleet_imaging::decode::DecodeLimits;
+use fleet_synth::{write_catalog, CatalogSpec};
+
+use crate::engine::{Engine, EngineOptions, InferenceThread};
+use crate::options::{parse_background, parse_format, parse_morphology};
+use crate::reference::{self, train};
+
+/// Command line of the worker's engine.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-worker", version, about = "gpu-fleet worker: background-replacement engine")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a synthetic product-photo catalog (images, masks, catalog.json).
+    Catalog {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 16)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 320)]
+        min_side: u32,
+        #[arg(long, default_value_t = 1600)]
+        max_side: u32,
+    },
+    /// Build the reference matting model into MODELS/matting-ref/<version>, unless cached.
+    ReferenceModel {
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+    },
+    /// Run the engine over every image in a folder, with a contact sheet.
+    RunFolder {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// transparent | color:#rrggbb | image:PATH | blur[:PCT]
+        #[arg(long, default_value = "transparent")]
+        background: String,
+        /// png | jpeg[:Q] | webp
+        #[arg(long, default_value = "png")]
+        format: String,
+        /// none | open:R | close:R
+        #[arg(long, default_value = "none")]
+        morphology: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Turn off edge colour decontamination.
+        #[arg(long)]
+        no_decontaminate: bool,
+    },
+    /// Benchmark the engine on ~1 MP images at batch sizes 1, 8 and 32.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 64)]
+        images: usize,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        batches: Vec<usize>,
+    },
+    /// Print what libtorch sees: version, CUDA devices, threads.
+    DeviceInfo,
+}
+
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// Root of the local model registry (MODELS/<name>/<version>/).
+    #[arg(long, env = "FLEET_MODEL_DIR")]
+    models: PathBuf,
+    /// Model as name@version; the reference model by default.
+    #[arg(long)]
+    model: Option<String>,
+    /// cpu | cuda:N | auto
+    #[arg(long, default_value = "auto", env = "FLEET_DEVICE")]
+    device: String,
+}
+
+impl ModelArgs {
+    fn start(&self) -> anyhow::Result<Engine> {
+        let device: DeviceSpec = self.device.parse()?;
+        let dir = match &self.model {
+            Some(m) => {
+                let r: ModelRef = m.parse()?;
+                self.models.join(&r.name).join(&r.version)
+            }
+            None => reference::model_dir(&self.models),
+        };
+        let inference = InferenceThread::start(&dir, device)?;
+        tracing::info!(model = %inference.manifest().model_ref(), device = ?inference.device(), "model loaded");
+        Ok(Engine::new(inference))
+    }
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Catalog { out, count, seed, min_side, max_side } => {
+            anyhow::ensure!(min_side >= 16 && min_side <= max_side, "need 16 <= min-side <= max-side");
+            let spec = CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
+            let summary = write_catalog(&out, &spec)?;
+            println!("wrote {} images to {}", summary.count, out.display());
+        }
+        Command::ReferenceModel { models } => {
+            let dir = train::ensure_reference_model(&models)?;
+            println!("{}", std::fs::read_to_string(dir.join("manifest.json"))?);
+        }
+        Command::RunFolder { model, input, output, background, format, morphology, batch, no_decontaminate } => {
+            let limits = DecodeLimits::default();
+            let opts = EngineOptions {
+                batch_size: batch,
+                composite: CompositeOptions {
+                    background: parse_background(&background, &limits).map_err(anyhow::Error::msg)?,
+                    decontaminate: !no_decontaminate,
+                    ..Default::default()
+                },
+                morphology: parse_morphology(&morphology).map_err(anyhow::Error::msg)?,
+                format: parse_format(&format).map_err(anyhow::Error::msg)?,
+                limits,
+                preview_height: Some(crate::folder::SHEET_ROW_HEIGHT),
+            };
+            opts.validate().map_err(anyhow::Error::msg)?;
+            let engine = model.start()?;
+            let summary = crate::folder::run_folder(&engine, &input, &output, &opts)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Command::Bench { model, images, batches } => {
+            let engine = model.start()?;
+            let cfg = crate::bench::BenchConfig { batch_sizes: batches, images, ..Default::default() };
+            let rows = crate::bench::run(&engine, &cfg)?;
+            let device = format!("{:?}", engine.inference().device());
+            println!("{}", crate::bench::markdown(&rows, &cfg, &device, rayon::current_num_threads()));
+        }
+        Command::DeviceInfo => device_info(),
+    }
+    Ok(())
+}
+
+fn device_info() {
+    println!("libtorch threads: {}", tch::get_num_threads());
+    println!("cuda available: {}", tch::Cuda::is_available());
+    println!("cudnn available: {}", tch::Cuda::cudnn_is_available());
+    println!("cuda devices: {}", tch::Cuda::device_count());
+}

@@ -1,0 +1,9 @@
+//! The project's own reference matting model: a small U-Net trained on the synthetic
+//! catalog, traced to TorchScript, and its held-out evaluation.
+
+pub mod eval;
+pub mod train;
+pub mod unet;
+
+pub use eval::{evaluate, score, EvalReport};
+pub use train::{ensure_reference_model, model_dir, TrainConfig};

@@ -1,0 +1,257 @@
+//! Training the reference matting model on the synthetic catalog, tracing it to TorchScript
+//! and writing it with its manifest. Built once per version and cached: the demo and the
+//! tests load the cached folder.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fleet_common::manifest::{AlphaKind, EmbeddingSpec, InputSpec, Metrics, ModelManifest, OutputSpec, Task};
+use fleet_common::DeviceSpec;
+use fleet_imaging::resize::{resize_gray, resize_rgb};
+use fleet_synth::Scene;
+use rayon::prelude::*;
+use tch::nn::{self, OptimizerConfig};
+use tch::{CModule, Device, Kind, Reduction, Tensor};
+
+use super::eval::{evaluate, EvalReport};
+use super::unet::{UNet, EMBEDDING_DIM, WIDTHS};
+use crate::engine::InferenceThread;
+
+/// Registry name of the reference model.
+pub const NAME: &str = "matting-ref";
+/// Registry version; bump it whenever the recipe below changes, so caches rebuild.
+pub const VERSION: &str = "1.0.0";
+/// Seed of the held-out evaluation catalog (never used for training).
+pub const EVAL_SEED: u64 = 0xE7A1;
+/// Long-side range of the held-out evaluation images.
+pub const EVAL_LONG_SIDE: (u32, u32) = (320, 1600);
+
+/// The training recipe.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    /// Seed of the training catalog and of libtorch's RNG.
+    pub seed: u64,
+    /// Distinct synthetic training images.
+    pub samples: usize,
+    /// Square model input side.
+    pub input_side: u32,
+    /// Long side the scenes are rendered at before being resized to the input, as the engine resizes.
+    pub render_long_side: u32,
+    /// Images per optimiser step.
+    pub batch: i64,
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Stop early past this much training time.
+    pub time_budget: Duration,
+    /// Peak learning rate (Adam).
+    pub lr: f64,
+    /// Linear warm-up steps before the cosine decay.
+    pub warmup_steps: usize,
+    /// Held-out images measured after training.
+    pub eval_samples: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 1,
+            samples: 6000,
+            input_side: 128,
+            render_long_side: 256,
+            batch: 16,
+            steps: 650,
+            time_budget: Duration::from_secs(250),
+            lr: 4e-3,
+            warmup_steps: 60,
+            eval_samples: 200,
+        }
+    }
+}
+
+/// Mean and std the reference model is trained with (and declares in its manifest).
+const MEAN: [f32; 3] = [0.5, 0.5, 0.5];
+const STD: [f32; 3] = [0.25, 0.25, 0.25];
+
+/// Folder of the reference model inside a models root.
+pub fn model_dir(models_root: &Path) -> PathBuf {
+    models_root.join(NAME).join(VERSION)
+}
+
+/// Returns the cached reference model folder, training it first when it is missing.
+pub fn ensure_reference_model(models_root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = model_dir(models_root);
+    if let Ok(bytes) = std::fs::read(dir.join("manifest.json")) {
+        if ModelManifest::from_json(&bytes).is_ok() && dir.join("model.pt").exists() {
+            tracing::info!(dir = %dir.display(), "reference model is cached");
+            return Ok(dir);
+        }
+    }
+    tracing::info!(dir = %dir.display(), "building the reference model (once per version)");
+    build(&TrainConfig::default(), &dir)?;
+    Ok(dir)
+}
+
+/// Trains, traces, evaluates and writes the model into `dir` (atomically: a temporary
+/// sibling folder renamed into place, so a crash never leaves half a model).
+pub fn build(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<ModelManifest> {
+    let parent = dir.parent().expect("model dir has a parent");
+    std::fs::create_dir_all(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".building-").tempdir_in(parent)?;
+    tch::manual_seed(cfg.seed as i64);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = UNet::new(&vs.root());
+    let started = Instant::now();
+    let (images, masks) = render_training_set(cfg);
+    let render_s = started.elapsed().as_secs_f64();
+    let summary = fit(cfg, &vs, &net, &images, &masks)?;
+    let side = cfg.input_side as i64;
+    let example = Tensor::zeros([1, 3, side, side], (Kind::Float, Device::Cpu));
+    let mut traced = CModule::create_by_tracing("MattingRef", "forward", &[example], &mut |xs| {
+        let out = net.forward_t(&xs[0], false);
+        vec![out.logits.sigmoid(), out.embedding]
+    })?;
+    traced.set_eval();
+    traced.save(tmp.path().join("model.pt"))?;
+    vs.save(tmp.path().join("weights.safetensors"))?;
+    let mut manifest = manifest(cfg, &vs, serde_json::json!({
+        "dataset": format!("fleet-synth catalog, seed {}, {} images rendered at long side {} and resized to {}x{}", cfg.seed, cfg.samples, cfg.render_long_side, side, side),
+        "steps": summary.steps,
+        "batch": cfg.batch,
+        "optimizer": "adam",
+        "lr": cfg.lr,
+        "schedule": format!("linear warm-up {} steps, cosine decay", cfg.warmup_steps),
+        "loss": "binary cross-entropy + soft IoU",
+        "final_loss": summary.final_loss,
+        "render_seconds": render_s,
+        "train_seconds": summary.seconds,
+        "threads": tch::get_num_threads(),
+    }));
+    std::fs::write(tmp.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    let report = measure(tmp.path(), cfg.eval_samples)?;
+    manifest.metrics = Some(report.metrics());
+    std::fs::write(tmp.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    tracing::info!(iou = report.iou, mae = report.mae, "reference model measured on held-out images");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::rename(tmp.keep(), dir)?;
+    Ok(manifest)
+}
+
+fn measure(dir: &Path, samples: usize) -> anyhow::Result<EvalReport> {
+    let inference = InferenceThread::start(dir, DeviceSpec::Cpu)?;
+    Ok(evaluate(&inference, EVAL_SEED, samples, EVAL_LONG_SIDE)?)
+}
+
+/// Renders the training catalog at its natural aspect ratio and resizes it to the model
+/// input exactly as the engine will at inference time.
+fn render_training_set(cfg: &TrainConfig) -> (Tensor, Tensor) {
+    let side = cfg.input_side;
+    let rendered: Vec<(Vec<u8>, Vec<u8>)> = (0..cfg.samples as u64)
+        .into_par_iter()
+        .map(|i| {
+            let scene = Scene::generate(cfg.seed, i);
+            let ar = scene.aspect_ratio();
+            let long = cfg.render_long_side as f32;
+            let (w, h) = if ar >= 1.0 { (long, long / ar) } else { (long * ar, long) };
+            let sample = scene.render(w.round().max(8.0) as u32, h.round().max(8.0) as u32);
+            let img = resize_rgb(&sample.image, side, side);
+            let alpha = resize_gray(&sample.alpha, side, side);
+            (img.into_raw(), alpha.into_raw())
+        })
+        .collect();
+    let n = cfg.samples as i64;
+    let s = side as i64;
+    let (imgs, alphas): (Vec<Vec<u8>>, Vec<Vec<u8>>) = rendered.into_iter().unzip();
+    let images = Tensor::from_slice(&imgs.concat()).view([n, s, s, 3]).permute([0, 3, 1, 2]).contiguous();
+    let masks = Tensor::from_slice(&alphas.concat()).view([n, 1, s, s]);
+    (images, masks)
+}
+
+struct FitSummary {
+    steps: usize,
+    final_loss: f64,
+    seconds: f64,
+}
+
+fn fit(cfg: &TrainConfig, vs: &nn::VarStore, net: &UNet, images: &Tensor, masks: &Tensor) -> anyhow::Result<FitSummary> {
+    let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
+    let mean = Tensor::from_slice(&MEAN).view([1, 3, 1, 1]);
+    let std = Tensor::from_slice(&STD).view([1, 3, 1, 1]);
+    let n = images.size()[0];
+    let started = Instant::now();
+    let mut smoothed = f64::NAN;
+    let mut steps = 0;
+    for step in 0..cfg.steps {
+        if started.elapsed() > cfg.time_budget {
+            tracing::warn!(step, "training time budget reached; stopping early");
+            break;
+        }
+        opt.set_lr(learning_rate(cfg, step));
+        let idx = Tensor::randint(n, [cfg.batch], (Kind::Int64, Device::Cpu));
+        let mut x = (images.index_select(0, &idx).to_kind(Kind::Float) / 255.0 - &mean) / &std;
+        let mut y = masks.index_select(0, &idx).to_kind(Kind::Float) / 255.0;
+        if step % 2 == 1 {
+            x = x.flip([3]);
+            y = y.flip([3]);
+        }
+        let logits = net.forward_t(&x, true).logits;
+        let loss = logits.binary_cross_entropy_with_logits::<Tensor>(&y, None, None, Reduction::Mean)
+            + soft_iou_loss(&logits.sigmoid(), &y);
+        opt.backward_step(&loss);
+        let l = loss.double_value(&[]);
+        smoothed = if smoothed.is_nan() { l } else { 0.95 * smoothed + 0.05 * l };
+        steps = step + 1;
+        if step % 100 == 0 {
+            tracing::info!(step, loss = smoothed, lr = learning_rate(cfg, step), elapsed_s = started.elapsed().as_secs(), "training");
+        }
+    }
+    Ok(FitSummary { steps, final_loss: smoothed, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// Linear warm-up to `lr`, then cosine decay to 5% of it at the last step.
+pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f64 {
+    if step < cfg.warmup_steps {
+        return cfg.lr * (step + 1) as f64 / cfg.warmup_steps as f64;
+    }
+    let span = (cfg.steps - cfg.warmup_steps).max(1) as f64;
+    let t = (step - cfg.warmup_steps) as f64 / span;
+    cfg.lr * (0.05 + 0.95 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+}
+
+fn soft_iou_loss(pred: &Tensor, target: &Tensor) -> Tensor {
+    let dims = [1i64, 2, 3];
+    let inter = (pred * target).sum_dim_intlist(&dims[..], false, Kind::Float);
+    let union = (pred + target - pred * target).sum_dim_intlist(&dims[..], false, Kind::Float);
+    (1.0 - (inter + 1.0) / (union + 1.0)).mean(Kind::Float)
+}
+
+fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -> ModelManifest {
+    let parameters: i64 = vs.variables().values().map(Tensor::numel).map(|n| n as i64).sum();
+    let side = cfg.input_side as f64;
+    // Every activation of one forward pass at fp32, doubled for the temporaries libtorch
+    // keeps alive between layers: an upper bound rather than a measurement.
+    let mut floats = 3.0 * side * side;
+    for (stage, &w) in WIDTHS[..4].iter().enumerate() {
+        let px = side * side / 4f64.powi(stage as i32);
+        floats += 2.0 * 2.0 * w as f64 * px; // encoder and decoder double convs
+    }
+    floats += 2.0 * WIDTHS[4] as f64 * side * side / 256.0;
+    ModelManifest {
+        name: NAME.to_string(),
+        version: VERSION.to_string(),
+        task: Task::Matting,
+        file: "model.pt".to_string(),
+        input: InputSpec { height: cfg.input_side, width: cfg.input_side, scale: 1.0 / 255.0, mean: MEAN, std: STD },
+        output: OutputSpec {
+            alpha: AlphaKind::Probability,
+            alpha_index: Some(0),
+            embedding: EmbeddingSpec::Output { index: 1, dim: EMBEDDING_DIM as usize },
+        },
+        parameters: parameters as u64,
+        memory_per_image_mib: 2.0 * floats * 4.0 / (1024.0 * 1024.0),
+        weights_mib: parameters as f64 * 4.0 / (1024.0 * 1024.0),
+        training,
+        metrics: None::<Metrics>,
+    }
+}
