@@ -133,7 +133,7 @@ fn similar_images_have_closer_embeddings_than_different_ones() {
 #[test]
 fn each_bad_input_fails_alone_with_its_reason() {
     let engine = reference_engine();
-    let good = |i| png_item(&format!("good-{i}.png"), &render_sample(SEED, 40 + i, 320, 500));
+    let good = |i: u64| png_item(&format!("good-{i}.png"), &render_sample(SEED, 40 + i, 320, 500));
     let jpeg = {
         let s = render_sample(SEED, 50, 320, 500);
         fleet_imaging::encode::encode(&fleet_imaging::composite::Composited::Rgb(s.image), OutputFormat::Jpeg { quality: 90 }).unwrap()

@@ -1,4 +1,7 @@
-//! CPU-side image handling of the GPU worker, around the matting model:
+//! CPU-side image handling of the GPU worker, around the matting model.
+//!
+//! In the fleet's flow `client -> RabbitMQ -> scheduler -> worker (S3 in, libtorch, S3 out)
+//! -> events -> client`, this crate is the worker's pixel work on either side of the model:
 //!
 //! `worker: S3 bytes -> decode -> resize -> [model, libtorch] -> resize alpha back -> matte ->
 //! composite -> encode -> S3`.
@@ -7,6 +10,8 @@
 //! method follows Bria's background replacement: a matting model gives an alpha matte, the
 //! background is replaced, and the original foreground pixels are put back untouched where
 //! the matte is sure, so the product itself is never altered.
+
+#![warn(missing_docs)]
 
 pub mod composite;
 pub mod decode;

@@ -174,7 +174,7 @@ pub(crate) fn powf(x: f64, y: f64) -> f64 {
     }
 }
 
-/// Angle of (x, y) in (-π, π], accurate to ~1e-5 rad; cheap enough to run per pixel.
+/// Angle of (x, y) in (-π, π], accurate to ~1e-6 rad; cheap enough to run per pixel.
 pub(crate) fn atan2(y: f32, x: f32) -> f32 {
     let (ax, ay) = (x.abs(), y.abs());
     let big = ax.max(ay);
@@ -183,7 +183,11 @@ pub(crate) fn atan2(y: f32, x: f32) -> f32 {
     }
     let a = ax.min(ay) / big;
     let s = a * a;
-    let mut r = ((-0.046_496_475 * s + 0.159_314_22) * s - 0.327_622_76) * s * a + a;
+    let poly = ((((-0.011_721_2 * s + 0.052_653_32) * s - 0.116_432_87) * s + 0.193_543_46) * s
+        - 0.332_623_47)
+        * s
+        + 0.999_977_26;
+    let mut r = poly * a;
     if ay > ax {
         r = std::f32::consts::FRAC_PI_2 - r;
     }
@@ -194,6 +198,17 @@ pub(crate) fn atan2(y: f32, x: f32) -> f32 {
         -r
     } else {
         r
+    }
+}
+
+/// `x.floor()` without a libm call (baseline x86-64 has no rounding instruction);
+/// exact for |x| < 2^31.
+pub(crate) fn floor(x: f32) -> f32 {
+    let t = x as i32 as f32;
+    if t > x {
+        t - 1.0
+    } else {
+        t
     }
 }
 
@@ -217,8 +232,11 @@ mod tests {
             let y = f64::from(i + 201) * 0.37;
             assert!((ln(y) - y.ln()).abs() < 1e-12, "ln {y}");
             let (fy, fx) = ((x * 0.7).sin() as f32, x.cos() as f32);
-            assert!((atan2(fy, fx) - fy.atan2(fx)).abs() < 2e-5, "atan2 {fy} {fx}");
+            assert!((atan2(fy, fx) - fy.atan2(fx)).abs() < 2e-6, "atan2 {fy} {fx}");
         }
         assert!((powf(2.0, 10.0) - 1024.0).abs() < 1e-9);
+        for x in [-2.5f32, -2.0, -0.3, 0.0, 0.7, 3.0, 1e6 + 0.5] {
+            assert_eq!(floor(x), x.floor());
+        }
     }
 }

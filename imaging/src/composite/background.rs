@@ -18,7 +18,9 @@ pub(super) fn plane<'a>(
     let (w, h) = rgb.dimensions();
     match background {
         Background::Transparent | Background::Color(_) => None,
-        Background::Image(image) if image.dimensions() == (w, h) => Some(Cow::Borrowed(image.as_ref())),
+        Background::Image(image) if image.dimensions() == (w, h) => {
+            Some(Cow::Borrowed(image.as_ref()))
+        }
         Background::Image(image) => Some(Cow::Owned(cover_fit_rgb(image, w, h))),
         Background::Blur { sigma_pct } => Some(Cow::Owned(blurred(rgb, alpha, *sigma_pct))),
     }
@@ -30,8 +32,8 @@ pub(super) fn plane<'a>(
 fn blurred(rgb: &RgbImage, alpha: &GrayImage, sigma_pct: f32) -> RgbImage {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let sigma = sigma_pct / 100.0 * w.max(h) as f32;
-    // Also catches NaN: no blur requested means the photo's background as it is.
-    if !(sigma >= 0.5) {
+    // NaN counts as no blur: the photo's background as it is.
+    if sigma.is_nan() || sigma < 0.5 {
         return rgb.clone();
     }
     // Averaging cells of `scale` pixels is itself a small box blur; keep it well under sigma.

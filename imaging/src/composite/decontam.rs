@@ -5,8 +5,12 @@
 //! Pass 1 (radius ~90 px at 1 MP) runs on a coarse [`Grid`]; pass 2 (radius ~6 px) runs at
 //! full resolution but only in tiles that contain edge pixels, with running box sums, so the
 //! cost follows the length of the product's outline rather than the image area.
+//!
+//! One shortcut against the paper: pass 2 takes its background estimate straight from pass 1
+//! instead of re-blurring it. Pass 1's background is already a radius-90 blur, so a radius-6
+//! box over it changes nothing visible, and skipping it halves the per-pixel work.
 
-use super::grid::{fg_bg_estimate, Cell, Field, Grid, Tap, CH};
+use super::grid::{fg_bg_estimate, lerp_line, Field, Grid, Tap};
 use super::{Band, Rect};
 
 /// First-pass radius as a share of `sqrt(width*height)` (90 px at 1 MP, as in the paper).
@@ -15,6 +19,9 @@ const LARGE_RADIUS: f32 = 0.09;
 const SMALL_RADIUS: f32 = 0.006;
 /// Smallest denominator used in ratios, to keep empty windows finite.
 const TINY: f32 = 1e-4;
+
+/// What pass 2 blurs for each pixel: `[a, F*a (3)]` with `F` the pass-1 foreground.
+type Sums = [f32; 4];
 
 /// The shared, read-only state of a decontamination: the photo, its matte and pass 1.
 pub(super) struct Decontam<'a> {
@@ -28,10 +35,11 @@ pub(super) struct Decontam<'a> {
 /// Buffers reused from tile to tile by one worker thread.
 #[derive(Default)]
 pub(super) struct Scratch {
-    cells: Vec<Cell>,
-    prefix: Vec<Cell>,
+    cells: Vec<Sums>,
+    vertical: Vec<Sums>,
     taps: Vec<Tap>,
-    acc: Vec<Cell>,
+    acc: Vec<f32>,
+    line: Vec<[f32; 6]>,
 }
 
 impl<'a> Decontam<'a> {
@@ -75,36 +83,63 @@ impl<'a> Decontam<'a> {
         }
         let region = tile.expand(self.radius, self.width, height);
         self.fill_region(region, scratch);
-        horizontal_sums(scratch, region.x1 - region.x0, self.radius);
-        self.vertical_sums_and_emit(tile, region, band, scratch, &mut emit);
+        vertical_sums(tile, region, self.radius, scratch);
+        self.emit_band(tile, region, band, scratch, &mut emit);
     }
 
-    /// Pass-1 result for every pixel of `region`, as the channels pass 2 blurs:
-    /// `[a, F*a (3), 1-a, B*(1-a) (3)]`.
+    /// Pass-1 foreground, premultiplied, for every pixel of `region`. Sure pixels need no
+    /// estimate (`F = I` where `a = 1`, `F*a = 0` where `a = 0`), so a cheap pass fills every
+    /// cell and only partial-alpha pixels get the interpolated pass-1 estimate.
     fn fill_region(&self, region: Rect, scratch: &mut Scratch) {
+        let rw = region.x1 - region.x0;
         scratch.taps.clear();
-        scratch.taps.extend((region.x0..region.x1).map(|x| self.field.tap_x(x)));
+        scratch
+            .taps
+            .extend((region.x0..region.x1).map(|x| self.field.tap_x(x)));
         scratch.cells.clear();
-        for y in region.y0..region.y1 {
-            let ty = self.field.tap_y(y);
+        scratch.cells.resize(rw * (region.y1 - region.y0), [0.0; 4]);
+        for (y, cells) in (region.y0..region.y1).zip(scratch.cells.chunks_exact_mut(rw)) {
             let start = y * self.width;
             let px = &self.rgb[(start + region.x0) * 3..(start + region.x1) * 3];
             let al = &self.alpha[start + region.x0..start + region.x1];
-            for ((p, &a8), &tx) in px.chunks_exact(3).zip(al).zip(&scratch.taps) {
-                let cell = match a8 {
-                    255 => [1.0, p[0].into(), p[1].into(), p[2].into(), 0.0, 0.0, 0.0, 0.0],
-                    0 => {
-                        let e = self.field.sample(ty, tx);
-                        [0.0, 0.0, 0.0, 0.0, 1.0, e[3], e[4], e[5]]
-                    }
-                    _ => first_pass_cell(p, a8, &self.field.sample(ty, tx)),
-                };
-                scratch.cells.push(cell);
+            let mut partial = false;
+            for ((cell, p), &a8) in cells.iter_mut().zip(px.chunks_exact(3)).zip(al) {
+                let a = f32::from(a8) * (1.0 / 255.0);
+                *cell = [
+                    a,
+                    f32::from(p[0]) * a,
+                    f32::from(p[1]) * a,
+                    f32::from(p[2]) * a,
+                ];
+                partial |= a8 != 0 && a8 != 255;
+            }
+            if !partial {
+                continue;
+            }
+            let (first, last) = self.field.column_span(region.x0, region.x1);
+            self.field
+                .row_line(self.field.tap_y(y), first, last, &mut scratch.line);
+            let line = &scratch.line;
+            for (((cell, p), &a8), &tx) in cells
+                .iter_mut()
+                .zip(px.chunks_exact(3))
+                .zip(al)
+                .zip(&scratch.taps)
+            {
+                if a8 != 0 && a8 != 255 {
+                    let e = lerp_line(line, first, tx);
+                    let a = cell[0];
+                    let f: [f32; 3] =
+                        std::array::from_fn(|k| correct(p[k].into(), a, e[k], e[3 + k]));
+                    *cell = [a, f[0] * a, f[1] * a, f[2] * a];
+                }
             }
         }
     }
 
-    fn vertical_sums_and_emit(
+    /// For each band pixel: the horizontal window sum of the vertical sums, then the final
+    /// foreground estimate.
+    fn emit_band(
         &self,
         tile: Rect,
         region: Rect,
@@ -112,36 +147,57 @@ impl<'a> Decontam<'a> {
         scratch: &mut Scratch,
         emit: &mut impl FnMut(usize, usize, [f32; 3]),
     ) {
-        let (rw, rh, r) = (region.x1 - region.x0, region.y1 - region.y0, self.radius);
-        let (cx0, tw) = (tile.x0 - region.x0, tile.x1 - tile.x0);
-        let cells = &scratch.cells;
-        let row = |ry: usize| &cells[ry * rw + cx0..][..tw];
-        let acc = &mut scratch.acc;
-        acc.clear();
-        acc.resize(tw, [0.0; CH]);
-        let first = tile.y0 - region.y0;
-        for ry in first.saturating_sub(r)..(first + r + 1).min(rh) {
-            add_row(acc, row(ry), 1.0);
-        }
-        for y in tile.y0..tile.y1 {
-            let ry = y - region.y0;
-            if ry > first {
-                if ry + r < rh {
-                    add_row(acc, row(ry + r), 1.0);
-                }
-                if ry > r {
-                    add_row(acc, row(ry - r - 1), -1.0);
-                }
-            }
+        let rw = region.x1 - region.x0;
+        let cx0 = tile.x0 - region.x0;
+        let (first, last) = self.field.column_span(region.x0, region.x1);
+        for (y, sums) in (tile.y0..tile.y1).zip(scratch.vertical.chunks_exact(rw)) {
+            self.field
+                .row_line(self.field.tap_y(y), first, last, &mut scratch.line);
             let start = y * self.width + tile.x0;
-            let px = &self.rgb[start * 3..(start + tw) * 3];
-            let al = &self.alpha[start..start + tw];
-            for (dx, ((p, &a8), s)) in px.chunks_exact(3).zip(al).zip(acc.iter()).enumerate() {
-                if band.contains(a8) {
-                    emit(tile.x0 + dx, y, second_pass(p, a8, s));
+            let px = &self.rgb[start * 3..(start + tile.x1 - tile.x0) * 3];
+            let al = &self.alpha[start..start + tile.x1 - tile.x0];
+            for (dx, (p, &a8)) in px.chunks_exact(3).zip(al).enumerate() {
+                if !band.contains(a8) {
+                    continue;
                 }
+                let cx = cx0 + dx;
+                let window = &sums[cx.saturating_sub(self.radius)..(cx + self.radius + 1).min(rw)];
+                let s = window
+                    .iter()
+                    .fold([0.0; 4], |acc, c| std::array::from_fn(|k| acc[k] + c[k]));
+                let e = lerp_line(&scratch.line, first, scratch.taps[cx]);
+                emit(tile.x0 + dx, y, second_pass(p, a8, &s, &e));
             }
         }
+    }
+}
+
+/// Vertical window sums of the region's cells for each row of the tile, kept as running
+/// sums so every step is a whole-row (vectorisable) add.
+fn vertical_sums(tile: Rect, region: Rect, radius: usize, scratch: &mut Scratch) {
+    let (rw, rh) = (region.x1 - region.x0, region.y1 - region.y0);
+    let cells = scratch.cells.as_flattened();
+    let row = |ry: usize| &cells[ry * rw * 4..(ry + 1) * rw * 4];
+    let acc = &mut scratch.acc;
+    acc.clear();
+    acc.resize(rw * 4, 0.0);
+    let first = tile.y0 - region.y0;
+    for ry in first.saturating_sub(radius)..(first + radius + 1).min(rh) {
+        add_row(acc, row(ry), 1.0);
+    }
+    scratch.vertical.clear();
+    for ry in first..first + (tile.y1 - tile.y0) {
+        if ry > first {
+            if ry + radius < rh {
+                add_row(acc, row(ry + radius), 1.0);
+            }
+            if ry > radius {
+                add_row(acc, row(ry - radius - 1), -1.0);
+            }
+        }
+        scratch
+            .vertical
+            .extend(acc.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]));
     }
 }
 
@@ -152,40 +208,16 @@ fn correct(i: f32, a: f32, f: f32, b: f32) -> f32 {
     (f + a * (i - a * f - (1.0 - a) * b)).clamp(0.0, 255.0)
 }
 
-fn first_pass_cell(p: &[u8], a8: u8, e: &[f32; 6]) -> Cell {
+/// Pass 2: foreground from the local sums, background from pass 1 (`e[3..]`).
+fn second_pass(p: &[u8], a8: u8, s: &Sums, e: &[f32; 6]) -> [f32; 3] {
     let a = f32::from(a8) / 255.0;
-    let na = 1.0 - a;
-    let f: [f32; 3] = std::array::from_fn(|k| correct(p[k].into(), a, e[k], e[3 + k]));
-    [a, f[0] * a, f[1] * a, f[2] * a, na, e[3] * na, e[4] * na, e[5] * na]
-}
-
-fn second_pass(p: &[u8], a8: u8, s: &Cell) -> [f32; 3] {
-    let a = f32::from(a8) / 255.0;
-    let (fg, bg) = (1.0 / s[0].max(TINY), 1.0 / s[4].max(TINY));
-    std::array::from_fn(|k| correct(p[k].into(), a, s[1 + k] * fg, s[5 + k] * bg))
-}
-
-/// Replaces each cell of each `width`-long row by its horizontal window sum.
-fn horizontal_sums(scratch: &mut Scratch, width: usize, radius: usize) {
-    let prefix = &mut scratch.prefix;
-    prefix.clear();
-    prefix.resize(width + 1, [0.0; CH]);
-    for row in scratch.cells.chunks_mut(width) {
-        for (x, cell) in row.iter().enumerate() {
-            prefix[x + 1] = std::array::from_fn(|k| prefix[x][k] + cell[k]);
-        }
-        for (x, cell) in row.iter_mut().enumerate() {
-            let (hi, lo) = (&prefix[(x + radius + 1).min(width)], &prefix[x.saturating_sub(radius)]);
-            *cell = std::array::from_fn(|k| hi[k] - lo[k]);
-        }
-    }
+    let fg = 1.0 / s[0].max(TINY);
+    std::array::from_fn(|k| correct(p[k].into(), a, s[1 + k] * fg, e[3 + k]))
 }
 
 #[inline]
-fn add_row(acc: &mut [Cell], row: &[Cell], sign: f32) {
+fn add_row(acc: &mut [f32], row: &[f32], sign: f32) {
     for (a, c) in acc.iter_mut().zip(row) {
-        for k in 0..CH {
-            a[k] += sign * c[k];
-        }
+        *a += sign * c;
     }
 }

@@ -28,9 +28,10 @@ pub enum Background {
     Color([u8; 3]),
     /// A catalog image, scaled to cover the photo and centre-cropped.
     Image(Arc<RgbImage>),
-    /// The photo's own background, blurred.
+    /// The photo's own background, blurred, with the product left out of the average so it
+    /// casts no halo of its own colour.
     Blur {
-        /// Gaussian sigma as a percentage of the photo's long side.
+        /// Blur radius (Gaussian sigma) as a percentage of the photo's long side.
         sigma_pct: f32,
     },
 }
@@ -135,8 +136,14 @@ pub fn composite(rgb: &RgbImage, alpha: &GrayImage, opts: &CompositeOptions) -> 
     };
     let (width, height) = (w as usize, h as usize);
     let has_edges = alpha.as_raw().iter().any(|&a| band.contains(a));
-    let decontam = (opts.decontaminate && has_edges)
-        .then(|| Decontam::new(rgb.as_raw(), alpha.as_raw(), width, height));
+    // Pass 1 of decontamination and the background plane are independent whole-image jobs.
+    let (decontam, plane) = rayon::join(
+        || {
+            (opts.decontaminate && has_edges)
+                .then(|| Decontam::new(rgb.as_raw(), alpha.as_raw(), width, height))
+        },
+        || background::plane(&opts.background, rgb, &alpha),
+    );
     let job = Job {
         rgb: rgb.as_raw(),
         alpha: alpha.as_raw(),
@@ -145,21 +152,30 @@ pub fn composite(rgb: &RgbImage, alpha: &GrayImage, opts: &CompositeOptions) -> 
         band,
         decontam: decontam.as_ref(),
     };
-    let plane = background::plane(&opts.background, rgb, &alpha);
     match (&opts.background, plane) {
-        (_, Some(plane)) => Composited::Rgb(image_of(w, h, job.render::<3, _>(&Plane(plane.as_raw())))),
-        (Background::Color(c), None) => Composited::Rgb(image_of(w, h, job.render::<3, _>(&Flat(*c)))),
+        (_, Some(plane)) => {
+            Composited::Rgb(image_of(w, h, job.render::<3, _>(&Plane(plane.as_raw()))))
+        }
+        (Background::Color(c), None) => {
+            Composited::Rgb(image_of(w, h, job.render::<3, _>(&Flat(*c))))
+        }
         (_, None) => Composited::Rgba(image_of(w, h, job.render::<4, _>(&Flat([0; 3])))),
     }
 }
 
-fn image_of<P: image::Pixel<Subpixel = u8>>(w: u32, h: u32, raw: Vec<u8>) -> image::ImageBuffer<P, Vec<u8>> {
+fn image_of<P: image::Pixel<Subpixel = u8>>(
+    w: u32,
+    h: u32,
+    raw: Vec<u8>,
+) -> image::ImageBuffer<P, Vec<u8>> {
     image::ImageBuffer::from_raw(w, h, raw).expect("render writes width*height pixels")
 }
 
 /// Background colours by pixel index.
 trait BgPixels: Sync {
     fn at(&self, i: usize) -> [u8; 3];
+    /// Writes the RGB background of pixels `start..` into `out` (3 bytes per pixel).
+    fn fill(&self, start: usize, out: &mut [u8]);
 }
 
 struct Flat([u8; 3]);
@@ -169,6 +185,12 @@ impl BgPixels for Flat {
     fn at(&self, _: usize) -> [u8; 3] {
         self.0
     }
+
+    fn fill(&self, _: usize, out: &mut [u8]) {
+        for o in out.chunks_exact_mut(3) {
+            o.copy_from_slice(&self.0);
+        }
+    }
 }
 
 struct Plane<'a>(&'a [u8]);
@@ -177,6 +199,10 @@ impl BgPixels for Plane<'_> {
     #[inline(always)]
     fn at(&self, i: usize) -> [u8; 3] {
         [self.0[3 * i], self.0[3 * i + 1], self.0[3 * i + 2]]
+    }
+
+    fn fill(&self, start: usize, out: &mut [u8]) {
+        out.copy_from_slice(&self.0[3 * start..][..out.len()]);
     }
 }
 
@@ -213,13 +239,47 @@ impl Job<'_> {
         out
     }
 
-    /// Preserve, clear or blend (with the observed colour as foreground) one row.
+    /// Preserve, clear or blend (with the observed colour as foreground) one row. Runs of
+    /// sure pixels, the bulk of any photo, are copied or filled whole.
     #[inline]
     fn basic_row<const N: usize, B: BgPixels>(&self, out: &mut [u8], start: usize, bg: &B) {
+        const RUN: usize = 32;
         let px = &self.rgb[start * 3..(start + self.width) * 3];
         let al = &self.alpha[start..start + self.width];
+        let runs = out
+            .chunks_mut(RUN * N)
+            .zip(px.chunks(RUN * 3))
+            .zip(al.chunks(RUN));
+        for (i, ((o, p), a)) in runs.enumerate() {
+            let at = start + i * RUN;
+            let (min, max) = a
+                .iter()
+                .fold((u8::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            if N == 3 && min >= self.band.hi {
+                o.copy_from_slice(p);
+            } else if max < self.band.lo {
+                // A cut-out's clear pixels are (0, 0, 0, 0), which the zeroed buffer holds.
+                if N == 3 {
+                    bg.fill(at, o);
+                }
+            } else {
+                self.mixed_pixels::<N, B>(o, p, a, at, bg);
+            }
+        }
+    }
+
+    #[inline]
+    fn mixed_pixels<const N: usize, B: BgPixels>(
+        &self,
+        out: &mut [u8],
+        px: &[u8],
+        al: &[u8],
+        start: usize,
+        bg: &B,
+    ) {
         let Band { lo, hi } = self.band;
-        for (x, ((o, p), &a)) in out.chunks_exact_mut(N).zip(px.chunks_exact(3)).zip(al).enumerate() {
+        let pixels = out.chunks_exact_mut(N).zip(px.chunks_exact(3)).zip(al);
+        for (x, ((o, p), &a)) in pixels.enumerate() {
             if a >= hi {
                 o[..3].copy_from_slice(p);
             } else if a < lo {

@@ -98,7 +98,9 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, ImageError
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, limits)?;
     if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt(format!("header declares an empty {width}x{height} image")));
+        return Err(ImageError::Corrupt(format!(
+            "header declares an empty {width}x{height} image"
+        )));
     }
     if decoder.total_bytes() > max_alloc(limits) {
         return Err(too_many(width, height, limits));

@@ -103,7 +103,9 @@ pub(crate) fn jpeg_structure(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
         }
         let len = usize::from(u16::from_be_bytes([bytes[pos], bytes[pos + 1]]));
         if len < 2 {
-            return Err(ImageError::Corrupt(format!("jpeg segment at byte {pos} is malformed")));
+            return Err(ImageError::Corrupt(format!(
+                "jpeg segment at byte {pos} is malformed"
+            )));
         }
         if pos + len > bytes.len() {
             return Err(truncated());

@@ -50,7 +50,7 @@ const UNSURE_LO: u8 = 25;
 /// Alpha above this (0.9 * 255) counts as clear foreground.
 const UNSURE_HI: u8 = 230;
 
-/// Share of pixels whose alpha is neither clearly foreground nor background (alpha in (lo, hi) with lo=0.1*255, hi=0.9*255), in [0,1].
+/// Share of pixels whose alpha is neither clearly foreground nor background (alpha in (lo, hi) with lo=0.1*255, hi=0.9*255), in `[0, 1]`.
 pub fn uncertainty(alpha: &GrayImage) -> f32 {
     let total = alpha.as_raw().len();
     if total == 0 {

@@ -249,7 +249,7 @@ impl Engine {
                 p.timings.forward_ms = forward_ms;
                 let small = GrayImage::from_raw(aw, ah, alpha).expect("alpha buffer matches its size");
                 let ctx = FinishContext { model: &model, device: &device, batch: count, opts };
-                Ok(finish_one(p, &small, embedding, &ctx))
+                finish_one(p, &small, embedding, &ctx)
             })
             .collect()
     }
@@ -262,7 +262,7 @@ struct FinishContext<'a> {
     opts: &'a EngineOptions,
 }
 
-fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &FinishContext) -> ItemOutput {
+fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &FinishContext) -> ItemResult {
     let Prepared { id, rgb, input, mut timings } = p;
     let started = Instant::now();
     let mut alpha = resize_gray(small_alpha, rgb.width(), rgb.height());
@@ -273,8 +273,9 @@ fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &F
     let composited = composite(&rgb, &alpha, &ctx.opts.composite);
     timings.composite_ms = ms(started);
     let started = Instant::now();
-    // Options are validated up front, so an encoding failure here is a bug, not bad input.
-    let image = encode(&composited, ctx.opts.format).expect("validated output format encodes");
+    // Options are validated up front; what is left is a size the format cannot hold
+    // (JPEG stops at 65535 px a side), which fails this image alone.
+    let image = encode(&composited, ctx.opts.format).map_err(|e| ItemFailure::from_image(&id, &e))?;
     let matte_png = encode_matte_png(&alpha);
     timings.encode_ms = ms(started);
     let preview = ctx.opts.preview_height.map(|h| thumbnails(&rgb, &alpha, &composited, h));
@@ -290,7 +291,7 @@ fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &F
         uncertainty,
         embedding_dim: embedding.len(),
     };
-    ItemOutput { record, image, matte_png, embedding, preview }
+    Ok(ItemOutput { record, image, matte_png, embedding, preview })
 }
 
 fn thumbnails(rgb: &RgbImage, alpha: &GrayImage, after: &Composited, height: u32) -> Preview {

@@ -223,7 +223,8 @@ fn soft_iou_loss(pred: &Tensor, target: &Tensor) -> Tensor {
     let dims = [1i64, 2, 3];
     let inter = (pred * target).sum_dim_intlist(&dims[..], false, Kind::Float);
     let union = (pred + target - pred * target).sum_dim_intlist(&dims[..], false, Kind::Float);
-    (1.0 - (inter + 1.0) / (union + 1.0)).mean(Kind::Float)
+    let ratio: Tensor = (inter + 1.0) / (union + 1.0);
+    ratio.neg().mean(Kind::Float) + 1.0
 }
 
 fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -> ModelManifest {
