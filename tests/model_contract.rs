@@ -24,6 +24,7 @@ fn export_variant(dir: &Path) -> ModelManifest {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = UNet::new(&vs.root());
     vs.load(reference_dir().join("weights.safetensors")).unwrap();
+    vs.freeze();
     let side = reference.input.height as i64;
     // The variant takes plain [0,1] pixels and converts to what the network was trained on.
     let to_reference = move |x: &Tensor| ((x - 0.5) / 0.25).upsample_bilinear2d([side, side], false, None, None);

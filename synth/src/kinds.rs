@@ -134,7 +134,9 @@ fn build_bottle(d: &mut Draw, pal: &Palette) -> Vec<Part> {
     let mut body = Part::new(Shape::union(prims).blended(vec![neck], d.range(0.02, 0.06)), paint);
     body.profile = Profile::Cylinder { cx: 0.0, hw, k: d.range(0.15, 0.45) };
     if glass {
-        body.opacity = d.range(0.35, 0.7);
+        // Tinted glass: clearly see-through, yet opaque enough that the bottle body is
+        // foreground in a binary mask (alpha > 0.5), as a catalog cutout treats it.
+        body.opacity = d.range(0.6, 0.85);
     }
     if glass || d.chance(0.6) {
         let strength = if glass { (0.5, 0.9) } else { (0.2, 0.6) };

@@ -42,6 +42,9 @@ pub struct CompositeOptions {
     /// The new background.
     pub background: Background,
     /// Alpha at or above this keeps the input pixel exactly (the product is never altered).
+    /// The default, 240 (0.94), is rembg's foreground threshold: a matting model's interior
+    /// rarely reaches 1.0 exactly, and a product blended with 2-6% of a new background is
+    /// altered.
     pub preserve_at: u8,
     /// Alpha below this is pure background (fully transparent in a cut-out).
     pub clear_below: u8,
@@ -53,7 +56,7 @@ impl Default for CompositeOptions {
     fn default() -> Self {
         CompositeOptions {
             background: Background::default(),
-            preserve_at: 250,
+            preserve_at: 240,
             clear_below: 5,
             decontaminate: true,
         }

@@ -160,7 +160,7 @@ fn decontamination_removes_the_old_background_from_edges() {
         let (mut green, mut worst, mut red_error, mut n) = (0.0, 0, 0.0, 0.0);
         for (x, y, a) in alpha.enumerate_pixels() {
             let a = a.0[0];
-            if (5..250).contains(&a) {
+            if (opts.clear_below..opts.preserve_at).contains(&a) {
                 let p = rgb_of(&out, x, y);
                 green += f64::from(p[1]);
                 worst = worst.max(p[1]);

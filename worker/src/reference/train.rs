@@ -23,6 +23,8 @@ pub const NAME: &str = "matting-ref";
 pub const VERSION: &str = "1.0.0";
 /// Seed of the held-out evaluation catalog (never used for training).
 pub const EVAL_SEED: u64 = 0xE7A1;
+/// TorchScript file of the embedding model, next to `model.pt`.
+pub const EMBEDDING_FILE: &str = "embed.pt";
 /// Long-side range of the held-out evaluation images.
 pub const EVAL_LONG_SIDE: (u32, u32) = (320, 1600);
 
@@ -59,8 +61,8 @@ impl Default for TrainConfig {
             input_side: 128,
             render_long_side: 256,
             batch: 16,
-            steps: 650,
-            time_budget: Duration::from_secs(250),
+            steps: 720,
+            time_budget: Duration::from_secs(280),
             lr: 4e-3,
             warmup_steps: 60,
             eval_samples: 200,
@@ -81,7 +83,8 @@ pub fn model_dir(models_root: &Path) -> PathBuf {
 pub fn ensure_reference_model(models_root: &Path) -> anyhow::Result<PathBuf> {
     let dir = model_dir(models_root);
     if let Ok(bytes) = std::fs::read(dir.join("manifest.json")) {
-        if ModelManifest::from_json(&bytes).is_ok() && dir.join("model.pt").exists() {
+        let complete = ["model.pt", EMBEDDING_FILE].iter().all(|f| dir.join(f).exists());
+        if ModelManifest::from_json(&bytes).is_ok() && complete {
             tracing::info!(dir = %dir.display(), "reference model is cached");
             return Ok(dir);
         }
@@ -98,21 +101,30 @@ pub fn build(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<ModelManifest> {
     std::fs::create_dir_all(parent)?;
     let tmp = tempfile::Builder::new().prefix(".building-").tempdir_in(parent)?;
     tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(Device::Cpu);
+    let mut vs = nn::VarStore::new(Device::Cpu);
     let net = UNet::new(&vs.root());
     let started = Instant::now();
     let (images, masks) = render_training_set(cfg);
     let render_s = started.elapsed().as_secs_f64();
     let summary = fit(cfg, &vs, &net, &images, &masks)?;
-    let side = cfg.input_side as i64;
-    let example = Tensor::zeros([1, 3, side, side], (Kind::Float, Device::Cpu));
-    let mut traced = CModule::create_by_tracing("MattingRef", "forward", &[example], &mut |xs| {
-        let out = net.forward_t(&xs[0], false);
-        vec![out.logits.sigmoid(), out.embedding]
-    })?;
-    traced.set_eval();
-    traced.save(tmp.path().join("model.pt"))?;
     vs.save(tmp.path().join("weights.safetensors"))?;
+    let side = cfg.input_side as i64;
+    // Weights go into the trace as constants; they must not carry autograd state.
+    vs.freeze();
+    let _no_grad = tch::no_grad_guard();
+    let example = Tensor::zeros([1, 3, side, side], (Kind::Float, Device::Cpu));
+    // tch traces each returned tensor as a separate graph output, which TorchScript cannot
+    // save as one method, so the alpha and the embedding are traced as two modules.
+    let mut alpha = CModule::create_by_tracing("MattingRef", "forward", &[example.shallow_clone()], &mut |xs| {
+        vec![net.forward_t(&xs[0], false).logits.sigmoid()]
+    })?;
+    alpha.set_eval();
+    alpha.save(tmp.path().join("model.pt"))?;
+    let mut embed = CModule::create_by_tracing("MattingRefEmbedding", "forward", &[example], &mut |xs| {
+        vec![net.forward_t(&xs[0], false).embedding]
+    })?;
+    embed.set_eval();
+    embed.save(tmp.path().join(EMBEDDING_FILE))?;
     let mut manifest = manifest(cfg, &vs, serde_json::json!({
         "dataset": format!("fleet-synth catalog, seed {}, {} images rendered at long side {} and resized to {}x{}", cfg.seed, cfg.samples, cfg.render_long_side, side, side),
         "steps": summary.steps,
@@ -246,13 +258,54 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
         input: InputSpec { height: cfg.input_side, width: cfg.input_side, scale: 1.0 / 255.0, mean: MEAN, std: STD },
         output: OutputSpec {
             alpha: AlphaKind::Probability,
-            alpha_index: Some(0),
-            embedding: EmbeddingSpec::Output { index: 1, dim: EMBEDDING_DIM as usize },
+            alpha_index: None,
+            embedding: EmbeddingSpec::Model { file: EMBEDDING_FILE.to_string(), dim: EMBEDDING_DIM as usize },
         },
         parameters: parameters as u64,
         memory_per_image_mib: 2.0 * floats * 4.0 / (1024.0 * 1024.0),
         weights_mib: parameters as f64 * 4.0 / (1024.0 * 1024.0),
         training,
         metrics: None::<Metrics>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_build_traces_loads_and_records_its_metrics() {
+        let cfg = TrainConfig {
+            samples: 24,
+            input_side: 32,
+            render_long_side: 48,
+            batch: 4,
+            steps: 3,
+            warmup_steps: 2,
+            eval_samples: 3,
+            ..Default::default()
+        };
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("m").join("1");
+        let manifest = build(&cfg, &dir).unwrap();
+        assert_eq!(manifest.training["steps"], 3);
+        assert_eq!(manifest.metrics.as_ref().map(|m| m.samples), Some(3));
+        let reread = ModelManifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!((reread.output, reread.input, reread.metrics), (manifest.output, manifest.input, manifest.metrics));
+        let inference = InferenceThread::start(&dir, DeviceSpec::Cpu).unwrap();
+        let out = inference.infer(vec![0.0; 2 * 3 * 32 * 32], 2).unwrap().output;
+        assert_eq!((out.alphas.len(), out.alpha_size), (2, (32, 32)));
+        assert_eq!(out.embeddings[0].len(), EMBEDDING_DIM as usize);
+        assert!(!root.path().join("m").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".building")));
+    }
+
+    #[test]
+    fn learning_rate_warms_up_linearly_then_decays() {
+        let cfg = TrainConfig { lr: 1.0, warmup_steps: 10, steps: 110, ..Default::default() };
+        assert!((learning_rate(&cfg, 0) - 0.1).abs() < 1e-12);
+        assert!((learning_rate(&cfg, 4) - 0.5).abs() < 1e-12);
+        assert!((learning_rate(&cfg, 10) - 1.0).abs() < 1e-12);
+        assert!(learning_rate(&cfg, 60) < learning_rate(&cfg, 30));
+        assert!((learning_rate(&cfg, 110) - 0.05).abs() < 1e-9);
     }
 }
