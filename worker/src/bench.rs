@@ -32,6 +32,26 @@ impl Default for BenchConfig {
     }
 }
 
+/// Per-image cost of the CPU stages alone on one core: the images go through as one batch
+/// inside a one-thread pool, so every stage runs alone (the forward pass sits between the
+/// prepare and finish stages and overlaps neither).
+pub fn cpu_stages_one_core(engine: &Engine, inputs: &[InputItem], format: OutputFormat) -> anyhow::Result<StageTimings> {
+    let opts = EngineOptions {
+        batch_size: inputs.len(),
+        composite: CompositeOptions { background: Background::Color([242, 242, 242]), ..Default::default() },
+        format,
+        ..Default::default()
+    };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let results = pool.install(|| engine.process_batch(inputs.to_vec(), &opts))?;
+    let mut sum = StageTimings::default();
+    for r in &results {
+        let out = r.as_ref().map_err(|f| anyhow::anyhow!("benchmark image failed: {f}"))?;
+        add(&mut sum, &out.record.timings_ms);
+    }
+    Ok(scale(&sum, 1.0 / results.len() as f64))
+}
+
 /// Figures for one batch size.
 #[derive(Debug, Clone)]
 pub struct BenchRow {
@@ -125,8 +145,8 @@ fn scale(t: &StageTimings, k: f64) -> StageTimings {
     }
 }
 
-/// The rows as a Markdown table.
-pub fn markdown(rows: &[BenchRow], cfg: &BenchConfig, device: &str, threads: usize) -> String {
+/// The rows as a Markdown table, then the one-core CPU stage costs.
+pub fn markdown(rows: &[BenchRow], one_core: &StageTimings, cfg: &BenchConfig, device: &str, threads: usize) -> String {
     let mut s = String::new();
     let (w, h) = cfg.size;
     let _ = writeln!(s, "Inputs: {} JPEG images of {w}x{h} ({:.2} MP); device {device}; {threads} CPU threads.\n", cfg.images, (w * h) as f64 / 1e6);
@@ -141,7 +161,14 @@ pub fn markdown(rows: &[BenchRow], cfg: &BenchConfig, device: &str, threads: usi
             t.composite_ms, t.encode_ms, t.cpu_ms(), r.bare_forward_ms
         );
     }
-    s.push_str("\nStage times are per image and measured on the thread that ran the stage (wall time while \
+    let t = one_core;
+    let _ = writeln!(
+        s,
+        "\nCPU stages alone on one core (16 images, one batch, one-thread pool): decode {:.1} ms, preprocess {:.1} ms, \
+         postprocess {:.1} ms, composite {:.1} ms, encode {:.1} ms; total {:.1} ms per image per core.",
+        t.decode_ms, t.preprocess_ms, t.postprocess_ms, t.composite_ms, t.encode_ms, t.cpu_ms()
+    );
+    s.push_str("\nStage times in the table are per image and measured on the thread that ran the stage (wall time while \
                 the other stages ran beside it); forward ms is the image's share of its batch's forward pass.\n");
     s
 }

@@ -142,8 +142,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let engine = model.start()?;
             let cfg = crate::bench::BenchConfig { batch_sizes: batches, images, ..Default::default() };
             let rows = crate::bench::run(&engine, &cfg)?;
+            let sample = crate::bench::make_inputs(16, cfg.size);
+            let one_core = crate::bench::cpu_stages_one_core(&engine, &sample, cfg.format)?;
             let device = format!("{:?}", engine.inference().device());
-            println!("{}", crate::bench::markdown(&rows, &cfg, &device, rayon::current_num_threads()));
+            println!("{}", crate::bench::markdown(&rows, &one_core, &cfg, &device, rayon::current_num_threads()));
         }
         Command::DeviceInfo => device_info(),
     }

@@ -37,7 +37,8 @@ fn refuses_unknown_fields() {
 
 #[test]
 fn refuses_values_the_engine_cannot_use() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut ModelManifest)>)> = vec![
+    type Breakage = Box<dyn Fn(&mut ModelManifest)>;
+    let cases: Vec<(&str, Breakage)> = vec![
         ("input", Box::new(|m| m.input.height = 100_000)),
         ("input.std", Box::new(|m| m.input.std[1] = 0.0)),
         ("file", Box::new(|m| m.file = "../../etc/passwd".into())),
