@@ -20,6 +20,16 @@ pub fn models_root() -> PathBuf {
     }
 }
 
+/// The Python with PyTorch that `./fleet` installs (`FLEET_PYTHON`), for exporting models
+/// the way customers do.
+pub fn python() -> PathBuf {
+    match std::env::var_os("FLEET_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
+            .join(".cache/gpu-fleet/venv-torch-2.11.0/bin/python"),
+    }
+}
+
 /// Folder of the cached reference model; panics with the fix when it is missing.
 pub fn reference_dir() -> PathBuf {
     let dir = fleet_worker::reference::model_dir(&models_root());

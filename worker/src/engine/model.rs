@@ -112,10 +112,10 @@ impl LoadedModel {
         };
         match element {
             Some(IValue::Tensor(t)) => Ok(t.shallow_clone()),
-            _ => Err(self.contract(format!(
-                "{what} not found at output index {index:?}: the model returned {}",
-                describe(output)
-            ))),
+            _ => {
+                let place = index.map_or("as the whole output".to_string(), |i| format!("at output index {i}"));
+                Err(self.contract(format!("{what} not found {place}: the model returned {}", describe(output))))
+            }
         }
     }
 
