@@ -5,7 +5,10 @@
 //! settings without it.
 
 pub mod device;
+pub mod job;
+pub mod keys;
 pub mod manifest;
+pub mod state;
 
 pub use device::{DeviceSpec, DeviceSpecError};
 pub use manifest::{AlphaKind, ManifestError, ModelManifest, ModelRef, Task};

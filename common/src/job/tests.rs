@@ -1,0 +1,103 @@
+use super::*;
+
+fn tenant() -> TenantId {
+    TenantId::new("tenant-a").unwrap()
+}
+
+fn job(spec: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": "catalog-1", "priority": "batch", "kind": "background_replace", "spec": spec
+    }))
+    .unwrap()
+}
+
+fn good_spec() -> serde_json::Value {
+    serde_json::json!({
+        "input": {"prefix": "tenant-a/catalog/"},
+        "background": {"mode": "color", "color": "#f2f2f2"},
+        "output": {"format": "jpeg", "quality": 85},
+        "model": "matting-ref@1.0.0"
+    })
+}
+
+fn rejected(body: &[u8]) -> Rejection {
+    validate(body, &tenant()).expect_err("job should be rejected")
+}
+
+#[test]
+fn a_good_job_validates_into_its_typed_spec() {
+    let valid = validate(&job(good_spec()), &tenant()).unwrap();
+    assert_eq!(valid.model.to_string(), "matting-ref@1.0.0");
+    assert_eq!(valid.request.priority, Priority::Batch);
+    let JobKind::BackgroundReplace(spec) = valid.work;
+    assert_eq!(spec.output.quality, 85);
+    assert_eq!(spec.input, InputSpec::Prefix("tenant-a/catalog/".into()));
+    assert!(matches!(spec.background, BackgroundSpec::Color { .. }));
+}
+
+#[test]
+fn unknown_fields_anywhere_are_refused() {
+    let mut top: serde_json::Value = serde_json::from_slice(&job(good_spec())).unwrap();
+    top["tenant"] = "tenant-b".into();
+    let r = rejected(&serde_json::to_vec(&top).unwrap());
+    assert_eq!(r.code, "malformed");
+    assert!(r.reason.contains("tenant"), "{}", r.reason);
+    for (path, value) in [("/spec/colour", "x"), ("/spec/output/dpi", "300"), ("/spec/background/opacity", "1")] {
+        let mut v: serde_json::Value = serde_json::from_slice(&job(good_spec())).unwrap();
+        let (parent, field) = path.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).unwrap()[field] = value.into();
+        let r = rejected(&serde_json::to_vec(&v).unwrap());
+        assert_eq!(r.code, "malformed", "{path}: {}", r.reason);
+    }
+}
+
+#[test]
+fn keys_of_another_tenant_or_with_traversal_are_refused() {
+    let cases = [
+        (serde_json::json!({"keys": ["tenant-a/ok.jpg", "tenant-b/theirs.jpg"]}), "forbidden"),
+        (serde_json::json!({"keys": ["tenant-a/../tenant-b/x.jpg"]}), "invalid"),
+        (serde_json::json!({"prefix": "tenant-b/"}), "forbidden"),
+        (serde_json::json!({"manifest": "models/matting-ref/1.0.0/manifest.json"}), "forbidden"),
+        (serde_json::json!({"keys": []}), "invalid"),
+    ];
+    for (input, code) in cases {
+        let mut spec = good_spec();
+        spec["input"] = input.clone();
+        let r = rejected(&job(spec));
+        assert_eq!(r.code, code, "{input}: {}", r.reason);
+    }
+}
+
+#[test]
+fn bounds_and_combinations_are_checked() {
+    let tweaks: Vec<(&str, serde_json::Value)> = vec![
+        ("/output/quality", 0.into()),
+        ("/output/max_side", 100_000.into()),
+        ("/shard_size", 0.into()),
+        ("/model", "matting-ref".into()),
+        ("/background", serde_json::json!({"mode": "color", "color": "red"})),
+        ("/background", serde_json::json!({"mode": "blur", "strength_pct": 50.0})),
+        ("/background", serde_json::json!({"mode": "image", "key": "tenant-b/bg.jpg"})),
+        ("/background", serde_json::json!({"mode": "transparent"})),
+    ];
+    for (path, value) in tweaks {
+        let mut spec = good_spec();
+        let (parent, field) = path.rsplit_once('/').unwrap();
+        let target = if parent.is_empty() { &mut spec } else { spec.pointer_mut(parent).unwrap() };
+        target[field] = value.clone();
+        let r = rejected(&job(spec));
+        assert!(r.code == "invalid" || r.code == "forbidden", "{path}={value}: {r:?}");
+    }
+}
+
+#[test]
+fn ids_garbage_and_oversized_messages_are_refused_with_reasons() {
+    let mut v: serde_json::Value = serde_json::from_slice(&job(good_spec())).unwrap();
+    v["id"] = "../../etc".into();
+    assert_eq!(rejected(&serde_json::to_vec(&v).unwrap()).code, "invalid");
+    assert_eq!(rejected(b"{not json").code, "malformed");
+    assert_eq!(rejected(b"").code, "malformed");
+    assert_eq!(rejected(&vec![b' '; MAX_MESSAGE_BYTES + 1]).code, "too_large");
+    let r = rejected(&serde_json::to_vec(&serde_json::json!({"id": "x", "priority": "urgent", "kind": "background_replace", "spec": {}})).unwrap());
+    assert!(r.reason.contains("urgent"), "{}", r.reason);
+}
