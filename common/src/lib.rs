@@ -9,6 +9,7 @@ pub mod job;
 pub mod keys;
 pub mod manifest;
 pub mod state;
+pub mod store;
 
 pub use device::{DeviceSpec, DeviceSpecError};
 pub use manifest::{AlphaKind, ManifestError, ModelManifest, ModelRef, Task};
