@@ -1,0 +1,586 @@
+#!/usr/bin/env bash
+# The fleet's backing services for local development and CI, each a plain background daemon
+# on 127.0.0.1 with all its data under one folder (no systemd, no containers):
+#
+#   RabbitMQ 3.10  jobs in, events out      amqp://127.0.0.1:5672/fleet
+#   Redis 7.0      job state                redis://127.0.0.1:6379
+#   Garage 2.x     S3 for images            http://127.0.0.1:3900, bucket "fleet"
+#
+#   deploy/stack.sh up              install what is missing, start, provision; safe to repeat
+#   deploy/stack.sh down [--purge]  stop all three, data kept (--purge deletes the stack folder)
+#   deploy/stack.sh status          one line per service; exits non-zero if any is down
+#   deploy/stack.sh env             export lines for clients: eval "$(deploy/stack.sh env)"
+#
+# Settings: FLEET_STACK_DIR (default .fleet/stack in the repo), FLEET_AMQP_PORT, FLEET_REDIS_PORT,
+# FLEET_S3_PORT, FLEET_GARAGE_RPC_PORT, FLEET_GARAGE_ADMIN_PORT. Config files are rendered from
+# deploy/templates/ on every `up`. Every credential here is a dev credential: see README.md.
+# shellcheck disable=SC2034  # some settings are only read by render(), through ${!key}
+set -euo pipefail
+
+DEPLOY=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$DEPLOY")
+STACK=$(realpath -m "${FLEET_STACK_DIR:-$REPO/.fleet/stack}")
+RABBIT_DIR=$STACK/rabbitmq
+REDIS_DIR=$STACK/redis
+GARAGE_DIR=$STACK/garage
+
+AMQP_PORT=${FLEET_AMQP_PORT:-5672}
+REDIS_PORT=${FLEET_REDIS_PORT:-6379}
+S3_PORT=${FLEET_S3_PORT:-3900}
+GARAGE_RPC_PORT=${FLEET_GARAGE_RPC_PORT:-3901}
+GARAGE_ADMIN_PORT=${FLEET_GARAGE_ADMIN_PORT:-3903}
+
+# Installed with cargo when no garage binary is found; the config targets 2.x.
+GARAGE_VERSION=2.5.0
+
+RABBIT_NODE=fleet@localhost
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+AMQP_USER=fleet
+AMQP_PASS=fleet-dev-password
+AMQP_VHOST=fleet
+
+S3_REGION=garage
+S3_BUCKET=fleet
+S3_KEY_NAME=fleet-dev
+S3_KEY_ID=GK2d7541c90c4a8d290d8ad650
+S3_SECRET=060c4fc49a9cbc16a7d4d5f34a98f0594d261756f49a183e136f383eb578a40a
+GARAGE_RPC_SECRET=f6ae36f92639b88a1ce3b42cab60f8b2cfec5d9fa573d475c8c655929d40ce9a
+GARAGE_ADMIN_TOKEN=3cc13defa7a7547228af84b33ced7651b60b3f488e72a3b974cfc3e09a5a64db
+
+# Start-up budgets, in seconds.
+RABBIT_TIMEOUT=30
+REDIS_TIMEOUT=10
+GARAGE_TIMEOUT=20
+
+log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
+
+# fail MESSAGE [LOG_FILE...]: print the message and the tail of each log, then exit 1.
+fail() {
+  local message=$1
+  shift
+  printf '\033[1;31m[stack]\033[0m %s\n' "$message" >&2
+  local file
+  for file in "$@"; do
+    [ -f "$file" ] || continue
+    printf -- '--- last lines of %s ---\n' "$file" >&2
+    tail -n 25 "$file" >&2
+  done
+  exit 1
+}
+
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# running PID [NAME]: the process exists, is not a zombie (PID 1 may not reap the daemons
+# we detach) and, if NAME is given, is called NAME.
+running() {
+  local stat
+  read -r stat 2>/dev/null <"/proc/$1/stat" || return 1
+  [ -z "${2:-}" ] || [[ $stat == *"($2) "* ]] || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# alive PIDFILE NAME: prints the pid if the file names a running process called NAME.
+alive() {
+  local pid
+  pid=$(cat "$1" 2>/dev/null) || return 1
+  [ -n "$pid" ] && running "$pid" "$2" || return 1
+  echo "$pid"
+}
+
+# pids_of NAME [USER]: pids of the processes called NAME (owned by USER). Reads /proc, as
+# procps is not on every fresh Debian.
+pids_of() {
+  local dir uid=""
+  if [ -n "${2:-}" ]; then uid=$(id -u "$2" 2>/dev/null) || return 0; fi
+  for dir in /proc/[0-9]*; do
+    running "${dir#/proc/}" "$1" || continue
+    [ -z "$uid" ] || [ "$(stat -c %u "$dir")" = "$uid" ] || continue
+    echo "${dir#/proc/}"
+  done
+}
+
+# port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# render TEMPLATE DEST [MODE]: fill @KEY@ placeholders. Returns 0 when DEST changed.
+render() {
+  local tmp=$2.tmp key value script=""
+  for key in STACK RABBIT_DIR REDIS_DIR GARAGE_DIR AMQP_PORT REDIS_PORT S3_PORT S3_REGION \
+    GARAGE_RPC_PORT GARAGE_ADMIN_PORT GARAGE_RPC_SECRET GARAGE_ADMIN_TOKEN AMQP_PASS; do
+    value=${!key}
+    value=${value//\\/\\\\}
+    value=${value//|/\\|}
+    value=${value//&/\\&}
+    script+="s|@$key@|$value|g;"
+  done
+  (umask 077 && sed "$script" "$DEPLOY/templates/$1" >"$tmp") || fail "cannot render $2"
+  chmod "${3:-644}" "$tmp"
+  if cmp -s "$tmp" "$2"; then
+    rm -f "$tmp"
+    return 1
+  fi
+  mv "$tmp" "$2"
+}
+
+# ---- installation -------------------------------------------------------------------------
+
+ensure_packages() {
+  local missing=()
+  [ -x "$RABBIT_BIN/rabbitmq-server" ] || missing+=(rabbitmq-server)
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
+  command -v curl >/dev/null || missing+=(curl)
+  [ ${#missing[@]} -eq 0 ] && return
+
+  log "installing ${missing[*]} with apt (their system services stay off)"
+  # Package scripts start services through invoke-rc.d; a policy-rc.d that exits 101
+  # forbids it. Containers often ship one already, which we leave as it is.
+  local policy=/usr/sbin/policy-rc.d ours=""
+  if [ ! -e $policy ]; then
+    printf '#!/bin/sh\n# written by deploy/stack.sh for the length of one apt-get install\nexit 101\n' >$policy
+    chmod 755 $policy
+    ours=1
+  fi
+  local rc=0 apt_log
+  apt_log=$(mktemp /tmp/fleet-stack-apt.XXXXXX.log)
+  {
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  } >"$apt_log" 2>&1 || rc=$?
+  [ -z "$ours" ] || rm -f $policy
+  [ $rc -eq 0 ] || fail "apt-get install ${missing[*]} failed (full output in $apt_log)" "$apt_log"
+  rm -f "$apt_log"
+  stop_package_daemons
+}
+
+# If a pre-existing policy-rc.d let the packages start their own services, those hold our
+# ports (and an epmd on every interface): stop them. Ours run as root, theirs do not.
+stop_package_daemons() {
+  if [ -n "$(pids_of beam.smp rabbitmq)" ] && [ -x /etc/init.d/rabbitmq-server ]; then
+    log "stopping the rabbitmq-server system service the package started"
+    /etc/init.d/rabbitmq-server stop >&2 || true
+  fi
+  if [ -n "$(pids_of redis-server redis)" ] && [ -x /etc/init.d/redis-server ]; then
+    log "stopping the redis-server system service the package started"
+    /etc/init.d/redis-server stop >&2 || true
+  fi
+  local pid
+  for pid in $(pids_of epmd rabbitmq); do
+    log "stopping the epmd the rabbitmq package started"
+    kill "$pid" 2>/dev/null || true
+  done
+}
+
+# Prints the path of a garage binary, building one with cargo if there is none.
+ensure_garage() {
+  local bin
+  bin=$(type -P garage || true)
+  [ -n "$bin" ] || bin=${CARGO_HOME:-$HOME/.cargo}/bin/garage
+  if [ ! -x "$bin" ]; then
+    command -v cargo >/dev/null || fail "garage is not installed and cargo is not on PATH"
+    log "installing garage $GARAGE_VERSION with cargo (about 9 minutes on 2 cores, once)"
+    cargo install garage --locked --version "$GARAGE_VERSION" >&2 ||
+      fail "cargo install garage failed"
+  fi
+  case $("$bin" --version 2>/dev/null) in
+    *" v2."* | *" 2."* | *":2."*) ;;
+    *) log "warning: $("$bin" --version 2>&1 | head -n 1) found; the config targets garage 2.x" ;;
+  esac
+  echo "$bin"
+}
+
+# ---- RabbitMQ -----------------------------------------------------------------------------
+
+# The stack's RabbitMQ environment, not the system one; call it in a subshell.
+rabbit_env() {
+  export RABBITMQ_NODENAME=$RABBIT_NODE
+  export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+  export RABBITMQ_NODE_PORT=$AMQP_PORT
+  export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))
+  export RABBITMQ_CONFIG_FILE=$RABBIT_DIR/rabbitmq.conf
+  # Both absent on purpose: no advanced.config, and /etc/rabbitmq/rabbitmq-env.conf is not read.
+  export RABBITMQ_ADVANCED_CONFIG_FILE=$RABBIT_DIR/advanced.config
+  export RABBITMQ_CONF_ENV_FILE=$RABBIT_DIR/rabbitmq-env.conf
+  export RABBITMQ_ENABLED_PLUGINS_FILE=$RABBIT_DIR/enabled_plugins
+  export RABBITMQ_MNESIA_BASE=$RABBIT_DIR/mnesia
+  export RABBITMQ_LOG_BASE=$RABBIT_DIR/log
+  export RABBITMQ_PID_FILE=$RABBIT_DIR/rabbitmq.pid
+  # Erlang distribution (node <-> rabbitmqctl) and epmd on loopback only.
+  export ERL_EPMD_ADDRESS=127.0.0.1
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  # The Erlang cookie is read from $HOME.
+  export HOME=$RABBIT_DIR
+  cd "$RABBIT_DIR"
+}
+
+rabbitmqctl_() (
+  rabbit_env
+  exec "$RABBIT_BIN/rabbitmqctl" -q -n "$RABBIT_NODE" "$@"
+)
+
+# The packaged `rabbitmqctl` wrapper runs as the rabbitmq user, whose cookie is
+# /var/lib/rabbitmq/.erlang.cookie. Our node uses the same cookie, so a plain
+# `rabbitmqctl -n fleet@localhost ...` from a root shell reaches it too.
+ensure_rabbit_cookie() {
+  local system=/var/lib/rabbitmq/.erlang.cookie
+  if [ ! -s $system ]; then
+    mkdir -p /var/lib/rabbitmq
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >$system
+    chown rabbitmq:rabbitmq $system 2>/dev/null || true
+    chmod 400 $system
+  fi
+  if ! cmp -s $system "$RABBIT_DIR/.erlang.cookie"; then
+    rm -f "$RABBIT_DIR/.erlang.cookie"
+    cp $system "$RABBIT_DIR/.erlang.cookie"
+    chmod 400 "$RABBIT_DIR/.erlang.cookie"
+  fi
+}
+
+rabbit_pid() {
+  alive "$RABBIT_DIR/rabbitmq.pid" beam.smp && return
+  # A node still booting has not written its pid file yet: find it by its home folder.
+  local pid
+  for pid in $(pids_of beam.smp); do
+    if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "-home $RABBIT_DIR "; then
+      echo "$pid"
+      return
+    fi
+  done
+  return 1
+}
+
+# An epmd listening on every interface (started by the package, or by a bare `rabbitmqctl`
+# while the stack was down) would expose our node's name and port: replace it with ours,
+# unless other Erlang nodes use it.
+replace_wide_epmd() {
+  awk '$4 == "0A" && $2 ~ /^0+:1111$/ { found = 1 } END { exit !found }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null || return 0
+  if epmd -names 2>/dev/null | grep -q '^name '; then
+    log "rabbitmq: warning: an epmd on all interfaces serves other Erlang nodes; using it"
+    return
+  fi
+  log "rabbitmq: stopping an idle epmd that listens on all interfaces"
+  local pid
+  for pid in $(pids_of epmd); do
+    kill "$pid" 2>/dev/null || true
+    wait_exit "$pid" 5 || true
+  done
+}
+
+start_rabbit() {
+  mkdir -p "$RABBIT_DIR/log" "$RABBIT_DIR/mnesia"
+  local changed=""
+  render rabbitmq.conf "$RABBIT_DIR/rabbitmq.conf" && changed=1
+  render definitions.json "$RABBIT_DIR/definitions.json" && changed=1
+  [ -f "$RABBIT_DIR/enabled_plugins" ] || echo '[].' >"$RABBIT_DIR/enabled_plugins"
+  ensure_rabbit_cookie
+
+  local pid
+  if pid=$(rabbit_pid); then
+    log "rabbitmq: already running (pid $pid)"
+    if [ -n "$changed" ]; then
+      log "rabbitmq: config changed; definitions re-imported, restart (down, up) for the rest"
+      rabbitmqctl_ import_definitions "$RABBIT_DIR/definitions.json" >/dev/null
+    fi
+    return
+  fi
+  port_open "$AMQP_PORT" && fail "rabbitmq: 127.0.0.1:$AMQP_PORT is taken by another process"
+  rm -f "$RABBIT_DIR/rabbitmq.pid"
+  replace_wide_epmd
+  # Note whether the node will start epmd, so that `down` stops only an epmd of ours.
+  local epmd_before
+  epmd_before=$(pids_of epmd)
+  log "rabbitmq: starting $RABBIT_NODE on 127.0.0.1:$AMQP_PORT"
+  RABBIT_STARTED=$(now)
+  # In its own session rather than with -detached: -detached closes stdout before the
+  # boot has logged anything, so a node that dies early would leave no trace.
+  (rabbit_env && exec setsid nohup "$RABBIT_BIN/rabbitmq-server") >>"$RABBIT_DIR/log/startup.log" 2>&1 &
+  RABBIT_LAUNCHER=$!
+  [ -n "$epmd_before" ] || touch "$RABBIT_DIR/epmd.ours"
+}
+
+await_rabbit() {
+  [ -n "${RABBIT_STARTED:-}" ] || return 0
+  local logs=("$RABBIT_DIR/log/startup.log" "$RABBIT_DIR/log/$RABBIT_NODE.log")
+  local deadline=$((SECONDS + RABBIT_TIMEOUT - 1))
+  # The node writes its pid file early in the boot; until then, watch for an early exit.
+  until alive "$RABBIT_DIR/rabbitmq.pid" beam.smp >/dev/null; do
+    running "$RABBIT_LAUNCHER" || fail "rabbitmq: exited during start-up" "${logs[@]}"
+    [ $SECONDS -lt $deadline ] || fail "rabbitmq: not up after ${RABBIT_TIMEOUT}s" "${logs[@]}"
+    sleep 0.2
+  done
+  # `wait` polls from one CLI process, cheaper than a loop of rabbitmqctl calls while the
+  # broker boots on the same cores, and returns early if the node dies.
+  if ! rabbitmqctl_ wait "$RABBIT_DIR/rabbitmq.pid" --timeout $((deadline - SECONDS + 1)) >/dev/null 2>&1 ||
+    ! rabbitmqctl_ await_startup >/dev/null 2>&1; then
+    fail "rabbitmq: not up after ${RABBIT_TIMEOUT}s" "${logs[@]}"
+  fi
+  log "rabbitmq: up in $(since "$RABBIT_STARTED")s"
+}
+
+# Users, vhost and permissions come from definitions.json at boot; this checks they are
+# there and removes a guest user left by a node first booted without definitions.
+check_rabbit_users() {
+  local users
+  users=$(rabbitmqctl_ list_users) || fail "rabbitmq: list_users failed"
+  if grep -q '^guest[[:space:]]' <<<"$users"; then
+    log "rabbitmq: deleting the default guest user"
+    rabbitmqctl_ delete_user guest >/dev/null
+  fi
+  local user
+  for user in "$AMQP_USER" tenant-a tenant-b; do
+    grep -q "^${user}[[:space:]]" <<<"$users" ||
+      fail "rabbitmq: user $user missing after importing definitions" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+  done
+}
+
+stop_rabbit() {
+  local pid
+  if pid=$(rabbit_pid); then
+    log "rabbitmq: stopping"
+    # A node that is not up yet does not answer rabbitmqctl; SIGTERM also stops it cleanly.
+    if ! rabbitmqctl_ shutdown >/dev/null 2>&1; then
+      kill "$pid" 2>/dev/null || true
+      if ! wait_exit "$pid" 20; then
+        log "rabbitmq: pid $pid ignored SIGTERM for 20s; killing it"
+        kill -9 "$pid" 2>/dev/null || true
+      fi
+    fi
+  fi
+  rm -f "$RABBIT_DIR/rabbitmq.pid"
+  # Stop the epmd our node started, unless another Erlang node has registered with it since.
+  [ -f "$RABBIT_DIR/epmd.ours" ] || return 0
+  if epmd -names 2>/dev/null | grep -q '^name '; then
+    log "rabbitmq: epmd still has nodes registered; leaving it running"
+    return
+  fi
+  for pid in $(pids_of epmd); do kill "$pid" 2>/dev/null || true; done
+  rm -f "$RABBIT_DIR/epmd.ours"
+}
+
+# ---- Redis --------------------------------------------------------------------------------
+
+redis_pid() { alive "$REDIS_DIR/redis.pid" redis-server; }
+redis() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+start_redis() {
+  mkdir -p "$REDIS_DIR"
+  local changed=""
+  render redis.conf "$REDIS_DIR/redis.conf" && changed=1
+  local pid
+  if pid=$(redis_pid); then
+    log "redis: already running (pid $pid)"
+    [ -z "$changed" ] || log "redis: config changed; restart (down, up) to apply it"
+    return
+  fi
+  port_open "$REDIS_PORT" && fail "redis: 127.0.0.1:$REDIS_PORT is taken by another process"
+  log "redis: starting on 127.0.0.1:$REDIS_PORT"
+  REDIS_STARTED=$(now)
+  redis-server "$REDIS_DIR/redis.conf" || fail "redis: redis-server failed" "$REDIS_DIR/redis.log"
+}
+
+await_redis() {
+  [ -n "${REDIS_STARTED:-}" ] || return 0
+  local deadline=$((SECONDS + REDIS_TIMEOUT))
+  until [ "$(redis ping 2>/dev/null)" = PONG ]; do
+    [ $SECONDS -lt $deadline ] || fail "redis: not up after ${REDIS_TIMEOUT}s" "$REDIS_DIR/redis.log"
+    sleep 0.1
+  done
+  log "redis: up in $(since "$REDIS_STARTED")s"
+}
+
+stop_redis() {
+  local pid
+  pid=$(redis_pid) || return 0
+  log "redis: stopping"
+  redis shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+  wait_exit "$pid" 10 || log "redis: pid $pid still running after 10s"
+}
+
+# ---- Garage -------------------------------------------------------------------------------
+
+garage_pid() { alive "$GARAGE_DIR/garage.pid" garage; }
+garage_cli() { "$GARAGE" -c "$GARAGE_DIR/garage.toml" "$@"; }
+
+# s3 METHOD PATH [BODY]: a SigV4-signed request to the S3 API with the dev key; the
+# response body goes to stdout. curl 7.88 signs but does not send the payload hash S3 wants.
+s3() {
+  local body=${3:-} sha
+  sha=$(printf %s "$body" | sha256sum)
+  local args=(-sS -f --max-time 5 -X "$1" --aws-sigv4 "aws:amz:$S3_REGION:s3"
+    --user "$S3_KEY_ID:$S3_SECRET" -H "x-amz-content-sha256: ${sha%% *}")
+  [ -z "$body" ] || args+=(-H 'content-type: text/plain' --data-binary @-)
+  printf %s "$body" | curl "${args[@]}" "http://127.0.0.1:$S3_PORT/$2"
+}
+
+start_garage() {
+  GARAGE=$(ensure_garage)
+  mkdir -p "$GARAGE_DIR/meta" "$GARAGE_DIR/data"
+  local changed=""
+  # Holds the rpc secret and admin token: owner-only.
+  render garage.toml "$GARAGE_DIR/garage.toml" 600 && changed=1
+  local pid
+  if pid=$(garage_pid); then
+    log "garage: already running (pid $pid)"
+    [ -z "$changed" ] || log "garage: config changed; restart (down, up) to apply it"
+    return
+  fi
+  port_open "$S3_PORT" && fail "garage: 127.0.0.1:$S3_PORT is taken by another process"
+  log "garage: starting on 127.0.0.1:$S3_PORT"
+  # Own session, like the other two daemons: a Ctrl-C on `up` must not take it down.
+  GARAGE_STARTED=$(now)
+  NO_COLOR=1 setsid nohup "$GARAGE" -c "$GARAGE_DIR/garage.toml" server >>"$GARAGE_DIR/garage.log" 2>&1 &
+  echo $! >"$GARAGE_DIR/garage.pid"
+}
+
+# Layout, key, bucket and grant are each created only if missing, so this runs on every `up`.
+provision_garage() {
+  local started=${GARAGE_STARTED:-$(now)}
+  local deadline=$((SECONDS + GARAGE_TIMEOUT))
+  until garage_cli status >/dev/null 2>&1; do
+    garage_pid >/dev/null || fail "garage: exited during start-up" "$GARAGE_DIR/garage.log"
+    [ $SECONDS -lt $deadline ] || fail "garage: not up after ${GARAGE_TIMEOUT}s" "$GARAGE_DIR/garage.log"
+    sleep 0.2
+  done
+
+  local version node
+  version=$(garage_cli layout show | sed -n 's/^Current cluster layout version: *//p')
+  [ -n "$version" ] || fail "garage: cannot read the layout version from \`garage layout show\`"
+  if [ "$version" = 0 ]; then
+    node=$(garage_cli node id -q 2>/dev/null | cut -d@ -f1)
+    [ -n "$node" ] || fail "garage: could not read the node id" "$GARAGE_DIR/garage.log"
+    log "garage: assigning the layout to node ${node:0:16}"
+    garage_cli layout assign -z dc1 -c 1G "$node" >/dev/null
+    garage_cli layout apply --version 1 >/dev/null
+  fi
+  if ! garage_cli key info "$S3_KEY_ID" >/dev/null 2>&1; then
+    log "garage: importing key $S3_KEY_NAME ($S3_KEY_ID)"
+    garage_cli key import --yes -n "$S3_KEY_NAME" "$S3_KEY_ID" "$S3_SECRET" >/dev/null
+  fi
+  if ! garage_cli bucket info "$S3_BUCKET" >/dev/null 2>&1; then
+    log "garage: creating bucket $S3_BUCKET"
+    garage_cli bucket create "$S3_BUCKET" >/dev/null
+  fi
+  garage_cli bucket allow --read --write --owner "$S3_BUCKET" --key "$S3_KEY_NAME" >/dev/null
+
+  # Tables settle a moment after the layout is applied: wait for a real signed request.
+  until s3 GET "$S3_BUCKET/?list-type=2&max-keys=1" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || fail "garage: S3 API not answering after ${GARAGE_TIMEOUT}s" "$GARAGE_DIR/garage.log"
+    sleep 0.2
+  done
+  local probe="_stack/probe" body
+  body="written by deploy/stack.sh up at $(date -u +%FT%TZ)"
+  s3 PUT "$S3_BUCKET/$probe" "$body" >/dev/null ||
+    fail "garage: PUT s3://$S3_BUCKET/$probe failed" "$GARAGE_DIR/garage.log"
+  [ "$(s3 GET "$S3_BUCKET/$probe")" = "$body" ] ||
+    fail "garage: GET s3://$S3_BUCKET/$probe did not return what was PUT" "$GARAGE_DIR/garage.log"
+  log "garage: up in $(since "$started")s (S3 PUT/GET checked)"
+}
+
+stop_garage() {
+  local pid
+  pid=$(garage_pid) || { rm -f "$GARAGE_DIR/garage.pid"; return 0; }
+  log "garage: stopping"
+  kill "$pid" 2>/dev/null || true
+  if ! wait_exit "$pid" 10; then
+    log "garage: pid $pid ignored SIGTERM for 10s; killing it"
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$GARAGE_DIR/garage.pid"
+}
+
+# wait_exit PID SECONDS: wait for a process (not our child) to exit.
+wait_exit() {
+  local deadline=$((SECONDS + $2))
+  while running "$1"; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.1
+  done
+}
+
+# ---- commands -----------------------------------------------------------------------------
+
+cmd_up() {
+  [ "$(id -u)" = 0 ] || fail "run as root: up installs packages with apt"
+  local started
+  started=$(now)
+  ensure_packages
+  mkdir -p "$STACK"
+  # Marks the folder as ours, so `down --purge` never deletes a folder it did not create.
+  touch "$STACK/.fleet-stack"
+  # RabbitMQ boots slowest: start it first and let the others start and settle meanwhile.
+  start_rabbit
+  start_redis
+  start_garage
+  await_redis
+  provision_garage
+  await_rabbit
+  check_rabbit_users
+  log "stack up in $(since "$started")s; data in $STACK"
+}
+
+cmd_down() {
+  local purge=""
+  case ${1:-} in
+    "") ;;
+    --purge) purge=1 ;;
+    *) fail "usage: $0 down [--purge]" ;;
+  esac
+  stop_garage
+  stop_redis
+  stop_rabbit
+  if [ -n "$purge" ] && [ -d "$STACK" ]; then
+    [ -f "$STACK/.fleet-stack" ] || fail "not purging $STACK: it has no .fleet-stack marker"
+    log "deleting $STACK"
+    rm -rf "$STACK"
+  fi
+  log "stack down"
+}
+
+cmd_status() {
+  local down=0 pid
+  if pid=$(rabbit_pid) && rabbitmqctl_ ping >/dev/null 2>&1; then
+    printf '%-9s up    127.0.0.1:%-5s pid %s\n' rabbitmq "$AMQP_PORT" "$pid"
+  else
+    printf '%-9s down  127.0.0.1:%-5s -\n' rabbitmq "$AMQP_PORT"
+    down=1
+  fi
+  if pid=$(redis_pid) && [ "$(redis ping 2>/dev/null)" = PONG ]; then
+    printf '%-9s up    127.0.0.1:%-5s pid %s\n' redis "$REDIS_PORT" "$pid"
+  else
+    printf '%-9s down  127.0.0.1:%-5s -\n' redis "$REDIS_PORT"
+    down=1
+  fi
+  if pid=$(garage_pid) && s3 GET "$S3_BUCKET/?list-type=2&max-keys=1" >/dev/null 2>&1; then
+    printf '%-9s up    127.0.0.1:%-5s pid %s\n' garage "$S3_PORT" "$pid"
+  else
+    printf '%-9s down  127.0.0.1:%-5s -\n' garage "$S3_PORT"
+    down=1
+  fi
+  return $down
+}
+
+cmd_env() {
+  cat <<EOF
+export FLEET_AMQP_URL=amqp://$AMQP_USER:$AMQP_PASS@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
+export FLEET_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export FLEET_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
+export FLEET_S3_REGION=$S3_REGION
+export FLEET_S3_BUCKET=$S3_BUCKET
+export AWS_ACCESS_KEY_ID=$S3_KEY_ID
+export AWS_SECRET_ACCESS_KEY=$S3_SECRET
+EOF
+}
+
+case ${1:-} in
+  up) cmd_up ;;
+  down) cmd_down "${@:2}" ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *)
+    sed -n '2,/^set -euo/p' "$0" | sed '/^# shellcheck/d; $d; s/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+esac
