@@ -4,6 +4,7 @@
 //! Nothing here links libtorch: the scheduler and the CLI read model manifests and device
 //! settings without it.
 
+pub mod amqp;
 pub mod device;
 pub mod job;
 pub mod keys;
