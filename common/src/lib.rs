@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod device;
 pub mod job;
+pub mod jobstore;
 pub mod keys;
 pub mod manifest;
 pub mod state;

@@ -1,0 +1,88 @@
+//! Job records in the real Redis the test command starts: one job per tenant and id, state
+//! changes only through the state machine, and no update lost when schedulers race.
+
+use fleet_common::job::Priority;
+use fleet_common::jobstore::{Created, JobRecord, JobStoreError, RedisJobStore};
+use fleet_common::keys::TenantId;
+use fleet_common::state::{JobEvent, JobState};
+
+async fn store() -> RedisJobStore {
+    let url = std::env::var("FLEET_REDIS_URL").expect("the test command starts the stack and exports FLEET_REDIS_URL");
+    RedisJobStore::connect(&url).await.unwrap()
+}
+
+fn record(tenant: &str, id: &str, model: &str) -> JobRecord {
+    JobRecord {
+        tenant: tenant.into(),
+        id: id.into(),
+        priority: Priority::Batch,
+        state: JobState::Accepted,
+        model: model.into(),
+        request: serde_json::json!({"id": id}),
+        accepted_at_ms: 1,
+        succeeded_items: 0,
+        failed_items: 0,
+    }
+}
+
+fn unique(what: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{what}-{}-{nanos}", std::process::id())
+}
+
+#[tokio::test]
+async fn the_same_id_submitted_twice_makes_one_job_per_tenant() {
+    let store = store().await;
+    let id = unique("dup");
+    assert!(matches!(store.create(record("tenant-a", &id, "m@1")).await.unwrap(), Created::New(_)));
+    match store.create(record("tenant-a", &id, "other@2")).await.unwrap() {
+        Created::Existing(existing) => assert_eq!(existing.model, "m@1", "the first submission wins"),
+        other => panic!("expected the existing job, got {other:?}"),
+    }
+    // Ids are per tenant: another tenant's job with the same id is a different job.
+    assert!(matches!(store.create(record("tenant-b", &id, "m@1")).await.unwrap(), Created::New(_)));
+}
+
+#[tokio::test]
+async fn state_changes_follow_the_state_machine() {
+    let store = store().await;
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let id = unique("flow");
+    store.create(record("tenant-a", &id, "m@1")).await.unwrap();
+    store.apply(&tenant, &id, JobEvent::Queued).await.unwrap();
+    store.apply(&tenant, &id, JobEvent::TaskStarted).await.unwrap();
+    let done = store.apply(&tenant, &id, JobEvent::TasksEnded { succeeded: 48, failed: 2 }).await.unwrap();
+    assert_eq!(done.state, JobState::SucceededWithItemErrors);
+    assert_eq!((done.succeeded_items, done.failed_items), (48, 2));
+    assert!(matches!(store.apply(&tenant, &id, JobEvent::Cancel).await, Err(JobStoreError::Transition(_))));
+    assert_eq!(store.get(&tenant, &id).await.unwrap().unwrap().state, JobState::SucceededWithItemErrors);
+    assert!(matches!(store.apply(&tenant, "missing", JobEvent::Queued).await, Err(JobStoreError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn racing_schedulers_apply_exactly_one_terminal_transition() {
+    let store = store().await;
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let id = unique("race");
+    store.create(record("tenant-a", &id, "m@1")).await.unwrap();
+    store.apply(&tenant, &id, JobEvent::Queued).await.unwrap();
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, tenant, id) = (store.clone(), tenant.clone(), id.clone());
+            tokio::spawn(async move {
+                let event = if i % 2 == 0 { JobEvent::Cancel } else { JobEvent::TasksEnded { succeeded: 1, failed: 0 } };
+                store.apply(&tenant, &id, event).await
+            })
+        })
+        .collect();
+    let mut winners = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(JobStoreError::Transition(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(winners, 1, "a job reaches one terminal state once");
+    assert!(store.get(&tenant, &id).await.unwrap().unwrap().state.is_terminal());
+}
