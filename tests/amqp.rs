@@ -4,6 +4,7 @@
 //! the delivery limit instead of looping.
 
 use fleet_common::amqp::{self, AmqpError};
+use fleet_tests::unique;
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;
@@ -31,10 +32,8 @@ async fn admin_channel() -> Channel {
 
 /// Takes messages from `queue` until one has `message_id`; returns its delivery.
 async fn take(channel: &Channel, queue: &str, message_id: &str, tag: &str) -> lapin::message::Delivery {
-    let mut consumer = channel
-        .basic_consume(queue, tag, BasicConsumeOptions::default(), FieldTable::default())
-        .await
-        .unwrap();
+    let mut consumer =
+        channel.basic_consume(queue, tag, BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
     let wait = async {
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.unwrap();
@@ -46,11 +45,6 @@ async fn take(channel: &Channel, queue: &str, message_id: &str, tag: &str) -> la
         panic!("consumer ended");
     };
     tokio::time::timeout(std::time::Duration::from_secs(20), wait).await.expect("message arrives")
-}
-
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{what}-{}-{nanos}", std::process::id())
 }
 
 #[tokio::test]
@@ -70,14 +64,29 @@ async fn jobs_carry_the_broker_checked_tenant_and_unroutable_ones_come_back() {
     delivery.ack(BasicAckOptions::default()).await.unwrap();
 
     // A job with no queue behind its routing key comes back instead of vanishing.
-    match amqp::publish_confirmed(&ch, amqp::JOBS_EXCHANGE, "no-such-route", b"{}", amqp::job_properties("tenant-a", &unique("lost"))).await {
+    match amqp::publish_confirmed(
+        &ch,
+        amqp::JOBS_EXCHANGE,
+        "no-such-route",
+        b"{}",
+        amqp::job_properties("tenant-a", &unique("lost")),
+    )
+    .await
+    {
         Err(AmqpError::Unroutable { routing_key, .. }) => assert_eq!(routing_key, "no-such-route"),
         other => panic!("expected the message back, got {other:?}"),
     }
 
     // Posing as another tenant is refused by the broker itself.
     let spoof = amqp::confirmed_channel(&tenant).await.unwrap();
-    let forged = amqp::publish_confirmed(&spoof, amqp::JOBS_EXCHANGE, amqp::SUBMIT_KEY, b"{}", amqp::job_properties("tenant-b", &unique("forged"))).await;
+    let forged = amqp::publish_confirmed(
+        &spoof,
+        amqp::JOBS_EXCHANGE,
+        amqp::SUBMIT_KEY,
+        b"{}",
+        amqp::job_properties("tenant-b", &unique("forged")),
+    )
+    .await;
     assert!(forged.is_err(), "publishing with another tenant's user_id must fail");
 }
 
@@ -110,7 +119,12 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit() {
     };
     // A limit counted wrongly would leave the loop waiting for a delivery that never comes.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), redeliver).await;
-    assert_eq!(rejections, amqp::DELIVERY_LIMIT + 1, "delivered once plus {} redeliveries, then no more", amqp::DELIVERY_LIMIT);
+    assert_eq!(
+        rejections,
+        amqp::DELIVERY_LIMIT + 1,
+        "delivered once plus {} redeliveries, then no more",
+        amqp::DELIVERY_LIMIT
+    );
     let dead = take(&admin, amqp::DEAD_QUEUE, &id, "dead-consumer").await;
     assert_eq!(dead.data, b"poison");
     dead.ack(BasicAckOptions::default()).await.unwrap();

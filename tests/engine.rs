@@ -49,7 +49,11 @@ fn confident_foreground_pixels_are_the_input_pixels_bit_for_bit() {
                 if matte.get_pixel(x, y).0[0] >= preserve_at {
                     checked += 1;
                     let p = produced.get_pixel(x, y).0;
-                    assert_eq!(&p[..3], &sample.image.get_pixel(x, y).0[..], "pixel ({x},{y}) changed with {background:?}");
+                    assert_eq!(
+                        &p[..3],
+                        &sample.image.get_pixel(x, y).0[..],
+                        "pixel ({x},{y}) changed with {background:?}"
+                    );
                 }
             }
         }
@@ -62,7 +66,8 @@ fn run_one(background: Background, format: OutputFormat) -> (ItemOutput, image::
     let engine = reference_engine();
     let sample = render_sample(SEED, 11, 400, 700);
     let size = sample.image.dimensions();
-    let out = engine.process_batch(vec![png_item("one.png", &sample)], &opts(background, format)).unwrap().remove(0).unwrap();
+    let out =
+        engine.process_batch(vec![png_item("one.png", &sample)], &opts(background, format)).unwrap().remove(0).unwrap();
     let decoded = image::load_from_memory(&out.image).unwrap();
     (out, decoded, size)
 }
@@ -126,7 +131,12 @@ fn similar_images_have_closer_embeddings_than_different_ones() {
     let mut others: Vec<_> = (30..36).map(|i| png_item("other", &render_sample(SEED + 1, i, 500, 500))).collect();
     let mut all = items;
     all.append(&mut others);
-    let outs: Vec<_> = engine.process_batch(all, &opts(Background::Transparent, OutputFormat::Png)).unwrap().into_iter().map(Result::unwrap).collect();
+    let outs: Vec<_> = engine
+        .process_batch(all, &opts(Background::Transparent, OutputFormat::Png))
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let dot = |x: &[f32], y: &[f32]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f32>();
     let twin = dot(&outs[0].embedding, &outs[1].embedding);
     let mean_other = outs[2..].iter().map(|o| dot(&outs[0].embedding, &o.embedding)).sum::<f32>() / 6.0;
@@ -139,7 +149,11 @@ fn each_bad_input_fails_alone_with_its_reason() {
     let good = |i: u64| png_item(&format!("good-{i}.png"), &render_sample(SEED, 40 + i, 320, 500));
     let jpeg = {
         let s = render_sample(SEED, 50, 320, 500);
-        fleet_imaging::encode::encode(&fleet_imaging::composite::Composited::Rgb(s.image), OutputFormat::Jpeg { quality: 90 }).unwrap()
+        fleet_imaging::encode::encode(
+            &fleet_imaging::composite::Composited::Rgb(s.image),
+            OutputFormat::Jpeg { quality: 90 },
+        )
+        .unwrap()
     };
     let bomb = huge_png_header(100_000, 100_000);
     let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xff\xff\xff\x00\x00\x00!\xf9\x04\x00\x00\x00\x00\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;".to_vec();
@@ -154,7 +168,16 @@ fn each_bad_input_fails_alone_with_its_reason() {
         good(2),
     ];
     let results = engine.process_batch(items, &opts(Background::Transparent, OutputFormat::Png)).unwrap();
-    let expected = [None, Some("corrupt"), Some("empty"), None, Some("unsupported_format"), Some("too_many_pixels"), Some("unsupported_format"), None];
+    let expected = [
+        None,
+        Some("corrupt"),
+        Some("empty"),
+        None,
+        Some("unsupported_format"),
+        Some("too_many_pixels"),
+        Some("unsupported_format"),
+        None,
+    ];
     assert_eq!(results.len(), expected.len());
     for (result, want) in results.iter().zip(expected) {
         match (result, want) {
@@ -173,7 +196,8 @@ fn each_bad_input_fails_alone_with_its_reason() {
 #[test]
 fn a_batch_of_only_bad_inputs_fails_every_item_without_a_forward_pass() {
     let engine = reference_engine();
-    let items = vec![InputItem { id: "a".into(), bytes: vec![] }, InputItem { id: "b".into(), bytes: b"garbage".to_vec() }];
+    let items =
+        vec![InputItem { id: "a".into(), bytes: vec![] }, InputItem { id: "b".into(), bytes: b"garbage".to_vec() }];
     let results = engine.process_batch(items, &opts(Background::Transparent, OutputFormat::Png)).unwrap();
     assert!(results.iter().all(Result::is_err));
     assert_eq!(results[0].as_ref().unwrap_err().id, "a");

@@ -5,6 +5,7 @@ use fleet_common::job::Priority;
 use fleet_common::jobstore::{Created, JobRecord, JobStoreError, RedisJobStore};
 use fleet_common::keys::TenantId;
 use fleet_common::state::{JobEvent, JobState};
+use fleet_tests::unique;
 
 async fn store() -> RedisJobStore {
     let url = std::env::var("FLEET_REDIS_URL").expect("the test command starts the stack and exports FLEET_REDIS_URL");
@@ -23,11 +24,6 @@ fn record(tenant: &str, id: &str, model: &str) -> JobRecord {
         succeeded_items: 0,
         failed_items: 0,
     }
-}
-
-fn unique(what: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("{what}-{}-{nanos}", std::process::id())
 }
 
 #[tokio::test]
@@ -70,7 +66,8 @@ async fn racing_schedulers_apply_exactly_one_terminal_transition() {
         .map(|i| {
             let (store, tenant, id) = (store.clone(), tenant.clone(), id.clone());
             tokio::spawn(async move {
-                let event = if i % 2 == 0 { JobEvent::Cancel } else { JobEvent::TasksEnded { succeeded: 1, failed: 0 } };
+                let event =
+                    if i % 2 == 0 { JobEvent::Cancel } else { JobEvent::TasksEnded { succeeded: 1, failed: 0 } };
                 store.apply(&tenant, &id, event).await
             })
         })

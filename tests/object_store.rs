@@ -49,8 +49,7 @@ async fn suite<S: ObjectStore>(store: &S, prefix: &str) {
 }
 
 fn run_id() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-    format!("test-runs/{}-{nanos}/", std::process::id())
+    format!("test-runs/{}/", fleet_tests::unique("store"))
 }
 
 #[tokio::test]

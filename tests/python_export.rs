@@ -42,7 +42,11 @@ fn export(dir: &Path, alpha_index: usize) {
 /// White square on black, 300x200, as PNG.
 fn white_square() -> InputItem {
     let img = image::RgbImage::from_fn(300, 200, |x, y| {
-        if (100..200).contains(&x) && (50..150).contains(&y) { image::Rgb([255; 3]) } else { image::Rgb([0; 3]) }
+        if (100..200).contains(&x) && (50..150).contains(&y) {
+            image::Rgb([255; 3])
+        } else {
+            image::Rgb([0; 3])
+        }
     });
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();

@@ -51,3 +51,10 @@ pub fn png_item(id: &str, sample: &Sample) -> InputItem {
     let bytes = encode(&Composited::Rgb(sample.image.clone()), OutputFormat::Png).expect("png encodes");
     InputItem { id: id.to_string(), bytes }
 }
+
+/// A name no other test run uses, for keys, job ids and message ids on shared services.
+pub fn unique(what: &str) -> String {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
+    format!("{what}-{}-{nanos}", std::process::id())
+}

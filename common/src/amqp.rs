@@ -15,7 +15,9 @@
 //! `user_id` property, which RabbitMQ checks against the connection's user: a tenant cannot
 //! publish as another.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -94,7 +96,9 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
     let mut dead_args = FieldTable::default();
     dead_args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
     channel.queue_declare(DEAD_QUEUE, queue_opts, dead_args).await?;
-    channel.queue_bind(DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "", QueueBindOptions::default(), FieldTable::default()).await?;
+    channel
+        .queue_bind(DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "", QueueBindOptions::default(), FieldTable::default())
+        .await?;
     let bindings = [
         (INTAKE_QUEUE, JOBS_EXCHANGE, SUBMIT_KEY),
         (INTERACTIVE_QUEUE, TASKS_EXCHANGE, "interactive"),

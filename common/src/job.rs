@@ -193,8 +193,7 @@ pub fn validate(body: &[u8], tenant: &TenantId) -> Result<ValidJob, Rejection> {
     if body.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::new("too_large", format!("message is {} bytes, over {MAX_MESSAGE_BYTES}", body.len())));
     }
-    let request: JobRequest =
-        serde_json::from_slice(body).map_err(|e| Rejection::new("malformed", e.to_string()))?;
+    let request: JobRequest = serde_json::from_slice(body).map_err(|e| Rejection::new("malformed", e.to_string()))?;
     check_id(&request.id)?;
     let spec: BackgroundReplaceSpec = match request.kind {
         JobKindName::BackgroundReplace => serde_json::from_value(request.spec.clone())
@@ -249,7 +248,10 @@ fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId) -> Result<(), Rej
         return Err(Rejection::new("invalid", format!("output.max_side must be within 16..={MAX_OUTPUT_SIDE}")));
     }
     if matches!(spec.background, BackgroundSpec::Transparent) && out.format == OutputFormatName::Jpeg {
-        return Err(Rejection::new("invalid", "a transparent background needs png or webp output: jpeg cannot carry alpha"));
+        return Err(Rejection::new(
+            "invalid",
+            "a transparent background needs png or webp output: jpeg cannot carry alpha",
+        ));
     }
     let (lo, hi) = SHARD_SIZE_RANGE;
     if spec.shard_size.is_some_and(|s| !(lo..=hi).contains(&s)) {

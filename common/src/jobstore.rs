@@ -115,7 +115,8 @@ impl RedisJobStore {
 
     /// Records a new job unless the tenant already has one with that id.
     pub async fn create(&self, record: JobRecord) -> Result<Created, JobStoreError> {
-        let tenant = TenantId::new(&record.tenant).map_err(|e| JobStoreError::Corrupt { key: record.id.clone(), reason: e.to_string() })?;
+        let tenant = TenantId::new(&record.tenant)
+            .map_err(|e| JobStoreError::Corrupt { key: record.id.clone(), reason: e.to_string() })?;
         let k = key(&tenant, &record.id);
         let json = serde_json::to_string(&record).expect("a job record serialises");
         let mut conn = self.conn.clone();
@@ -123,10 +124,10 @@ impl RedisJobStore {
         if set.is_some() {
             return Ok(Created::New(record));
         }
-        let existing = self.get(&tenant, &record.id).await?.ok_or_else(|| JobStoreError::NotFound {
-            tenant: tenant.to_string(),
-            id: record.id.clone(),
-        })?;
+        let existing = self
+            .get(&tenant, &record.id)
+            .await?
+            .ok_or_else(|| JobStoreError::NotFound { tenant: tenant.to_string(), id: record.id.clone() })?;
         Ok(Created::Existing(existing))
     }
 

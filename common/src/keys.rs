@@ -161,7 +161,8 @@ mod tests {
         for key in outside {
             assert!(check_tenant_key(&a, key).is_err(), "{key:?} should be refused");
         }
-        let traversal = ["tenant-a/../tenant-b/x.jpg", "tenant-a/./x", "tenant-a//x", "/tenant-a/x", "tenant-a/x\n", "tenant-a\\x"];
+        let traversal =
+            ["tenant-a/../tenant-b/x.jpg", "tenant-a/./x", "tenant-a//x", "/tenant-a/x", "tenant-a/x\n", "tenant-a\\x"];
         for key in traversal {
             assert!(matches!(check_tenant_key(&a, key), Err(KeyError::Invalid { .. })), "{key:?} should be invalid");
         }

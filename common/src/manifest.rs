@@ -164,8 +164,7 @@ pub enum ManifestError {
 impl ModelManifest {
     /// Parses and validates a manifest.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let manifest: ModelManifest =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        let manifest: ModelManifest = serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -242,9 +241,8 @@ impl FromStr for ModelRef {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let invalid = |reason: String| ManifestError::Invalid { field: "model", reason };
-        let (name, version) = s
-            .split_once('@')
-            .ok_or_else(|| invalid(format!("{s:?} is not of the form name@version")))?;
+        let (name, version) =
+            s.split_once('@').ok_or_else(|| invalid(format!("{s:?} is not of the form name@version")))?;
         Self::check_part(name).map_err(invalid)?;
         Self::check_part(version).map_err(invalid)?;
         Ok(ModelRef { name: name.to_string(), version: version.to_string() })

@@ -167,7 +167,9 @@ impl TaskState {
                 Some(if attempt >= max_attempts { DeadLettered } else { Pending { attempts: attempt } })
             }
             // A lost lease is the worker's fault, not the task's: the attempt is not counted.
-            (Dispatched { attempt } | Running { attempt }, TaskEvent::LeaseLost) => Some(Pending { attempts: attempt - 1 }),
+            (Dispatched { attempt } | Running { attempt }, TaskEvent::LeaseLost) => {
+                Some(Pending { attempts: attempt - 1 })
+            }
             (_, TaskEvent::Cancel) => Some(Cancelled),
             _ => None,
         };

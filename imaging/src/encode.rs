@@ -62,14 +62,7 @@ pub fn encode(img: &Composited, format: OutputFormat) -> Result<Vec<u8>, ImageEr
 pub fn encode_matte_png(alpha: &GrayImage) -> Vec<u8> {
     let (w, h) = alpha.dimensions();
     // PNG cannot represent a 0-pixel image; every other size encodes into memory infallibly.
-    encode_raw(
-        alpha.as_raw(),
-        w,
-        h,
-        ExtendedColorType::L8,
-        OutputFormat::Png,
-    )
-    .unwrap_or_default()
+    encode_raw(alpha.as_raw(), w, h, ExtendedColorType::L8, OutputFormat::Png).unwrap_or_default()
 }
 
 fn encode_raw(
@@ -80,20 +73,14 @@ fn encode_raw(
     format: OutputFormat,
 ) -> Result<Vec<u8>, ImageError> {
     if width == 0 || height == 0 {
-        return Err(ImageError::Encode(format!(
-            "cannot encode an empty {width}x{height} image"
-        )));
+        return Err(ImageError::Encode(format!("cannot encode an empty {width}x{height} image")));
     }
     let mut out = Cursor::new(Vec::with_capacity(raw.len() / 4));
     let result = match format {
-        OutputFormat::Png => {
-            PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
-                .write_image(raw, width, height, color)
-        }
+        OutputFormat::Png => PngEncoder::new_with_quality(&mut out, CompressionType::Fast, FilterType::Adaptive)
+            .write_image(raw, width, height, color),
         OutputFormat::Jpeg { .. } if color == ExtendedColorType::Rgba8 => {
-            return Err(ImageError::Unsupported(
-                "jpeg cannot carry transparency; use png or webp".into(),
-            ))
+            return Err(ImageError::Unsupported("jpeg cannot carry transparency; use png or webp".into()))
         }
         OutputFormat::Jpeg { quality } => return encode_jpeg(raw, width, height, quality),
         OutputFormat::Webp => WebPEncoder::new_lossless(&mut out).encode(raw, width, height, color),
@@ -128,32 +115,16 @@ mod tests {
 
     #[test]
     fn every_format_decodes_back_with_size_and_channels() {
-        let rgb = Composited::Rgb(RgbImage::from_fn(33, 17, |x, y| {
-            Rgb([x as u8 * 7, y as u8 * 9, 50])
-        }));
-        let rgba = Composited::Rgba(RgbaImage::from_fn(33, 17, |x, _| {
-            Rgba([9, 8, 7, x as u8 * 7])
-        }));
-        for format in [
-            OutputFormat::Png,
-            OutputFormat::Jpeg { quality: 85 },
-            OutputFormat::Webp,
-        ] {
+        let rgb = Composited::Rgb(RgbImage::from_fn(33, 17, |x, y| Rgb([x as u8 * 7, y as u8 * 9, 50])));
+        let rgba = Composited::Rgba(RgbaImage::from_fn(33, 17, |x, _| Rgba([9, 8, 7, x as u8 * 7])));
+        for format in [OutputFormat::Png, OutputFormat::Jpeg { quality: 85 }, OutputFormat::Webp] {
             let back = decoded(&encode(&rgb, format).unwrap());
-            assert_eq!(
-                (back.width(), back.height(), back.color()),
-                (33, 17, ColorType::Rgb8)
-            );
+            assert_eq!((back.width(), back.height(), back.color()), (33, 17, ColorType::Rgb8));
         }
         for format in [OutputFormat::Png, OutputFormat::Webp] {
             let back = decoded(&encode(&rgba, format).unwrap());
-            assert_eq!(
-                (back.width(), back.height(), back.color()),
-                (33, 17, ColorType::Rgba8)
-            );
-            let Composited::Rgba(src) = &rgba else {
-                unreachable!()
-            };
+            assert_eq!((back.width(), back.height(), back.color()), (33, 17, ColorType::Rgba8));
+            let Composited::Rgba(src) = &rgba else { unreachable!() };
             assert_eq!(&back.into_rgba8(), src, "{format:?} must be lossless");
         }
     }
@@ -163,15 +134,9 @@ mod tests {
         let rgba = Composited::Rgba(RgbaImage::new(4, 4));
         let e = encode(&rgba, OutputFormat::Jpeg { quality: 90 }).unwrap_err();
         assert_eq!(e.code(), "unsupported");
-        assert_eq!(
-            e.to_string(),
-            "jpeg cannot carry transparency; use png or webp"
-        );
+        assert_eq!(e.to_string(), "jpeg cannot carry transparency; use png or webp");
         let empty = Composited::Rgb(RgbImage::new(0, 3));
-        assert_eq!(
-            encode(&empty, OutputFormat::Png).unwrap_err().code(),
-            "encode_failed"
-        );
+        assert_eq!(encode(&empty, OutputFormat::Png).unwrap_err().code(), "encode_failed");
     }
 
     #[test]

@@ -14,37 +14,20 @@ thread_local! {
 
 /// Resizes an RGB image: Catmull-Rom when shrinking (sharp, antialiased), bilinear when growing.
 pub fn resize_rgb(src: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let filter = if u64::from(width) * u64::from(height) < pixels(src) {
-        FilterType::CatmullRom
-    } else {
-        FilterType::Bilinear
-    };
+    let filter =
+        if u64::from(width) * u64::from(height) < pixels(src) { FilterType::CatmullRom } else { FilterType::Bilinear };
     resize_any(src, width, height, PixelType::U8x3, filter, None)
 }
 
 /// Resizes a grayscale image (an alpha matte) bilinearly.
 pub fn resize_gray(src: &GrayImage, width: u32, height: u32) -> GrayImage {
-    resize_any(
-        src,
-        width,
-        height,
-        PixelType::U8,
-        FilterType::Bilinear,
-        None,
-    )
+    resize_any(src, width, height, PixelType::U8, FilterType::Bilinear, None)
 }
 
 /// Resizes an RGBA image bilinearly, weighting colours by alpha so transparent pixels do not
 /// bleed into the edges.
 pub fn resize_rgba(src: &RgbaImage, width: u32, height: u32) -> RgbaImage {
-    resize_any(
-        src,
-        width,
-        height,
-        PixelType::U8x4,
-        FilterType::Bilinear,
-        None,
-    )
+    resize_any(src, width, height, PixelType::U8x4, FilterType::Bilinear, None)
 }
 
 /// Scales `src` to cover `width`x`height` and crops the centre (CSS `object-fit: cover`).
@@ -53,11 +36,7 @@ pub fn cover_fit_rgb(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     let scale = (f64::from(width) / sw).max(f64::from(height) / sh);
     let (cw, ch) = (f64::from(width) / scale, f64::from(height) / scale);
     let crop = ((sw - cw) / 2.0, (sh - ch) / 2.0, cw, ch);
-    let filter = if scale < 1.0 {
-        FilterType::CatmullRom
-    } else {
-        FilterType::Bilinear
-    };
+    let filter = if scale < 1.0 { FilterType::CatmullRom } else { FilterType::Bilinear };
     resize_any(src, width, height, PixelType::U8x3, filter, Some(crop))
 }
 
@@ -89,8 +68,7 @@ fn resize_any<P: Pixel<Subpixel = u8>>(
     RESIZER
         .with_borrow_mut(|resizer| resizer.resize(&src_view, &mut dst, &options))
         .expect("source and destination share one pixel type and are non-empty");
-    ImageBuffer::from_raw(width, height, dst.into_vec())
-        .expect("the destination holds width*height pixels")
+    ImageBuffer::from_raw(width, height, dst.into_vec()).expect("the destination holds width*height pixels")
 }
 
 #[cfg(test)]
@@ -124,10 +102,7 @@ mod tests {
             if (1..49).contains(&x) {
                 assert_eq!(p.0, [0, 255, 0], "column {x}");
             } else {
-                assert!(
-                    p.0[1] >= 230 && p.0[0] <= 25 && p.0[2] <= 25,
-                    "column {x}: {p:?}"
-                );
+                assert!(p.0[1] >= 230 && p.0[0] <= 25 && p.0[2] <= 25, "column {x}: {p:?}");
             }
         }
     }

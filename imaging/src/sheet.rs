@@ -15,15 +15,10 @@ const CHECKER: u32 = 8;
 pub fn contact_sheet(rows: &[(&RgbImage, &GrayImage, &Composited)], row_height: u32) -> RgbImage {
     let gap = (row_height / 16).max(4);
     let margin = 2 * gap;
-    let thumbs: Vec<[RgbImage; 3]> = rows
-        .iter()
-        .map(|(before, alpha, after)| row_thumbnails(before, alpha, after, row_height))
-        .collect();
-    let content_width = thumbs
-        .iter()
-        .map(|row| row.iter().map(RgbImage::width).sum::<u32>() + 2 * gap)
-        .max()
-        .unwrap_or(0);
+    let thumbs: Vec<[RgbImage; 3]> =
+        rows.iter().map(|(before, alpha, after)| row_thumbnails(before, alpha, after, row_height)).collect();
+    let content_width =
+        thumbs.iter().map(|row| row.iter().map(RgbImage::width).sum::<u32>() + 2 * gap).max().unwrap_or(0);
     let n = thumbs.len() as u32;
     let height = 2 * margin + n * row_height + n.saturating_sub(1) * gap;
     let mut sheet = RgbImage::from_pixel(2 * margin + content_width, height, WHITE);
@@ -38,21 +33,12 @@ pub fn contact_sheet(rows: &[(&RgbImage, &GrayImage, &Composited)], row_height: 
     sheet
 }
 
-fn row_thumbnails(
-    before: &RgbImage,
-    alpha: &GrayImage,
-    after: &Composited,
-    row_height: u32,
-) -> [RgbImage; 3] {
+fn row_thumbnails(before: &RgbImage, alpha: &GrayImage, after: &Composited, row_height: u32) -> [RgbImage; 3] {
     let width_for = |w: u32, h: u32| -> u32 {
         let scaled = u64::from(w) * u64::from(row_height) / u64::from(h.max(1));
         u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
     };
-    let before_thumb = resize_rgb(
-        before,
-        width_for(before.width(), before.height()),
-        row_height,
-    );
+    let before_thumb = resize_rgb(before, width_for(before.width(), before.height()), row_height);
     let alpha_small = resize_gray(alpha, width_for(alpha.width(), alpha.height()), row_height);
     let alpha_thumb = RgbImage::from_fn(alpha_small.width(), alpha_small.height(), |x, y| {
         let v = alpha_small.get_pixel(x, y).0[0];
@@ -69,16 +55,10 @@ fn row_thumbnails(
 /// Flattens a cut-out over the usual grey/white checkerboard so transparency is visible.
 fn over_checkerboard(rgba: &RgbaImage) -> RgbImage {
     RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let check: u32 = if (x / CHECKER + y / CHECKER).is_multiple_of(2) {
-            255
-        } else {
-            204
-        };
+        let check: u32 = if (x / CHECKER + y / CHECKER).is_multiple_of(2) { 255 } else { 204 };
         let p = rgba.get_pixel(x, y).0;
         let a = u32::from(p[3]);
-        Rgb(std::array::from_fn(|k| {
-            ((u32::from(p[k]) * a + check * (255 - a) + 127) / 255) as u8
-        }))
+        Rgb(std::array::from_fn(|k| ((u32::from(p[k]) * a + check * (255 - a) + 127) / 255) as u8))
     })
 }
 
@@ -98,21 +78,13 @@ mod tests {
         assert_eq!(sheet.height(), 2 * margin + 2 * 64 + gap);
         assert_eq!(sheet.get_pixel(0, 0), &WHITE);
         assert_eq!(sheet.get_pixel(margin + 10, margin + 10).0, [200, 10, 10]);
-        assert_eq!(
-            sheet.get_pixel(margin + 128 + gap + 10, margin + 10).0,
-            [0, 0, 0]
-        );
+        assert_eq!(sheet.get_pixel(margin + 128 + gap + 10, margin + 10).0, [0, 0, 0]);
         // The transparent result shows both checkerboard shades.
         let x = margin + 2 * (128 + gap);
-        let shades: Vec<u8> = (0..16)
-            .map(|dx| sheet.get_pixel(x + dx, margin).0[0])
-            .collect();
+        let shades: Vec<u8> = (0..16).map(|dx| sheet.get_pixel(x + dx, margin).0[0]).collect();
         assert!(shades.contains(&255) && shades.contains(&204), "{shades:?}");
         let y = margin + 64 + gap + 10;
         assert_eq!(sheet.get_pixel(x + 10, y).0, [0, 0, 255]);
-        assert_eq!(
-            contact_sheet(&[], 64).dimensions(),
-            (2 * margin, 2 * margin)
-        );
+        assert_eq!(contact_sheet(&[], 64).dimensions(), (2 * margin, 2 * margin));
     }
 }

@@ -130,7 +130,15 @@ impl Background {
 
     /// Paints the background into `out` (`w` x `h` RGB bytes), with the shadows of `obj`
     /// whose rendered alpha is `cover`.
-    pub fn render(&self, obj: &Object, cover: &Coverage, dims: V2, (w, h): (usize, usize), out: &mut [u8], (seed, grain): (u32, f32)) {
+    pub fn render(
+        &self,
+        obj: &Object,
+        cover: &Coverage,
+        dims: V2,
+        (w, h): (usize, usize),
+        out: &mut [u8],
+        (seed, grain): (u32, f32),
+    ) {
         let long = w.max(h);
         let (bw, bh) = if long <= BG_LONG {
             (w, h)
@@ -226,11 +234,8 @@ fn darken(buf: &mut [f32], i: usize, amount: f32) {
 }
 
 fn sample_fill(d: &mut Draw, kind: BgKind, dims: V2, base: Rgb, white: bool) -> Fill {
-    let kind = if kind == BgKind::Clutter {
-        d.pick(&[BgKind::Gradient, BgKind::Tabletop, BgKind::Noise])
-    } else {
-        kind
-    };
+    let kind =
+        if kind == BgKind::Clutter { d.pick(&[BgKind::Gradient, BgKind::Tabletop, BgKind::Noise]) } else { kind };
     match kind {
         BgKind::Gradient => {
             let angle = if d.chance(0.5) { 90.0 } else { d.range(0.0, 360.0) };
@@ -286,7 +291,13 @@ fn sample_blobs(d: &mut Draw, dims: V2, base: Rgb) -> Vec<Blob> {
                 0 => Prim::Ellipse { c, r: V2::new(s, s * d.range(0.4, 1.0)) },
                 1 => Prim::RoundBox { c, half: V2::new(s, s * d.range(0.3, 1.5)), r: s * d.range(0.0, 0.3) },
                 2 => Prim::RoundBox { c, half: V2::new(dims.x, s * d.range(0.03, 0.1)), r: 0.0 },
-                _ => Prim::Polar(Polar::new(c, s, s * d.range(0.5, 1.0), d.range(1.8, 3.0), &[(3, 0.08, d.range(0.0, 6.0))])),
+                _ => Prim::Polar(Polar::new(
+                    c,
+                    s,
+                    s * d.range(0.5, 1.0),
+                    d.range(1.8, 3.0),
+                    &[(3, 0.08, d.range(0.0, 6.0))],
+                )),
             };
             let colour = mix(product_colour(d), base, d.range(0.2, 0.6));
             Blob { prim, colour, opacity: d.range(0.5, 0.95), blur: d.range(0.012, 0.05) }

@@ -126,7 +126,12 @@ fn write_one(dir: &Path, spec: &CatalogSpec, index: u64) -> Result<CatalogEntry,
     let encoded = if jpeg {
         JpegEncoder::new_with_quality(Cursor::new(&mut bytes), JPEG_QUALITY).encode_image(&sample.image)
     } else {
-        PngEncoder::new(Cursor::new(&mut bytes)).write_image(sample.image.as_raw(), width, height, ExtendedColorType::Rgb8)
+        PngEncoder::new(Cursor::new(&mut bytes)).write_image(
+            sample.image.as_raw(),
+            width,
+            height,
+            ExtendedColorType::Rgb8,
+        )
     };
     encoded.map_err(|source| SynthError::Encode { id: id.clone(), source })?;
     write_file(dir.join(&image), &bytes)?;

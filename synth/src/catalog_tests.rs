@@ -55,9 +55,11 @@ fn output_is_identical_for_any_thread_count() {
     write_catalog(a.path(), &spec).expect("write");
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
     pool.install(|| write_catalog(b.path(), &spec)).expect("write");
-    for name in ["catalog.json"].into_iter().map(String::from).chain(
-        read_catalog(a.path()).expect("read").entries.into_iter().flat_map(|e| [e.image, e.mask]),
-    ) {
+    for name in ["catalog.json"]
+        .into_iter()
+        .map(String::from)
+        .chain(read_catalog(a.path()).expect("read").entries.into_iter().flat_map(|e| [e.image, e.mask]))
+    {
         let (x, y) = (fs::read(a.path().join(&name)), fs::read(b.path().join(&name)));
         assert_eq!(x.expect("file a"), y.expect("file b"), "{name}");
     }

@@ -126,11 +126,7 @@ fn build_bottle(d: &mut Draw, pal: &Palette) -> Vec<Part> {
         half: V2::new(nw, (body_top - cap_bottom + 0.01) / 2.0),
         r: nw * 0.2,
     };
-    let paint = if glass {
-        Paint::Solid(glass_tint(d))
-    } else {
-        sample_paint(d, pal.main, pal.accent, 1.0, pal.plain)
-    };
+    let paint = if glass { Paint::Solid(glass_tint(d)) } else { sample_paint(d, pal.main, pal.accent, 1.0, pal.plain) };
     let mut body = Part::new(Shape::union(prims).blended(vec![neck], d.range(0.02, 0.06)), paint);
     body.profile = Profile::Cylinder { cx: 0.0, hw, k: d.range(0.15, 0.45) };
     if glass {
@@ -148,7 +144,11 @@ fn build_bottle(d: &mut Draw, pal: &Palette) -> Vec<Part> {
         body.decal = Some(label(d, c, half, pal));
     }
     let cap_w = nw * d.range(1.05, 1.4);
-    let cap = Prim::RoundBox { c: V2::new(0.0, -0.5 + cap_h / 2.0), half: V2::new(cap_w, cap_h / 2.0), r: cap_w * d.range(0.1, 0.3) };
+    let cap = Prim::RoundBox {
+        c: V2::new(0.0, -0.5 + cap_h / 2.0),
+        half: V2::new(cap_w, cap_h / 2.0),
+        r: cap_w * d.range(0.1, 0.3),
+    };
     let cap_colour = match d.index(4) {
         0 => hsv(0.0, 0.0, d.range(0.05, 0.15)),
         1 => hsv(0.12, d.range(0.4, 0.6), d.range(0.6, 0.8)),
@@ -250,7 +250,14 @@ fn build_bag(d: &mut Draw, pal: &Palette) -> Vec<Part> {
     if d.chance(0.4) {
         let flap = Paint::Solid(related(d, pal.main, 0.2));
         let half = V2::new(tw * 0.95, he * 0.35);
-        body.decal = Some(Decal::Label { c: V2::new(0.0, top_y + he * 0.35), half, r: 0.02, paint: flap, text: None, line: 1.0 });
+        body.decal = Some(Decal::Label {
+            c: V2::new(0.0, top_y + he * 0.35),
+            half,
+            r: 0.02,
+            paint: flap,
+            text: None,
+            line: 1.0,
+        });
     }
     let a = f64::from(d.range(100.0, 130.0)).to_radians();
     let sc = unit(a);

@@ -42,9 +42,8 @@ pub(crate) fn clamp_rgb(c: Rgb) -> Rgb {
 
 /// 32-bit integer hash of a lattice point.
 pub(crate) fn hash2(x: i32, y: i32, seed: u32) -> u32 {
-    let mut h = (x as u32).wrapping_mul(0x8da6_b343)
-        ^ (y as u32).wrapping_mul(0xd816_3841)
-        ^ seed.wrapping_mul(0xcb1a_b31f);
+    let mut h =
+        (x as u32).wrapping_mul(0x8da6_b343) ^ (y as u32).wrapping_mul(0xd816_3841) ^ seed.wrapping_mul(0xcb1a_b31f);
     h ^= h >> 15;
     h = h.wrapping_mul(0x2c1b_3c6d);
     h ^= h >> 12;
@@ -112,12 +111,8 @@ impl Paint {
         match self {
             Paint::Solid(c) => *c,
             Paint::Linear { a, b, origin, axis } => mix(*a, *b, (q - *origin).dot(*axis).clamp(0.0, 1.0)),
-            Paint::Radial { a, b, origin, inv_r } => {
-                mix(*a, *b, smooth01((q - *origin).len() * inv_r))
-            }
-            Paint::Stripes { a, b, axis, duty } => {
-                mix(*a, *b, filtered_square(q.dot(*axis), px * axis.len(), *duty))
-            }
+            Paint::Radial { a, b, origin, inv_r } => mix(*a, *b, smooth01((q - *origin).len() * inv_r)),
+            Paint::Stripes { a, b, axis, duty } => mix(*a, *b, filtered_square(q.dot(*axis), px * axis.len(), *duty)),
             Paint::Checks { a, b, ax, ay } => {
                 let fx = filtered_square(q.dot(*ax), px * ax.len(), 0.5);
                 let fy = filtered_square(q.dot(*ay), px * ay.len(), 0.5);
@@ -160,23 +155,22 @@ pub(crate) fn related(d: &mut Draw, c: Rgb, spread: f32) -> Rgb {
 /// least ~30) but close.
 pub(crate) fn near(d: &mut Draw, c: Rgb) -> Rgb {
     let mean = (c[0] + c[1] + c[2]) / 3.0;
-    let sign = if mean > 200.0 { -1.0 } else if mean < 50.0 { 1.0 } else { d.sign() };
+    let sign = if mean > 200.0 {
+        -1.0
+    } else if mean < 50.0 {
+        1.0
+    } else {
+        d.sign()
+    };
     let shift = sign * d.range(12.0, 24.0);
-    clamp_rgb([
-        c[0] + shift + d.range(-5.0, 5.0),
-        c[1] + shift + d.range(-5.0, 5.0),
-        c[2] + shift + d.range(-5.0, 5.0),
-    ])
+    clamp_rgb([c[0] + shift + d.range(-5.0, 5.0), c[1] + shift + d.range(-5.0, 5.0), c[2] + shift + d.range(-5.0, 5.0)])
 }
 
 /// A random material around `base`; `size` is the object's extent (pattern scale) and
 /// `plain` limits the choice to low-detail materials.
 pub(crate) fn sample_paint(d: &mut Draw, base: Rgb, accent: Rgb, size: f32, plain: bool) -> Paint {
-    let kinds: &[(u8, u32)] = if plain {
-        &[(0, 60), (1, 30), (5, 10)]
-    } else {
-        &[(0, 35), (1, 20), (2, 10), (3, 12), (4, 6), (5, 17)]
-    };
+    let kinds: &[(u8, u32)] =
+        if plain { &[(0, 60), (1, 30), (5, 10)] } else { &[(0, 35), (1, 20), (2, 10), (3, 12), (4, 6), (5, 17)] };
     let free = d.range(-90.0, 90.0);
     let angle = f64::from(d.pick(&[0.0f32, 90.0, 45.0, -45.0, free])).to_radians();
     let dir = unit(angle);

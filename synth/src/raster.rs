@@ -180,7 +180,14 @@ fn taps(src: usize, dst: usize) -> Vec<(usize, usize, f32)> {
 /// Bilinearly resizes an interleaved RGB float buffer into `out` (`w` x `h` RGB bytes),
 /// adding grain. Pixels whose `skip` byte is 255 (hidden under the opaque object) are
 /// left untouched.
-pub(crate) fn upsample(low: &[f32], (bw, bh): (usize, usize), (w, h): (usize, usize), out: &mut [u8], skip: &[u8], (seed, amp): (u32, f32)) {
+pub(crate) fn upsample(
+    low: &[f32],
+    (bw, bh): (usize, usize),
+    (w, h): (usize, usize),
+    out: &mut [u8],
+    skip: &[u8],
+    (seed, amp): (u32, f32),
+) {
     let (xs, ys) = if (bw, bh) == (w, h) {
         ((0..w).map(|x| (x * 3, x * 3, 0.0)).collect(), (0..h).map(|y| (y, y, 0.0)).collect())
     } else {

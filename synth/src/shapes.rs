@@ -3,7 +3,7 @@
 //! which is what lets the renderer skip whole tiles and supersample only edge pixels.
 //! Unions (sharp or smooth) keep that property.
 
-use crate::detmath::{atan2, powf, sin_cos, V2, PI32};
+use crate::detmath::{atan2, powf, sin_cos, PI32, V2};
 
 /// Beyond this scaled-bound distance an ellipse skips the exact solve: twice the largest
 /// smooth-union radius the builders use, so blends never see the difference.
@@ -139,17 +139,11 @@ impl Prim {
         match self {
             Prim::RoundBox { c, half, r } => round_box(p - *c, *half, *r),
             Prim::Ellipse { c, r } => ellipse(p - *c, *r),
-            Prim::Trapezoid { c, top, bottom, he, r } => {
-                trapezoid(p - *c, top - r, bottom - r, he - r) - r
-            }
+            Prim::Trapezoid { c, top, bottom, he, r } => trapezoid(p - *c, top - r, bottom - r, he - r) - r,
             Prim::Arc { c, dir, sc, radius, half_thick } => {
                 let d = p - *c;
                 let q = V2::new(d.dot(dir.perp()).abs(), d.dot(*dir));
-                let core = if sc.y * q.x > sc.x * q.y {
-                    (q - *sc * *radius).len()
-                } else {
-                    (q.len() - radius).abs()
-                };
+                let core = if sc.y * q.x > sc.x * q.y { (q - *sc * *radius).len() } else { (q.len() - radius).abs() };
                 core - half_thick
             }
             Prim::RectRing { c, half, r, thick } => {
@@ -167,9 +161,7 @@ impl Prim {
             Prim::RoundBox { c, half, .. } | Prim::RectRing { c, half, .. } => (*c, *half),
             Prim::Ellipse { c, r } => (*c, *r),
             Prim::Trapezoid { c, top, bottom, he, .. } => (*c, V2::new(top.max(*bottom), *he)),
-            Prim::Arc { c, radius, half_thick, .. } => {
-                (*c, V2::new(radius + half_thick, radius + half_thick))
-            }
+            Prim::Arc { c, radius, half_thick, .. } => (*c, V2::new(radius + half_thick, radius + half_thick)),
             Prim::Polar(shape) => (shape.c, V2::new(shape.rmax, shape.rmax)),
         };
         (c - h, c + h)

@@ -139,7 +139,8 @@ fn enclosed_background(alpha: &GrayImage) -> usize {
     let (w, h) = (alpha.width() as usize, alpha.height() as usize);
     let clear: Vec<bool> = alpha.as_raw().iter().map(|&a| a == 0).collect();
     let mut seen = vec![false; w * h];
-    let mut stack: Vec<usize> = (0..w * h).filter(|&i| clear[i] && (i % w == 0 || i % w == w - 1 || i / w == 0 || i / w == h - 1)).collect();
+    let mut stack: Vec<usize> =
+        (0..w * h).filter(|&i| clear[i] && (i % w == 0 || i % w == w - 1 || i / w == 0 || i / w == h - 1)).collect();
     stack.iter().for_each(|&i| seen[i] = true);
     while let Some(i) = stack.pop() {
         let (x, y) = (i % w, i / w);

@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
+use fleet_imaging::composite::Composited;
 use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::encode::{encode, OutputFormat};
-use fleet_imaging::composite::Composited;
 use fleet_synth::Scene;
 use rayon::prelude::*;
 
@@ -28,14 +28,23 @@ pub struct BenchConfig {
 
 impl Default for BenchConfig {
     fn default() -> Self {
-        BenchConfig { batch_sizes: vec![1, 8, 32], images: 64, size: (1155, 866), format: OutputFormat::Jpeg { quality: 90 } }
+        BenchConfig {
+            batch_sizes: vec![1, 8, 32],
+            images: 64,
+            size: (1155, 866),
+            format: OutputFormat::Jpeg { quality: 90 },
+        }
     }
 }
 
 /// Per-image cost of the CPU stages alone on one core: the images go through as one batch
 /// inside a one-thread pool, so every stage runs alone (the forward pass sits between the
 /// prepare and finish stages and overlaps neither).
-pub fn cpu_stages_one_core(engine: &Engine, inputs: &[InputItem], format: OutputFormat) -> anyhow::Result<StageTimings> {
+pub fn cpu_stages_one_core(
+    engine: &Engine,
+    inputs: &[InputItem],
+    format: OutputFormat,
+) -> anyhow::Result<StageTimings> {
     let opts = EngineOptions {
         batch_size: inputs.len(),
         composite: CompositeOptions { background: Background::Color([242, 242, 242]), ..Default::default() },
@@ -149,7 +158,12 @@ fn scale(t: &StageTimings, k: f64) -> StageTimings {
 pub fn markdown(rows: &[BenchRow], one_core: &StageTimings, cfg: &BenchConfig, device: &str, threads: usize) -> String {
     let mut s = String::new();
     let (w, h) = cfg.size;
-    let _ = writeln!(s, "Inputs: {} JPEG images of {w}x{h} ({:.2} MP); device {device}; {threads} CPU threads.\n", cfg.images, (w * h) as f64 / 1e6);
+    let _ = writeln!(
+        s,
+        "Inputs: {} JPEG images of {w}x{h} ({:.2} MP); device {device}; {threads} CPU threads.\n",
+        cfg.images,
+        (w * h) as f64 / 1e6
+    );
     s.push_str("| batch | images/s | decode ms | preprocess ms | forward ms (in pipeline) | postprocess ms | composite ms | encode ms | CPU stages ms | bare forward ms |\n");
     s.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
@@ -157,8 +171,16 @@ pub fn markdown(rows: &[BenchRow], one_core: &StageTimings, cfg: &BenchConfig, d
         let _ = writeln!(
             s,
             "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-            r.batch, r.images_per_second, t.decode_ms, t.preprocess_ms, t.forward_ms, t.postprocess_ms,
-            t.composite_ms, t.encode_ms, t.cpu_ms(), r.bare_forward_ms
+            r.batch,
+            r.images_per_second,
+            t.decode_ms,
+            t.preprocess_ms,
+            t.forward_ms,
+            t.postprocess_ms,
+            t.composite_ms,
+            t.encode_ms,
+            t.cpu_ms(),
+            r.bare_forward_ms
         );
     }
     let t = one_core;
@@ -168,7 +190,9 @@ pub fn markdown(rows: &[BenchRow], one_core: &StageTimings, cfg: &BenchConfig, d
          postprocess {:.1} ms, composite {:.1} ms, encode {:.1} ms; total {:.1} ms per image per core.",
         t.decode_ms, t.preprocess_ms, t.postprocess_ms, t.composite_ms, t.encode_ms, t.cpu_ms()
     );
-    s.push_str("\nStage times in the table are per image and measured on the thread that ran the stage (wall time while \
-                the other stages ran beside it); forward ms is the image's share of its batch's forward pass.\n");
+    s.push_str(
+        "\nStage times in the table are per image and measured on the thread that ran the stage (wall time while \
+                the other stages ran beside it); forward ms is the image's share of its batch's forward pass.\n",
+    );
     s
 }

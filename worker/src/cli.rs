@@ -111,7 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Catalog { out, count, seed, min_side, max_side } => {
             anyhow::ensure!(min_side >= 16 && min_side <= max_side, "need 16 <= min-side <= max-side");
-            let spec = CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
+            let spec =
+                CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
             let summary = write_catalog(&out, &spec)?;
             println!("wrote {} images to {}", summary.count, out.display());
         }

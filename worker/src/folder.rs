@@ -154,7 +154,8 @@ mod tests {
         assert_eq!((10 + header_len) % 64, 0);
         let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
         assert!(header.contains("'shape': (3,)") && header.ends_with('\n'));
-        let data: Vec<f32> = bytes[10 + header_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let data: Vec<f32> =
+            bytes[10 + header_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(data, vec![1.0, -2.5, 3.25]);
     }
 }

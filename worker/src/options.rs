@@ -29,9 +29,7 @@ pub fn parse_background(spec: &str, limits: &DecodeLimits) -> Result<Background,
             let decoded = decode(&bytes, limits).map_err(|e| format!("background image {path}: {e}"))?;
             Ok(Background::Image(Arc::new(decoded.rgb)))
         }
-        _ => Err(format!(
-            "unknown background {spec:?}: expected transparent, color:#rrggbb, image:PATH or blur[:PCT]"
-        )),
+        _ => Err(format!("unknown background {spec:?}: expected transparent, color:#rrggbb, image:PATH or blur[:PCT]")),
     }
 }
 
@@ -85,7 +83,9 @@ mod tests {
         assert!(matches!(parse_background("transparent", &limits), Ok(Background::Transparent)));
         assert!(matches!(parse_background("color:#0a0B0c", &limits), Ok(Background::Color([10, 11, 12]))));
         assert!(matches!(parse_background("blur:5", &limits), Ok(Background::Blur { sigma_pct }) if sigma_pct == 5.0));
-        for bad in ["", "colour:#fff", "color:#fff", "color:#gggggg", "blur:0", "blur:x", "image:", "image:/nonexistent.png"] {
+        for bad in
+            ["", "colour:#fff", "color:#fff", "color:#gggggg", "blur:0", "blur:x", "image:", "image:/nonexistent.png"]
+        {
             assert!(parse_background(bad, &limits).is_err(), "{bad:?} should be refused");
         }
     }

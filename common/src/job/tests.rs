@@ -98,6 +98,11 @@ fn ids_garbage_and_oversized_messages_are_refused_with_reasons() {
     assert_eq!(rejected(b"{not json").code, "malformed");
     assert_eq!(rejected(b"").code, "malformed");
     assert_eq!(rejected(&vec![b' '; MAX_MESSAGE_BYTES + 1]).code, "too_large");
-    let r = rejected(&serde_json::to_vec(&serde_json::json!({"id": "x", "priority": "urgent", "kind": "background_replace", "spec": {}})).unwrap());
+    let r = rejected(
+        &serde_json::to_vec(
+            &serde_json::json!({"id": "x", "priority": "urgent", "kind": "background_replace", "spec": {}}),
+        )
+        .unwrap(),
+    );
     assert!(r.reason.contains("urgent"), "{}", r.reason);
 }

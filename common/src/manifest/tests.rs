@@ -44,7 +44,10 @@ fn refuses_values_the_engine_cannot_use() {
         ("file", Box::new(|m| m.file = "../../etc/passwd".into())),
         ("name", Box::new(|m| m.name = "a b".into())),
         ("output.embedding.index", Box::new(|m| m.output.alpha_index = None)),
-        ("output.embedding.dim", Box::new(|m| m.output.embedding = EmbeddingSpec::Model { file: "e.pt".into(), dim: 0 })),
+        (
+            "output.embedding.dim",
+            Box::new(|m| m.output.embedding = EmbeddingSpec::Model { file: "e.pt".into(), dim: 0 }),
+        ),
         ("memory_per_image_mib", Box::new(|m| m.memory_per_image_mib = f64::NAN)),
     ];
     for (field, break_it) in cases {

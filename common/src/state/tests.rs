@@ -14,7 +14,13 @@ fn a_job_runs_to_the_outcome_its_items_earned() {
 #[test]
 fn terminal_jobs_accept_nothing_and_early_events_are_refused() {
     for terminal in [JobState::Succeeded, JobState::SucceededWithItemErrors, JobState::Failed, JobState::Cancelled] {
-        for event in [JobEvent::Queued, JobEvent::TaskStarted, JobEvent::Cancel, JobEvent::Fail, JobEvent::TasksEnded { succeeded: 1, failed: 0 }] {
+        for event in [
+            JobEvent::Queued,
+            JobEvent::TaskStarted,
+            JobEvent::Cancel,
+            JobEvent::Fail,
+            JobEvent::TasksEnded { succeeded: 1, failed: 0 },
+        ] {
             assert!(terminal.apply(event).is_err(), "{terminal:?} + {event:?}");
         }
     }
@@ -38,7 +44,8 @@ fn a_task_retries_then_dead_letters() {
 
 #[test]
 fn a_lost_lease_redoes_the_task_without_spending_an_attempt() {
-    let running = TaskState::Pending { attempts: 1 }.apply(TaskEvent::Dispatch).and_then(|s| s.apply(TaskEvent::Start)).unwrap();
+    let running =
+        TaskState::Pending { attempts: 1 }.apply(TaskEvent::Dispatch).and_then(|s| s.apply(TaskEvent::Start)).unwrap();
     assert_eq!(running.apply(TaskEvent::LeaseLost).unwrap(), TaskState::Pending { attempts: 1 });
     assert!(TaskState::Succeeded.apply(TaskEvent::Complete).is_err(), "a task completes once");
     assert!(TaskState::NEW.apply(TaskEvent::Complete).is_err(), "an undispatched task cannot complete");

@@ -57,7 +57,8 @@ pub trait ObjectStore: Send + Sync {
     /// The object's bytes.
     fn get(&self, key: &str) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Writes (or replaces) the object.
-    fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str)
+        -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Whether an object exists at `key`.
     fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Up to `limit` keys under `prefix`, after the page `token` points at.

@@ -1,7 +1,9 @@
 //! The S3 backend (aws-sdk-s3), for any S3-compatible server: path-style addressing,
 //! a fixed endpoint and static credentials, as Garage and MinIO need; AWS works the same.
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -71,7 +73,9 @@ where
 {
     let retryable = match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(e) => matches!(e.err().code(), Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout")),
+        SdkError::ServiceError(e) => {
+            matches!(e.err().code(), Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"))
+        }
         _ => false,
     };
     let reason = match err.as_service_error() {
@@ -135,13 +139,20 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| backend("list", prefix, e))?;
         let keys = out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
-        let next = if out.is_truncated().unwrap_or(false) { out.next_continuation_token().map(str::to_string) } else { None };
+        let next =
+            if out.is_truncated().unwrap_or(false) { out.next_continuation_token().map(str::to_string) } else { None };
         Ok(ListPage { keys, next })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
-        self.client.delete_object().bucket(&self.bucket).key(key).send().await.map_err(|e| backend("delete", key, e))?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| backend("delete", key, e))?;
         Ok(())
     }
 }

@@ -10,17 +10,11 @@ use super::Background;
 use crate::resize::{cover_fit_rgb, resize_rgb};
 
 /// The background plane the product is placed on, or `None` for flat colours and transparency.
-pub(super) fn plane<'a>(
-    background: &'a Background,
-    rgb: &RgbImage,
-    alpha: &GrayImage,
-) -> Option<Cow<'a, RgbImage>> {
+pub(super) fn plane<'a>(background: &'a Background, rgb: &RgbImage, alpha: &GrayImage) -> Option<Cow<'a, RgbImage>> {
     let (w, h) = rgb.dimensions();
     match background {
         Background::Transparent | Background::Color(_) => None,
-        Background::Image(image) if image.dimensions() == (w, h) => {
-            Some(Cow::Borrowed(image.as_ref()))
-        }
+        Background::Image(image) if image.dimensions() == (w, h) => Some(Cow::Borrowed(image.as_ref())),
         Background::Image(image) => Some(Cow::Owned(cover_fit_rgb(image, w, h))),
         Background::Blur { sigma_pct } => Some(Cow::Owned(blurred(rgb, alpha, *sigma_pct))),
     }
@@ -61,9 +55,8 @@ pub(super) fn gaussian_boxes(sigma: f32) -> [usize; 3] {
     }
     let lower = lower.max(1);
     let l = lower as f32;
-    let m = ((12.0 * sigma * sigma - N * l * l - 4.0 * N * l - 3.0 * N) / (-4.0 * l - 4.0))
-        .round()
-        .clamp(0.0, N) as usize;
+    let m =
+        ((12.0 * sigma * sigma - N * l * l - 4.0 * N * l - 3.0 * N) / (-4.0 * l - 4.0)).round().clamp(0.0, N) as usize;
     std::array::from_fn(|i| {
         let width = if i < m { lower } else { lower + 2 };
         (width as usize - 1) / 2

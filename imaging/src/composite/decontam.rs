@@ -93,9 +93,7 @@ impl<'a> Decontam<'a> {
     fn fill_region(&self, region: Rect, scratch: &mut Scratch) {
         let rw = region.x1 - region.x0;
         scratch.taps.clear();
-        scratch
-            .taps
-            .extend((region.x0..region.x1).map(|x| self.field.tap_x(x)));
+        scratch.taps.extend((region.x0..region.x1).map(|x| self.field.tap_x(x)));
         scratch.cells.clear();
         scratch.cells.resize(rw * (region.y1 - region.y0), [0.0; 4]);
         for (y, cells) in (region.y0..region.y1).zip(scratch.cells.chunks_exact_mut(rw)) {
@@ -105,32 +103,20 @@ impl<'a> Decontam<'a> {
             let mut partial = false;
             for ((cell, p), &a8) in cells.iter_mut().zip(px.chunks_exact(3)).zip(al) {
                 let a = f32::from(a8) * (1.0 / 255.0);
-                *cell = [
-                    a,
-                    f32::from(p[0]) * a,
-                    f32::from(p[1]) * a,
-                    f32::from(p[2]) * a,
-                ];
+                *cell = [a, f32::from(p[0]) * a, f32::from(p[1]) * a, f32::from(p[2]) * a];
                 partial |= a8 != 0 && a8 != 255;
             }
             if !partial {
                 continue;
             }
             let (first, last) = self.field.column_span(region.x0, region.x1);
-            self.field
-                .row_line(self.field.tap_y(y), first, last, &mut scratch.line);
+            self.field.row_line(self.field.tap_y(y), first, last, &mut scratch.line);
             let line = &scratch.line;
-            for (((cell, p), &a8), &tx) in cells
-                .iter_mut()
-                .zip(px.chunks_exact(3))
-                .zip(al)
-                .zip(&scratch.taps)
-            {
+            for (((cell, p), &a8), &tx) in cells.iter_mut().zip(px.chunks_exact(3)).zip(al).zip(&scratch.taps) {
                 if a8 != 0 && a8 != 255 {
                     let e = lerp_line(line, first, tx);
                     let a = cell[0];
-                    let f: [f32; 3] =
-                        std::array::from_fn(|k| correct(p[k].into(), a, e[k], e[3 + k]));
+                    let f: [f32; 3] = std::array::from_fn(|k| correct(p[k].into(), a, e[k], e[3 + k]));
                     *cell = [a, f[0] * a, f[1] * a, f[2] * a];
                 }
             }
@@ -151,8 +137,7 @@ impl<'a> Decontam<'a> {
         let cx0 = tile.x0 - region.x0;
         let (first, last) = self.field.column_span(region.x0, region.x1);
         for (y, sums) in (tile.y0..tile.y1).zip(scratch.vertical.chunks_exact(rw)) {
-            self.field
-                .row_line(self.field.tap_y(y), first, last, &mut scratch.line);
+            self.field.row_line(self.field.tap_y(y), first, last, &mut scratch.line);
             let start = y * self.width + tile.x0;
             let px = &self.rgb[start * 3..(start + tile.x1 - tile.x0) * 3];
             let al = &self.alpha[start..start + tile.x1 - tile.x0];
@@ -162,9 +147,7 @@ impl<'a> Decontam<'a> {
                 }
                 let cx = cx0 + dx;
                 let window = &sums[cx.saturating_sub(self.radius)..(cx + self.radius + 1).min(rw)];
-                let s = window
-                    .iter()
-                    .fold([0.0; 4], |acc, c| std::array::from_fn(|k| acc[k] + c[k]));
+                let s = window.iter().fold([0.0; 4], |acc, c| std::array::from_fn(|k| acc[k] + c[k]));
                 let e = lerp_line(&scratch.line, first, scratch.taps[cx]);
                 emit(tile.x0 + dx, y, second_pass(p, a8, &s, &e));
             }
@@ -195,9 +178,7 @@ fn vertical_sums(tile: Rect, region: Rect, radius: usize, scratch: &mut Scratch)
                 add_row(acc, row(ry - radius - 1), -1.0);
             }
         }
-        scratch
-            .vertical
-            .extend(acc.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]));
+        scratch.vertical.extend(acc.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]));
     }
 }
 

@@ -41,13 +41,7 @@ impl Grid {
     /// Sums `rgb` (3 bytes per pixel) and `alpha` over cells of `scale`x`scale` pixels. Large
     /// cells are sampled on a sparser lattice (every `scale/4`-th row and column): the blur
     /// that follows averages away the difference at a fraction of the cost.
-    pub(super) fn build(
-        rgb: &[u8],
-        alpha: &[u8],
-        width: usize,
-        height: usize,
-        scale: usize,
-    ) -> Grid {
+    pub(super) fn build(rgb: &[u8], alpha: &[u8], width: usize, height: usize, scale: usize) -> Grid {
         let (gw, gh) = (width.div_ceil(scale), height.div_ceil(scale));
         let step = (scale / 4).max(1);
         let mut cells = vec![[0.0; CH]; gw * gh];
@@ -65,16 +59,7 @@ impl Grid {
             let n_rows = rows.len();
             for (cx, (cell, s)) in out.iter_mut().zip(&sums).enumerate() {
                 let cols = ((cx + 1) * scale).min(width) - cx * scale;
-                let mut c = [
-                    (n_rows * cols.div_ceil(step)) as f32,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                ];
+                let mut c = [(n_rows * cols.div_ceil(step)) as f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
                 for k in 0..4 {
                     c[1 + k] = s[k] as f32 / 255.0;
                 }
@@ -84,12 +69,7 @@ impl Grid {
                 *cell = c;
             }
         });
-        Grid {
-            width: gw,
-            height: gh,
-            scale,
-            cells,
-        }
+        Grid { width: gw, height: gh, scale, cells }
     }
 
     /// Replaces every cell by the sum over the `(2*radius+1)`-square around it.
@@ -104,10 +84,7 @@ impl Grid {
                 prefix[x + 1] = add(&prefix[x], &row[x]);
             }
             for (x, cell) in row.iter_mut().enumerate() {
-                *cell = sub(
-                    &prefix[(x + radius + 1).min(w)],
-                    &prefix[x.saturating_sub(radius)],
-                );
+                *cell = sub(&prefix[(x + radius + 1).min(w)], &prefix[x.saturating_sub(radius)]);
             }
         }
         let mut prefix = vec![[0.0; CH]; (h + 1) * w];
@@ -124,10 +101,7 @@ impl Grid {
     }
 
     /// Derives a per-cell field from the (blurred) sums.
-    pub(super) fn map<const N: usize>(
-        &self,
-        f: impl Fn(&Cell) -> [f32; N] + Sync + Send,
-    ) -> Field<N> {
+    pub(super) fn map<const N: usize>(&self, f: impl Fn(&Cell) -> [f32; N] + Sync + Send) -> Field<N> {
         Field {
             width: self.width,
             height: self.height,
@@ -146,12 +120,7 @@ fn accumulate(sum: &mut [u32; CH - 1], px: &[u8], al: &[u8], step: usize) {
     let [mut sa, mut sra, mut sga, mut sba, mut sr, mut sg, mut sb] = *sum;
     let mut x = 0;
     while x < al.len() {
-        let (r, g, b, a) = (
-            u32::from(px[3 * x]),
-            u32::from(px[3 * x + 1]),
-            u32::from(px[3 * x + 2]),
-            u32::from(al[x]),
-        );
+        let (r, g, b, a) = (u32::from(px[3 * x]), u32::from(px[3 * x + 1]), u32::from(px[3 * x + 2]), u32::from(al[x]));
         sa += a;
         sra += r * a;
         sga += g * a;
@@ -168,12 +137,7 @@ fn accumulate(sum: &mut [u32; CH - 1], px: &[u8], al: &[u8], step: usize) {
 fn accumulate_dense(sum: &mut [u32; CH - 1], px: &[u8], al: &[u8]) {
     let [mut sa, mut sra, mut sga, mut sba, mut sr, mut sg, mut sb] = *sum;
     for (p, &a) in px.chunks_exact(3).zip(al) {
-        let (r, g, b, a) = (
-            u32::from(p[0]),
-            u32::from(p[1]),
-            u32::from(p[2]),
-            u32::from(a),
-        );
+        let (r, g, b, a) = (u32::from(p[0]), u32::from(p[1]), u32::from(p[2]), u32::from(a));
         sa += a;
         sra += r * a;
         sga += g * a;
@@ -204,11 +168,7 @@ pub(super) fn fg_bg_estimate(c: &Cell) -> [f32; 6] {
     let fg = c[1].max(TINY);
     let bg = (c[0] - c[1]).max(TINY);
     std::array::from_fn(|k| {
-        let v = if k < 3 {
-            c[2 + k] / fg
-        } else {
-            (c[2 + k] - c[k - 1]) / bg
-        };
+        let v = if k < 3 { c[2 + k] / fg } else { (c[2 + k] - c[k - 1]) / bg };
         v.clamp(0.0, 255.0)
     })
 }
@@ -243,10 +203,7 @@ impl<const N: usize> Field<N> {
         let row = |y: u32| &self.values[y as usize * self.width..][first..=last];
         out.clear();
         out.extend(
-            row(ty.lo)
-                .iter()
-                .zip(row(ty.hi))
-                .map(|(t, b)| std::array::from_fn(|k| t[k] + (b[k] - t[k]) * ty.w_hi)),
+            row(ty.lo).iter().zip(row(ty.hi)).map(|(t, b)| std::array::from_fn(|k| t[k] + (b[k] - t[k]) * ty.w_hi)),
         );
     }
 
@@ -267,9 +224,5 @@ pub(super) fn lerp_line<const N: usize>(line: &[[f32; N]], first: usize, tx: Tap
 fn tap(pixel: usize, scale: usize, len: usize) -> Tap {
     let g = ((pixel as f32 + 0.5) / scale as f32 - 0.5).max(0.0);
     let lo = (g as usize).min(len - 1);
-    Tap {
-        lo: lo as u32,
-        hi: (lo + 1).min(len - 1) as u32,
-        w_hi: (g - lo as f32).clamp(0.0, 1.0),
-    }
+    Tap { lo: lo as u32, hi: (lo + 1).min(len - 1) as u32, w_hi: (g - lo as f32).clamp(0.0, 1.0) }
 }

@@ -54,12 +54,7 @@ pub struct CompositeOptions {
 
 impl Default for CompositeOptions {
     fn default() -> Self {
-        CompositeOptions {
-            background: Background::default(),
-            preserve_at: 240,
-            clear_below: 5,
-            decontaminate: true,
-        }
+        CompositeOptions { background: Background::default(), preserve_at: 240, clear_below: 5, decontaminate: true }
     }
 }
 
@@ -128,49 +123,24 @@ impl Rect {
 /// size differs); the output has the photo's size.
 pub fn composite(rgb: &RgbImage, alpha: &GrayImage, opts: &CompositeOptions) -> Composited {
     let (w, h) = rgb.dimensions();
-    let alpha = if alpha.dimensions() == (w, h) {
-        Cow::Borrowed(alpha)
-    } else {
-        Cow::Owned(resize_gray(alpha, w, h))
-    };
-    let band = Band {
-        lo: opts.clear_below,
-        hi: opts.preserve_at,
-    };
+    let alpha = if alpha.dimensions() == (w, h) { Cow::Borrowed(alpha) } else { Cow::Owned(resize_gray(alpha, w, h)) };
+    let band = Band { lo: opts.clear_below, hi: opts.preserve_at };
     let (width, height) = (w as usize, h as usize);
     let has_edges = alpha.as_raw().iter().any(|&a| band.contains(a));
     // Pass 1 of decontamination and the background plane are independent whole-image jobs.
     let (decontam, plane) = rayon::join(
-        || {
-            (opts.decontaminate && has_edges)
-                .then(|| Decontam::new(rgb.as_raw(), alpha.as_raw(), width, height))
-        },
+        || (opts.decontaminate && has_edges).then(|| Decontam::new(rgb.as_raw(), alpha.as_raw(), width, height)),
         || background::plane(&opts.background, rgb, &alpha),
     );
-    let job = Job {
-        rgb: rgb.as_raw(),
-        alpha: alpha.as_raw(),
-        width,
-        height,
-        band,
-        decontam: decontam.as_ref(),
-    };
+    let job = Job { rgb: rgb.as_raw(), alpha: alpha.as_raw(), width, height, band, decontam: decontam.as_ref() };
     match (&opts.background, plane) {
-        (_, Some(plane)) => {
-            Composited::Rgb(image_of(w, h, job.render::<3, _>(&Plane(plane.as_raw()))))
-        }
-        (Background::Color(c), None) => {
-            Composited::Rgb(image_of(w, h, job.render::<3, _>(&Flat(*c))))
-        }
+        (_, Some(plane)) => Composited::Rgb(image_of(w, h, job.render::<3, _>(&Plane(plane.as_raw())))),
+        (Background::Color(c), None) => Composited::Rgb(image_of(w, h, job.render::<3, _>(&Flat(*c)))),
         (_, None) => Composited::Rgba(image_of(w, h, job.render::<4, _>(&Flat([0; 3])))),
     }
 }
 
-fn image_of<P: image::Pixel<Subpixel = u8>>(
-    w: u32,
-    h: u32,
-    raw: Vec<u8>,
-) -> image::ImageBuffer<P, Vec<u8>> {
+fn image_of<P: image::Pixel<Subpixel = u8>>(w: u32, h: u32, raw: Vec<u8>) -> image::ImageBuffer<P, Vec<u8>> {
     image::ImageBuffer::from_raw(w, h, raw).expect("render writes width*height pixels")
 }
 
@@ -227,9 +197,9 @@ impl Job<'_> {
             return out;
         }
         let tile = self.decontam.map_or(32, Decontam::tile_size);
-        out.par_chunks_mut(tile * self.width * N)
-            .enumerate()
-            .for_each_init(Scratch::default, |scratch, (strip, chunk)| {
+        out.par_chunks_mut(tile * self.width * N).enumerate().for_each_init(
+            Scratch::default,
+            |scratch, (strip, chunk)| {
                 let y0 = strip * tile;
                 for (dy, row) in chunk.chunks_exact_mut(self.width * N).enumerate() {
                     self.basic_row::<N, B>(row, (y0 + dy) * self.width, bg);
@@ -238,7 +208,8 @@ impl Job<'_> {
                     let y1 = y0 + chunk.len() / (self.width * N);
                     self.edge_strip::<N, B>(chunk, y0, y1, tile, decontam, scratch, bg);
                 }
-            });
+            },
+        );
         out
     }
 
@@ -249,15 +220,10 @@ impl Job<'_> {
         const RUN: usize = 32;
         let px = &self.rgb[start * 3..(start + self.width) * 3];
         let al = &self.alpha[start..start + self.width];
-        let runs = out
-            .chunks_mut(RUN * N)
-            .zip(px.chunks(RUN * 3))
-            .zip(al.chunks(RUN));
+        let runs = out.chunks_mut(RUN * N).zip(px.chunks(RUN * 3)).zip(al.chunks(RUN));
         for (i, ((o, p), a)) in runs.enumerate() {
             let at = start + i * RUN;
-            let (min, max) = a
-                .iter()
-                .fold((u8::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            let (min, max) = a.iter().fold((u8::MAX, 0), |(lo, hi), &v| (lo.min(v), hi.max(v)));
             if N == 3 && min >= self.band.hi {
                 o.copy_from_slice(p);
             } else if max < self.band.lo {
@@ -272,14 +238,7 @@ impl Job<'_> {
     }
 
     #[inline]
-    fn mixed_pixels<const N: usize, B: BgPixels>(
-        &self,
-        out: &mut [u8],
-        px: &[u8],
-        al: &[u8],
-        start: usize,
-        bg: &B,
-    ) {
+    fn mixed_pixels<const N: usize, B: BgPixels>(&self, out: &mut [u8], px: &[u8], al: &[u8], start: usize, bg: &B) {
         let Band { lo, hi } = self.band;
         let pixels = out.chunks_exact_mut(N).zip(px.chunks_exact(3)).zip(al);
         for (x, ((o, p), &a)) in pixels.enumerate() {
@@ -315,12 +274,7 @@ impl Job<'_> {
         bg: &B,
     ) {
         for x0 in (0..self.width).step_by(tile) {
-            let rect = Rect {
-                x0,
-                y0,
-                x1: (x0 + tile).min(self.width),
-                y1,
-            };
+            let rect = Rect { x0, y0, x1: (x0 + tile).min(self.width), y1 };
             decontam.tile(rect, self.height, self.band, scratch, |x, y, f| {
                 let i = y * self.width + x;
                 let o = &mut chunk[(i - y0 * self.width) * N..][..N];

@@ -95,13 +95,8 @@ fn clear_pixels_take_the_background_image_cover_fitted() {
         1 => Rgb([0, 255, 0]),
         _ => Rgb([0, 0, 255]),
     });
-    let opts = CompositeOptions {
-        background: Background::Image(Arc::new(stripes)),
-        ..Default::default()
-    };
-    let Composited::Rgb(out) = composite(&rgb, &alpha, &opts) else {
-        panic!("expected rgb")
-    };
+    let opts = CompositeOptions { background: Background::Image(Arc::new(stripes)), ..Default::default() };
+    let Composited::Rgb(out) = composite(&rgb, &alpha, &opts) else { panic!("expected rgb") };
     assert_eq!(out.dimensions(), (60, 60));
     for x in 1..59 {
         assert_eq!(out.get_pixel(x, 30).0, [0, 255, 0], "column {x}");
@@ -137,11 +132,7 @@ fn red_disc_on_green(size: u32) -> (RgbImage, GrayImage) {
     });
     let rgb = RgbImage::from_fn(size, size, |x, y| {
         let a = f32::from(alpha.get_pixel(x, y).0[0]) / 255.0;
-        Rgb([
-            (a * 230.0).round() as u8,
-            ((1.0 - a) * 200.0).round() as u8,
-            20,
-        ])
+        Rgb([(a * 230.0).round() as u8, ((1.0 - a) * 200.0).round() as u8, 20])
     });
     (rgb, alpha)
 }
@@ -151,11 +142,7 @@ fn decontamination_removes_the_old_background_from_edges() {
     // 250 px is not a multiple of the tile size, so the last tiles are partial.
     let (rgb, alpha) = red_disc_on_green(250);
     let measure = |decontaminate: bool| -> (f64, u8, f64) {
-        let opts = CompositeOptions {
-            background: Background::Color([0, 0, 255]),
-            decontaminate,
-            ..Default::default()
-        };
+        let opts = CompositeOptions { background: Background::Color([0, 0, 255]), decontaminate, ..Default::default() };
         let out = composite(&rgb, &alpha, &opts);
         let (mut green, mut worst, mut red_error, mut n) = (0.0, 0, 0.0, 0.0);
         for (x, y, a) in alpha.enumerate_pixels() {
@@ -172,29 +159,17 @@ fn decontamination_removes_the_old_background_from_edges() {
     };
     let (with, with_worst, with_red) = measure(true);
     let (without, without_worst, _) = measure(false);
-    assert!(
-        without > 20.0,
-        "test image has no fringe to remove: {without}"
-    );
-    assert!(
-        with < without * 0.25,
-        "mean green {with} with vs {without} without"
-    );
+    assert!(without > 20.0, "test image has no fringe to remove: {without}");
+    assert!(with < without * 0.25, "mean green {with} with vs {without} without");
     // Every edge pixel improves, including those on tile borders.
-    assert!(
-        with_worst < without_worst / 2,
-        "worst green {with_worst} vs {without_worst}"
-    );
+    assert!(with_worst < without_worst / 2, "worst green {with_worst} vs {without_worst}");
     assert!(with_red < 8.0, "foreground colour drifted by {with_red}");
 }
 
 #[test]
 fn blurred_background_is_the_photo_background_without_the_product() {
     let (rgb, alpha) = red_disc_on_green(200);
-    let opts = CompositeOptions {
-        background: Background::Blur { sigma_pct: 4.0 },
-        ..Default::default()
-    };
+    let opts = CompositeOptions { background: Background::Blur { sigma_pct: 4.0 }, ..Default::default() };
     let out = composite(&rgb, &alpha, &opts);
     // Just outside the disc the blur shows green, not a red halo.
     let p = rgb_of(&out, 100 + 72, 100);
@@ -207,24 +182,13 @@ fn blurred_background_is_the_photo_background_without_the_product() {
 #[test]
 fn three_boxes_match_the_gaussian_variance() {
     for sigma in [1.0f32, 2.5, 4.0, 10.0, 33.3] {
-        let variance: f32 = gaussian_boxes(sigma)
-            .iter()
-            .map(|&r| ((2 * r + 1).pow(2) - 1) as f32 / 12.0)
-            .sum();
-        assert!(
-            (variance.sqrt() - sigma).abs() < 0.6,
-            "sigma {sigma}: {}",
-            variance.sqrt()
-        );
+        let variance: f32 = gaussian_boxes(sigma).iter().map(|&r| ((2 * r + 1).pow(2) - 1) as f32 / 12.0).sum();
+        assert!((variance.sqrt() - sigma).abs() < 0.6, "sigma {sigma}: {}", variance.sqrt());
     }
 }
 
 #[test]
 fn empty_images_composite_to_empty_images() {
-    let out = composite(
-        &RgbImage::new(0, 0),
-        &GrayImage::new(0, 0),
-        &CompositeOptions::default(),
-    );
+    let out = composite(&RgbImage::new(0, 0), &GrayImage::new(0, 0), &CompositeOptions::default());
     assert_eq!((out.width(), out.height()), (0, 0));
 }

@@ -25,10 +25,7 @@ pub struct DecodeLimits {
 
 impl Default for DecodeLimits {
     fn default() -> Self {
-        DecodeLimits {
-            max_pixels: 50_000_000,
-            max_file_bytes: 64 * 1024 * 1024,
-        }
+        DecodeLimits { max_pixels: 50_000_000, max_file_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -74,10 +71,7 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, ImageError
     }
     let size = bytes.len() as u64;
     if size > limits.max_file_bytes {
-        return Err(ImageError::TooLarge {
-            bytes: size,
-            limit: limits.max_file_bytes,
-        });
+        return Err(ImageError::TooLarge { bytes: size, limit: limits.max_file_bytes });
     }
     let format = sniff::sniff(bytes)?;
     let header_dims = match format {
@@ -92,15 +86,11 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, ImageError
     let mut alloc = image::Limits::default();
     alloc.max_alloc = Some(max_alloc(limits));
     reader.limits(alloc);
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| map_decode_error(e, header_dims, limits))?;
+    let mut decoder = reader.into_decoder().map_err(|e| map_decode_error(e, header_dims, limits))?;
     let (width, height) = decoder.dimensions();
     check_pixels(width, height, limits)?;
     if width == 0 || height == 0 {
-        return Err(ImageError::Corrupt(format!(
-            "header declares an empty {width}x{height} image"
-        )));
+        return Err(ImageError::Corrupt(format!("header declares an empty {width}x{height} image")));
     }
     if decoder.total_bytes() > max_alloc(limits) {
         return Err(too_many(width, height, limits));
@@ -110,25 +100,16 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, ImageError
     let had_alpha = decoder.color_type().has_alpha();
     let original = decoder.original_color_type();
     let bits = original.bits_per_pixel() / u16::from(original.channel_count().max(1));
-    let image = DynamicImage::from_decoder(decoder)
-        .map_err(|e| map_decode_error(e, Some((width, height)), limits))?;
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| map_decode_error(e, Some((width, height)), limits))?;
     let mut upright = DynamicImage::ImageRgb8(image.into_rgb8());
     upright.apply_orientation(orientation);
-    Ok(Decoded {
-        rgb: upright.into_rgb8(),
-        format,
-        had_alpha,
-        bit_depth: u8::try_from(bits).unwrap_or(u8::MAX),
-    })
+    Ok(Decoded { rgb: upright.into_rgb8(), format, had_alpha, bit_depth: u8::try_from(bits).unwrap_or(u8::MAX) })
 }
 
 /// Bytes a decoder may hold at once: a 16-bit RGBA frame of the largest accepted size plus
 /// slack for line buffers, as a second guard behind the header check.
 fn max_alloc(limits: &DecodeLimits) -> u64 {
-    limits
-        .max_pixels
-        .saturating_mul(8)
-        .saturating_add(64 * 1024 * 1024)
+    limits.max_pixels.saturating_mul(8).saturating_add(64 * 1024 * 1024)
 }
 
 fn check_pixels(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), ImageError> {
@@ -139,26 +120,16 @@ fn check_pixels(width: u32, height: u32, limits: &DecodeLimits) -> Result<(), Im
 }
 
 fn too_many(width: u32, height: u32, limits: &DecodeLimits) -> ImageError {
-    ImageError::TooManyPixels {
-        width,
-        height,
-        limit: limits.max_pixels,
-    }
+    ImageError::TooManyPixels { width, height, limit: limits.max_pixels }
 }
 
-fn map_decode_error(
-    err: image::ImageError,
-    dims: Option<(u32, u32)>,
-    limits: &DecodeLimits,
-) -> ImageError {
+fn map_decode_error(err: image::ImageError, dims: Option<(u32, u32)>, limits: &DecodeLimits) -> ImageError {
     match err {
         image::ImageError::Limits(limit) => match dims {
             Some((width, height)) => too_many(width, height, limits),
             None => ImageError::Corrupt(format!("decoder memory limit hit: {limit}")),
         },
-        image::ImageError::Unsupported(what) => ImageError::UnsupportedFormat {
-            seen: what.to_string().to_lowercase(),
-        },
+        image::ImageError::Unsupported(what) => ImageError::UnsupportedFormat { seen: what.to_string().to_lowercase() },
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             ImageError::Corrupt("file ends before the image data is complete".into())
         }

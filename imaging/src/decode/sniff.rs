@@ -15,9 +15,7 @@ pub(crate) fn sniff(bytes: &[u8]) -> Result<InputFormat, ImageError> {
     if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
         return Ok(InputFormat::Webp);
     }
-    Err(ImageError::UnsupportedFormat {
-        seen: describe(bytes).to_string(),
-    })
+    Err(ImageError::UnsupportedFormat { seen: describe(bytes).to_string() })
 }
 
 /// A short human name for bytes that are not an accepted format.
@@ -52,10 +50,8 @@ fn describe(bytes: &[u8]) -> &'static str {
         return "riff container that is not webp";
     }
     let head = &bytes[..bytes.len().min(512)];
-    let is_text = std::str::from_utf8(head).is_ok_and(|text| {
-        text.chars()
-            .all(|c| !c.is_control() || c.is_ascii_whitespace())
-    });
+    let is_text =
+        std::str::from_utf8(head).is_ok_and(|text| text.chars().all(|c| !c.is_control() || c.is_ascii_whitespace()));
     match (is_text, head.trim_ascii_start().first()) {
         (true, Some(b'<')) => "xml/html/svg text",
         (true, Some(b'{')) => "json text",
@@ -92,9 +88,7 @@ pub(crate) fn jpeg_structure(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
         };
         pos += 1;
         match marker {
-            0xD9 => {
-                return dims.ok_or_else(|| ImageError::Corrupt("jpeg has no frame header".into()))
-            }
+            0xD9 => return dims.ok_or_else(|| ImageError::Corrupt("jpeg has no frame header".into())),
             0x01 | 0xD0..=0xD8 => continue,
             _ => {}
         }
@@ -103,9 +97,7 @@ pub(crate) fn jpeg_structure(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
         }
         let len = usize::from(u16::from_be_bytes([bytes[pos], bytes[pos + 1]]));
         if len < 2 {
-            return Err(ImageError::Corrupt(format!(
-                "jpeg segment at byte {pos} is malformed"
-            )));
+            return Err(ImageError::Corrupt(format!("jpeg segment at byte {pos} is malformed")));
         }
         if pos + len > bytes.len() {
             return Err(truncated());

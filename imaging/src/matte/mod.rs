@@ -31,9 +31,7 @@ pub enum Morphology {
 pub fn refine(alpha: &mut GrayImage, morphology: Morphology) {
     let (width, height) = (alpha.width() as usize, alpha.height() as usize);
     let (radius, first_min) = match morphology {
-        Morphology::None | Morphology::Open { radius: 0 } | Morphology::Close { radius: 0 } => {
-            return
-        }
+        Morphology::None | Morphology::Open { radius: 0 } | Morphology::Close { radius: 0 } => return,
         Morphology::Open { radius } => (radius as usize, true),
         Morphology::Close { radius } => (radius as usize, false),
     };
@@ -60,12 +58,7 @@ pub fn uncertainty(alpha: &GrayImage) -> f32 {
     let unsure: usize = alpha
         .as_raw()
         .chunks(1 << 16)
-        .map(|chunk| {
-            chunk
-                .iter()
-                .map(|&a| u32::from(a > UNSURE_LO && a < UNSURE_HI))
-                .sum::<u32>() as usize
-        })
+        .map(|chunk| chunk.iter().map(|&a| u32::from(a > UNSURE_LO && a < UNSURE_HI)).sum::<u32>() as usize)
         .sum();
     unsure as f32 / total as f32
 }

@@ -43,11 +43,9 @@ fn rows<const MIN: bool>(data: &mut [u8], width: usize, radius: usize) {
         |(line, prefix, suffix), row| {
             line.fill(neutral::<MIN>());
             line[radius..radius + width].copy_from_slice(row);
-            for (block, (pre, suf)) in line.chunks_exact(window).zip(
-                prefix
-                    .chunks_exact_mut(window)
-                    .zip(suffix.chunks_exact_mut(window)),
-            ) {
+            for (block, (pre, suf)) in
+                line.chunks_exact(window).zip(prefix.chunks_exact_mut(window).zip(suffix.chunks_exact_mut(window)))
+            {
                 let mut acc = neutral::<MIN>();
                 for (p, &v) in pre.iter_mut().zip(block) {
                     acc = pick::<MIN>(acc, v);
@@ -82,11 +80,7 @@ fn columns<const MIN: bool>(data: &mut [u8], width: usize, height: usize, radius
         for i in rows.clone() {
             let (done, rest) = prefix.split_at_mut(i * width);
             let dst = &mut rest[..width];
-            combine::<MIN>(
-                dst,
-                (i > rows.start).then(|| &done[(i - 1) * width..]),
-                src_row(i),
-            );
+            combine::<MIN>(dst, (i > rows.start).then(|| &done[(i - 1) * width..]), src_row(i));
         }
         for i in rows.clone().rev() {
             let (head, rest) = suffix.split_at_mut((i + 1) * width);

@@ -7,10 +7,7 @@ use super::*;
 fn uncertainty_of_binary_mask_is_zero_and_of_grey_mask_is_one() {
     let binary = GrayImage::from_fn(64, 48, |x, _| Luma([if x < 20 { 0 } else { 255 }]));
     assert_eq!(uncertainty(&binary), 0.0);
-    assert_eq!(
-        uncertainty(&GrayImage::from_pixel(64, 48, Luma([128]))),
-        1.0
-    );
+    assert_eq!(uncertainty(&GrayImage::from_pixel(64, 48, Luma([128]))), 1.0);
     assert_eq!(uncertainty(&GrayImage::new(0, 0)), 0.0);
     let half = GrayImage::from_fn(10, 10, |x, _| Luma([if x < 5 { 128 } else { 0 }]));
     assert!((uncertainty(&half) - 0.5).abs() < 1e-6);
@@ -46,20 +43,13 @@ fn close_fills_a_one_pixel_hole() {
     let mut alpha = GrayImage::from_pixel(32, 32, Luma([255]));
     alpha.put_pixel(16, 16, Luma([0]));
     refine(&mut alpha, Morphology::Close { radius: 1 });
-    assert!(
-        alpha.pixels().all(|p| p.0 == [255]),
-        "hole not filled or border eroded"
-    );
+    assert!(alpha.pixels().all(|p| p.0 == [255]), "hole not filled or border eroded");
 }
 
 #[test]
 fn none_and_zero_radius_leave_the_matte_alone() {
     let alpha = GrayImage::from_fn(9, 7, |x, y| Luma([(x * 29 + y * 7) as u8]));
-    for morphology in [
-        Morphology::None,
-        Morphology::Open { radius: 0 },
-        Morphology::Close { radius: 0 },
-    ] {
+    for morphology in [Morphology::None, Morphology::Open { radius: 0 }, Morphology::Close { radius: 0 }] {
         let mut copy = alpha.clone();
         refine(&mut copy, morphology);
         assert_eq!(copy, alpha);

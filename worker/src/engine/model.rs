@@ -77,9 +77,9 @@ impl LoadedModel {
         }
         let embedding = match (&self.manifest.output.embedding, &self.embedder) {
             (EmbeddingSpec::Output { index, .. }, _) => self.pick(&output, Some(*index), "embedding")?,
-            (EmbeddingSpec::Model { .. }, Some(embedder)) => embedder
-                .forward_ts(&[xs])
-                .map_err(|e| self.contract(format!("embedding model failed: {e}")))?,
+            (EmbeddingSpec::Model { .. }, Some(embedder)) => {
+                embedder.forward_ts(&[xs]).map_err(|e| self.contract(format!("embedding model failed: {e}")))?
+            }
             (EmbeddingSpec::Model { .. }, None) => unreachable!("embedder is loaded with the manifest"),
         };
         let dim = self.manifest.output.embedding.dim() as i64;
@@ -105,9 +105,12 @@ impl LoadedModel {
         let element = match (output, index) {
             (IValue::Tensor(t), None) => return Ok(t.shallow_clone()),
             (IValue::Tuple(items) | IValue::GenericList(items), Some(i)) => items.get(i),
-            (IValue::TensorList(items), Some(i)) => return items.get(i).map(Tensor::shallow_clone).ok_or_else(|| {
-                self.contract(format!("{what} index {i} is past the {} outputs", items.len()))
-            }),
+            (IValue::TensorList(items), Some(i)) => {
+                return items
+                    .get(i)
+                    .map(Tensor::shallow_clone)
+                    .ok_or_else(|| self.contract(format!("{what} index {i} is past the {} outputs", items.len())))
+            }
             _ => None,
         };
         match element {

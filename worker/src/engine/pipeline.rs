@@ -153,7 +153,12 @@ impl Engine {
 
     /// Processes a stream of images with the three stages overlapped; `sink` gets every
     /// result in input order. Fails only when the model or device fails.
-    pub fn process_stream<I>(&self, items: I, opts: &EngineOptions, mut sink: impl FnMut(ItemResult)) -> Result<(), EngineError>
+    pub fn process_stream<I>(
+        &self,
+        items: I,
+        opts: &EngineOptions,
+        mut sink: impl FnMut(ItemResult),
+    ) -> Result<(), EngineError>
     where
         I: Iterator<Item = InputItem> + Send,
     {

@@ -42,7 +42,12 @@ impl EvalReport {
 }
 
 /// Scores `inference`'s model on `count` synthetic images of catalog `seed`.
-pub fn evaluate(inference: &InferenceThread, seed: u64, count: usize, long_side: (u32, u32)) -> Result<EvalReport, EngineError> {
+pub fn evaluate(
+    inference: &InferenceThread,
+    seed: u64,
+    count: usize,
+    long_side: (u32, u32),
+) -> Result<EvalReport, EngineError> {
     let spec = inference.manifest().input.clone();
     let plane = 3 * (spec.width * spec.height) as usize;
     let mut scores = Vec::with_capacity(count);

@@ -125,19 +125,23 @@ pub fn build(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<ModelManifest> {
     })?;
     embed.set_eval();
     embed.save(tmp.path().join(EMBEDDING_FILE))?;
-    let mut manifest = manifest(cfg, &vs, serde_json::json!({
-        "dataset": format!("fleet-synth catalog, seed {}, {} images rendered at long side {} and resized to {}x{}", cfg.seed, cfg.samples, cfg.render_long_side, side, side),
-        "steps": summary.steps,
-        "batch": cfg.batch,
-        "optimizer": "adam",
-        "lr": cfg.lr,
-        "schedule": format!("linear warm-up {} steps, cosine decay", cfg.warmup_steps),
-        "loss": "binary cross-entropy + soft IoU",
-        "final_loss": summary.final_loss,
-        "render_seconds": render_s,
-        "train_seconds": summary.seconds,
-        "threads": tch::get_num_threads(),
-    }));
+    let mut manifest = manifest(
+        cfg,
+        &vs,
+        serde_json::json!({
+            "dataset": format!("fleet-synth catalog, seed {}, {} images rendered at long side {} and resized to {}x{}", cfg.seed, cfg.samples, cfg.render_long_side, side, side),
+            "steps": summary.steps,
+            "batch": cfg.batch,
+            "optimizer": "adam",
+            "lr": cfg.lr,
+            "schedule": format!("linear warm-up {} steps, cosine decay", cfg.warmup_steps),
+            "loss": "binary cross-entropy + soft IoU",
+            "final_loss": summary.final_loss,
+            "render_seconds": render_s,
+            "train_seconds": summary.seconds,
+            "threads": tch::get_num_threads(),
+        }),
+    );
     std::fs::write(tmp.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
     let report = measure(tmp.path(), cfg.eval_samples)?;
     manifest.metrics = Some(report.metrics());
@@ -186,7 +190,13 @@ struct FitSummary {
     seconds: f64,
 }
 
-fn fit(cfg: &TrainConfig, vs: &nn::VarStore, net: &UNet, images: &Tensor, masks: &Tensor) -> anyhow::Result<FitSummary> {
+fn fit(
+    cfg: &TrainConfig,
+    vs: &nn::VarStore,
+    net: &UNet,
+    images: &Tensor,
+    masks: &Tensor,
+) -> anyhow::Result<FitSummary> {
     let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
     let mean = Tensor::from_slice(&MEAN).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&STD).view([1, 3, 1, 1]);
@@ -215,7 +225,13 @@ fn fit(cfg: &TrainConfig, vs: &nn::VarStore, net: &UNet, images: &Tensor, masks:
         smoothed = if smoothed.is_nan() { l } else { 0.95 * smoothed + 0.05 * l };
         steps = step + 1;
         if step % 100 == 0 {
-            tracing::info!(step, loss = smoothed, lr = learning_rate(cfg, step), elapsed_s = started.elapsed().as_secs(), "training");
+            tracing::info!(
+                step,
+                loss = smoothed,
+                lr = learning_rate(cfg, step),
+                elapsed_s = started.elapsed().as_secs(),
+                "training"
+            );
         }
     }
     Ok(FitSummary { steps, final_loss: smoothed, seconds: started.elapsed().as_secs_f64() })
@@ -296,7 +312,11 @@ mod tests {
         let out = inference.infer(vec![0.0; 2 * 3 * 32 * 32], 2).unwrap().output;
         assert_eq!((out.alphas.len(), out.alpha_size), (2, (32, 32)));
         assert_eq!(out.embeddings[0].len(), EMBEDDING_DIM as usize);
-        assert!(!root.path().join("m").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".building")));
+        assert!(!root.path().join("m").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".building")));
     }
 
     #[test]

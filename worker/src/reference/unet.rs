@@ -32,12 +32,7 @@ impl DoubleConv {
 
 impl ModuleT for DoubleConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train)
-            .relu()
+        xs.apply(&self.conv1).apply_t(&self.bn1, train).relu().apply(&self.conv2).apply_t(&self.bn2, train).relu()
     }
 }
 
