@@ -260,13 +260,19 @@ fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId) -> Result<(), Rej
     Ok(())
 }
 
-fn check_color(color: &str) -> Result<(), Rejection> {
-    let digits = color.strip_prefix('#').unwrap_or(color);
-    if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(Rejection::new("invalid", format!("background.color must be #rrggbb, got {color:?}")))
+/// Parses `#rrggbb` (the `#` is optional).
+pub fn parse_hex_color(hex: &str) -> Result<[u8; 3], String> {
+    let digits = hex.strip_prefix('#').unwrap_or(hex);
+    let bad = || format!("colour must be #rrggbb, got {hex:?}");
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
     }
+    let channel = |i: usize| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| bad());
+    Ok([channel(0)?, channel(2)?, channel(4)?])
+}
+
+fn check_color(color: &str) -> Result<(), Rejection> {
+    parse_hex_color(color).map(|_| ()).map_err(|e| Rejection::new("invalid", format!("background.color: {e}")))
 }
 
 #[cfg(test)]

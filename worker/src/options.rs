@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use fleet_common::job::parse_hex_color;
 use fleet_imaging::composite::Background;
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::encode::OutputFormat;
@@ -31,17 +32,6 @@ pub fn parse_background(spec: &str, limits: &DecodeLimits) -> Result<Background,
         }
         _ => Err(format!("unknown background {spec:?}: expected transparent, color:#rrggbb, image:PATH or blur[:PCT]")),
     }
-}
-
-/// Parses `#rrggbb` (the `#` is optional).
-pub fn parse_hex_color(hex: &str) -> Result<[u8; 3], String> {
-    let digits = hex.strip_prefix('#').unwrap_or(hex);
-    let bad = || format!("colour must be #rrggbb, got {hex:?}");
-    if digits.len() != 6 || !digits.is_ascii() {
-        return Err(bad());
-    }
-    let channel = |i: usize| u8::from_str_radix(&digits[i..i + 2], 16).map_err(|_| bad());
-    Ok([channel(0)?, channel(2)?, channel(4)?])
 }
 
 /// Parses an output format.

@@ -76,6 +76,7 @@ fn bounds_and_combinations_are_checked() {
         ("/shard_size", 0.into()),
         ("/model", "matting-ref".into()),
         ("/background", serde_json::json!({"mode": "color", "color": "red"})),
+        ("/background", serde_json::json!({"mode": "color", "color": "#+fffff"})),
         ("/background", serde_json::json!({"mode": "blur", "strength_pct": 50.0})),
         ("/background", serde_json::json!({"mode": "image", "key": "tenant-b/bg.jpg"})),
         ("/background", serde_json::json!({"mode": "transparent"})),
