@@ -23,6 +23,9 @@ fn record(tenant: &str, id: &str, model: &str) -> JobRecord {
         accepted_at_ms: 1,
         succeeded_items: 0,
         failed_items: 0,
+        reason: None,
+        traceparent: String::new(),
+        finished_at_ms: None,
     }
 }
 

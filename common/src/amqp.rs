@@ -3,11 +3,14 @@
 //!
 //! ```text
 //! client (broker user = tenant) --publish, user_id=tenant, mandatory, confirmed-->
-//!   fleet.jobs (direct) --"submit"--> fleet.jobs.intake (quorum)        scheduler consumes
+//!   fleet.jobs (direct) --"submit" | "cancel"--> fleet.jobs.intake (quorum)   scheduler consumes
 //! scheduler --> fleet.tasks (direct) --"interactive"--> fleet.tasks.interactive (quorum)
 //!                                    --"batch"--------> fleet.tasks.batch (quorum)   workers consume
+//! worker --> default exchange --"fleet.reports"--> fleet.reports (quorum)          scheduler consumes
 //! scheduler --> fleet.events (topic) --"job.<tenant>.<job>.<event>"--> clients bind their own queues
-//! any queue: delivery-limit exceeded or rejected --> fleet.dlx (fanout) --> fleet.dead (quorum)
+//! task queues: delivery limit exceeded --> fleet.tasks.dlx --> fleet.tasks.dead   scheduler consumes,
+//!              reports the items failed, then parks the message in fleet.dead
+//! other queues: delivery limit exceeded --> fleet.dlx (fanout) --> fleet.dead (quorum)
 //! ```
 //!
 //! Every queue is a durable quorum queue with a `delivery-limit`, so a poison message stops
@@ -40,8 +43,20 @@ pub const EVENTS_EXCHANGE: &str = "fleet.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "fleet.dlx";
 /// Where dead letters wait for an operator.
 pub const DEAD_QUEUE: &str = "fleet.dead";
-/// Deliveries of one message before it is dead-lettered.
+/// Routing key of cancellations.
+pub const CANCEL_KEY: &str = "cancel";
+/// Worker reports to the scheduler (published through the default exchange).
+pub const REPORTS_QUEUE: &str = "fleet.reports";
+/// Dead-letter exchange of the task queues.
+pub const TASKS_DEAD_LETTER_EXCHANGE: &str = "fleet.tasks.dlx";
+/// Task messages past their delivery limit, for the scheduler to report.
+pub const TASKS_DEAD_QUEUE: &str = "fleet.tasks.dead";
+/// Returns of one message (nack or a dead consumer) before it is dead-lettered: a task gets
+/// `DELIVERY_LIMIT + 1` attempts.
 pub const DELIVERY_LIMIT: i64 = 5;
+
+/// Attempts a task gets before the broker dead-letters it.
+pub const MAX_ATTEMPTS: u32 = DELIVERY_LIMIT as u32 + 1;
 
 /// Why talking to the broker failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,11 +87,11 @@ pub async fn connect(url: &str) -> Result<Connection, AmqpError> {
     Ok(Connection::connect(url, ConnectionProperties::default()).await?)
 }
 
-fn quorum_args() -> FieldTable {
+fn quorum_args(dead_letter_exchange: &str) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
     args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+    args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(dead_letter_exchange.into()));
     args
 }
 
@@ -88,6 +103,7 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
         (TASKS_EXCHANGE, ExchangeKind::Direct),
         (EVENTS_EXCHANGE, ExchangeKind::Topic),
         (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
+        (TASKS_DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
     ];
     for (name, kind) in exchanges {
         channel.exchange_declare(name, kind, durable, FieldTable::default()).await?;
@@ -99,13 +115,24 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
     channel
         .queue_bind(DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "", QueueBindOptions::default(), FieldTable::default())
         .await?;
+    let queues = [
+        (INTAKE_QUEUE, DEAD_LETTER_EXCHANGE),
+        (REPORTS_QUEUE, DEAD_LETTER_EXCHANGE),
+        (TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE),
+        (INTERACTIVE_QUEUE, TASKS_DEAD_LETTER_EXCHANGE),
+        (BATCH_QUEUE, TASKS_DEAD_LETTER_EXCHANGE),
+    ];
+    for (queue, dlx) in queues {
+        channel.queue_declare(queue, queue_opts, quorum_args(dlx)).await?;
+    }
     let bindings = [
         (INTAKE_QUEUE, JOBS_EXCHANGE, SUBMIT_KEY),
+        (INTAKE_QUEUE, JOBS_EXCHANGE, CANCEL_KEY),
         (INTERACTIVE_QUEUE, TASKS_EXCHANGE, "interactive"),
         (BATCH_QUEUE, TASKS_EXCHANGE, "batch"),
+        (TASKS_DEAD_QUEUE, TASKS_DEAD_LETTER_EXCHANGE, ""),
     ];
     for (queue, exchange, key) in bindings {
-        channel.queue_declare(queue, queue_opts, quorum_args()).await?;
         channel.queue_bind(queue, exchange, key, QueueBindOptions::default(), FieldTable::default()).await?;
     }
     Ok(())
@@ -153,6 +180,36 @@ pub async fn publish_confirmed(
     }
 }
 
+/// One message of a [`publish_all`] batch: routing key, body, properties.
+pub type Outgoing = (String, Vec<u8>, BasicProperties);
+
+/// Publishes a batch persistently with `mandatory` and waits for every confirm; the sends
+/// are pipelined, so a batch costs about one round trip instead of one per message.
+pub async fn publish_all(channel: &Channel, exchange: &str, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
+    let mut pending = Vec::with_capacity(messages.len());
+    for (routing_key, payload, properties) in messages {
+        let confirm = channel
+            .basic_publish(
+                exchange,
+                &routing_key,
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &payload,
+                properties.with_delivery_mode(2),
+            )
+            .await?;
+        pending.push((routing_key, confirm));
+    }
+    for (routing_key, confirm) in pending {
+        let exchange = exchange.to_string();
+        match confirm.await? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+            Confirmation::Ack(Some(_)) => return Err(AmqpError::Unroutable { exchange, routing_key }),
+            Confirmation::Nack(_) => return Err(AmqpError::Nacked { exchange, routing_key }),
+        }
+    }
+    Ok(())
+}
+
 /// Properties of a job message published by `tenant` (RabbitMQ rejects a `user_id` that is
 /// not the connection's user).
 pub fn job_properties(tenant: &str, message_id: &str) -> BasicProperties {
@@ -160,4 +217,46 @@ pub fn job_properties(tenant: &str, message_id: &str) -> BasicProperties {
         .with_content_type("application/json".into())
         .with_user_id(tenant.into())
         .with_message_id(message_id.into())
+}
+
+/// The task queue of a priority.
+pub fn task_queue(priority: crate::job::Priority) -> (&'static str, &'static str) {
+    match priority {
+        crate::job::Priority::Interactive => (INTERACTIVE_QUEUE, "interactive"),
+        crate::job::Priority::Batch => (BATCH_QUEUE, "batch"),
+    }
+}
+
+/// Attempt number of a delivery: the quorum queue's `x-delivery-count` plus one.
+pub fn attempt_of(properties: &BasicProperties) -> u32 {
+    let count = header(properties, "x-delivery-count").and_then(|v| match v {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(*n as i64),
+        AMQPValue::ShortInt(n) => Some(*n as i64),
+        AMQPValue::LongUInt(n) => Some(*n as i64),
+        _ => None,
+    });
+    count.map_or(1, |n| n.max(0) as u32 + 1)
+}
+
+/// A string header of a delivery.
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    match header(properties, name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
+}
+
+/// Headers with one string entry.
+pub fn string_headers(entries: &[(&str, &str)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in entries {
+        table.insert(ShortString::from(name.to_string()), AMQPValue::LongString((*value).into()));
+    }
+    table
 }

@@ -1,15 +1,28 @@
-//! Durable job state in Redis (run with AOF, `noeviction`). One key per job,
-//! `fleet:job:<tenant>:<id>`, holding the JSON [`JobRecord`]. Creation is `SET NX`, so the
-//! same client id submitted twice by one tenant makes one job. Every state change goes
-//! through [`JobState::apply`] and is written with a compare-and-set script, so concurrent
-//! schedulers never lose an update or write an impossible transition.
+//! Durable job state in Redis (run with AOF, `noeviction`).
+//!
+//! ```text
+//! fleet:job:<tenant>:<id>        JSON JobRecord; created with SET NX (one job per tenant and id)
+//! fleet:jobs:<tenant>            sorted set of job ids by acceptance time
+//! fleet:tasks:<tenant>:<id>      hash task number -> JSON TaskRecord
+//! fleet:progress:<tenant>:<id>   hash of counters (tasks_total, tasks_done, items_*, sharded)
+//! fleet:failures:<tenant>:<id>   list of JSON ItemFailureReport
+//! fleet:sharding                 hash "<tenant>/<id>" -> sharding cursor of jobs still being split
+//! fleet:rejected:<tenant>:<id>   JSON Rejection, kept 7 days
+//! fleet:eventseq:<tenant>:<id>   counter numbering the job's events
+//! ```
+//!
+//! Every job and task state change goes through [`JobState::apply`] / [`TaskState::apply`]
+//! and is written with a compare-and-set script, so concurrent schedulers never lose an
+//! update or write an impossible transition. A task's counts are added in the same script
+//! that moves it to a terminal state, so a task reported twice is counted once.
 
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
-use crate::job::Priority;
+use crate::job::{Priority, Rejection};
 use crate::keys::TenantId;
-use crate::state::{InvalidTransition, JobEvent, JobState};
+use crate::protocol::{ItemFailureReport, Progress};
+use crate::state::{InvalidTransition, JobEvent, JobState, TaskEvent, TaskState};
 
 /// Attempts at a compare-and-set before giving up on a hot key.
 const CAS_ATTEMPTS: usize = 32;
@@ -44,6 +57,55 @@ pub struct JobRecord {
     pub succeeded_items: u64,
     /// Items that failed.
     pub failed_items: u64,
+    /// Why it failed, for job-level failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// W3C trace context of the job, passed on to its tasks.
+    #[serde(default)]
+    pub traceparent: String,
+    /// When it reached a terminal state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<u64>,
+}
+
+/// What the store keeps per task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Where the task is.
+    pub state: TaskState,
+    /// Items in it.
+    pub items: u32,
+    /// The worker of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Why the latest failed attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A task's outcome, counted once when it reaches a terminal state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskOutcome {
+    /// Items with outputs.
+    pub succeeded: u64,
+    /// Items that failed, with reasons.
+    pub failures: Vec<ItemFailureReport>,
+}
+
+/// Whether a task update was written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskUpdate {
+    /// Written; the job's progress after it.
+    Applied {
+        /// The task now.
+        record: TaskRecord,
+        /// Whether this update ended the task.
+        ended: bool,
+        /// The job's counts after it.
+        progress: Progress,
+    },
+    /// The state machine refused it (a repeated or stale report); nothing changed.
+    Refused(InvalidTransition),
 }
 
 /// Whether a create made a new job.
@@ -96,21 +158,86 @@ impl JobStoreError {
     }
 }
 
+/// Creates a task unless it exists; counts it into the job's totals once.
+const CREATE_TASK: &str = r"
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'tasks_total', 1)
+  redis.call('HINCRBY', KEYS[2], 'items_total', ARGV[3])
+  return false
+end
+return redis.call('HGET', KEYS[1], ARGV[1])
+";
+
+/// Moves a task from `ARGV[2]` to `ARGV[3]`; when `ARGV[4]` is 1 the task ended, and its
+/// counts and failures are added in the same step. Returns the job's counters, or nil if the
+/// task changed under us.
+const UPDATE_TASK: &str = r"
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
+  return false
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('HINCRBY', KEYS[2], 'tasks_done', 1)
+  redis.call('HINCRBY', KEYS[2], 'items_succeeded', ARGV[5])
+  redis.call('HINCRBY', KEYS[2], 'items_failed', ARGV[6])
+  for i = 7, #ARGV do
+    redis.call('RPUSH', KEYS[3], ARGV[i])
+  end
+end
+return redis.call('HGETALL', KEYS[2])
+";
+
+/// How long a rejection stays readable.
+const REJECTION_TTL_S: u64 = 7 * 24 * 3600;
+/// The hash of jobs still being split into tasks.
+const SHARDING_KEY: &str = "fleet:sharding";
+
 /// Job records in Redis.
 #[derive(Clone)]
 pub struct RedisJobStore {
     conn: ConnectionManager,
+    update_task: redis::Script,
+    create_task: redis::Script,
 }
 
 fn key(tenant: &TenantId, id: &str) -> String {
     format!("fleet:job:{tenant}:{id}")
 }
 
+fn job_key(kind: &str, tenant: &TenantId, id: &str) -> String {
+    format!("fleet:{kind}:{tenant}:{id}")
+}
+
+fn parse_progress(fields: &[(String, String)]) -> Progress {
+    let mut p = Progress::default();
+    for (name, value) in fields {
+        let n: u64 = value.parse().unwrap_or(0);
+        match name.as_str() {
+            "tasks_total" => p.tasks_total = n,
+            "tasks_done" => p.tasks_done = n,
+            "items_total" => p.items_total = n,
+            "items_succeeded" => p.items_succeeded = n,
+            "items_failed" => p.items_failed = n,
+            "sharded" => p.sharded = n == 1,
+            _ => {}
+        }
+    }
+    p
+}
+
+fn corrupt(key: &str) -> impl FnOnce(serde_json::Error) -> JobStoreError + '_ {
+    move |e| JobStoreError::Corrupt { key: key.to_string(), reason: e.to_string() }
+}
+
 impl RedisJobStore {
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379`); reconnects by itself afterwards.
     pub async fn connect(url: &str) -> Result<Self, JobStoreError> {
         let client = redis::Client::open(url)?;
-        Ok(RedisJobStore { conn: ConnectionManager::new(client).await? })
+        Ok(RedisJobStore {
+            conn: ConnectionManager::new(client).await?,
+            update_task: redis::Script::new(UPDATE_TASK),
+            create_task: redis::Script::new(CREATE_TASK),
+        })
     }
 
     /// Records a new job unless the tenant already has one with that id.
@@ -122,6 +249,12 @@ impl RedisJobStore {
         let mut conn = self.conn.clone();
         let set: Option<String> = redis::cmd("SET").arg(&k).arg(&json).arg("NX").query_async(&mut conn).await?;
         if set.is_some() {
+            let _: i64 = redis::cmd("ZADD")
+                .arg(format!("fleet:jobs:{tenant}"))
+                .arg(record.accepted_at_ms)
+                .arg(&record.id)
+                .query_async(&mut conn)
+                .await?;
             return Ok(Created::New(record));
         }
         let existing = self
@@ -150,6 +283,17 @@ impl RedisJobStore {
     /// Applies `event` through the state machine and stores the result atomically; returns
     /// the updated record.
     pub async fn apply(&self, tenant: &TenantId, id: &str, event: JobEvent) -> Result<JobRecord, JobStoreError> {
+        self.apply_with_reason(tenant, id, event, None).await
+    }
+
+    /// As [`apply`](Self::apply), recording `reason` (job-level failures).
+    pub async fn apply_with_reason(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        event: JobEvent,
+        reason: Option<String>,
+    ) -> Result<JobRecord, JobStoreError> {
         let k = key(tenant, id);
         let script = redis::Script::new(COMPARE_AND_SET);
         for _ in 0..CAS_ATTEMPTS {
@@ -162,6 +306,12 @@ impl RedisJobStore {
                 record.succeeded_items = succeeded;
                 record.failed_items = failed;
             }
+            if reason.is_some() {
+                record.reason = reason.clone();
+            }
+            if record.state.is_terminal() {
+                record.finished_at_ms = Some(crate::protocol::now_ms());
+            }
             let new = serde_json::to_string(&record).expect("a job record serialises");
             let mut conn = self.conn.clone();
             let swapped: i64 = script.key(&k).arg(&old).arg(&new).invoke_async(&mut conn).await?;
@@ -170,5 +320,211 @@ impl RedisJobStore {
             }
         }
         Err(JobStoreError::Contended(k))
+    }
+}
+
+impl RedisJobStore {
+    /// The tenant's job ids, newest first.
+    pub async fn list(&self, tenant: &TenantId, limit: usize) -> Result<Vec<String>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZREVRANGE")
+            .arg(format!("fleet:jobs:{tenant}"))
+            .arg(0)
+            .arg(limit.max(1) as i64 - 1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(ids)
+    }
+
+    /// Creates task `task` in state `Dispatched { attempt: 1 }` unless it exists; returns
+    /// the existing record when it does.
+    pub async fn create_task(
+        &self,
+        tenant: &TenantId,
+        job: &str,
+        task: u32,
+        items: u32,
+    ) -> Result<Option<TaskRecord>, JobStoreError> {
+        let record = TaskRecord { state: TaskState::Dispatched { attempt: 1 }, items, worker: None, last_error: None };
+        let json = serde_json::to_string(&record).expect("a task record serialises");
+        let tasks = job_key("tasks", tenant, job);
+        let mut conn = self.conn.clone();
+        let existing: Option<String> = self
+            .create_task
+            .key(&tasks)
+            .key(job_key("progress", tenant, job))
+            .arg(task)
+            .arg(json)
+            .arg(items)
+            .invoke_async(&mut conn)
+            .await?;
+        existing.map(|json| serde_json::from_str(&json).map_err(corrupt(&tasks))).transpose()
+    }
+
+    /// The task, if it exists.
+    pub async fn task(&self, tenant: &TenantId, job: &str, task: u32) -> Result<Option<TaskRecord>, JobStoreError> {
+        let tasks = job_key("tasks", tenant, job);
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = redis::cmd("HGET").arg(&tasks).arg(task).query_async(&mut conn).await?;
+        raw.map(|json| serde_json::from_str(&json).map_err(corrupt(&tasks))).transpose()
+    }
+
+    /// Every task of a job, by number.
+    pub async fn tasks(&self, tenant: &TenantId, job: &str) -> Result<Vec<(u32, TaskRecord)>, JobStoreError> {
+        let tasks = job_key("tasks", tenant, job);
+        let mut conn = self.conn.clone();
+        let raw: Vec<(u32, String)> = redis::cmd("HGETALL").arg(&tasks).query_async(&mut conn).await?;
+        let mut out = raw
+            .into_iter()
+            .map(|(n, json)| serde_json::from_str(&json).map(|r| (n, r)).map_err(corrupt(&tasks)))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by_key(|(n, _)| *n);
+        Ok(out)
+    }
+
+    /// Applies `event` to a task through the state machine. When the event ends the task,
+    /// `outcome` is added to the job's counts in the same atomic step (a task ends once, so
+    /// it is counted once). `worker` and `error` are recorded on the task.
+    pub async fn update_task(
+        &self,
+        tenant: &TenantId,
+        job: &str,
+        task: u32,
+        event: TaskEvent,
+        outcome: &TaskOutcome,
+        worker: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<TaskUpdate, JobStoreError> {
+        let tasks = job_key("tasks", tenant, job);
+        for _ in 0..CAS_ATTEMPTS {
+            let mut conn = self.conn.clone();
+            let old: Option<String> = redis::cmd("HGET").arg(&tasks).arg(task).query_async(&mut conn).await?;
+            let old = old.ok_or_else(|| JobStoreError::NotFound { tenant: tenant.to_string(), id: format!("{job} task {task}") })?;
+            let mut record: TaskRecord = serde_json::from_str(&old).map_err(corrupt(&tasks))?;
+            record.state = match record.state.apply(event) {
+                Ok(state) => state,
+                Err(refused) => return Ok(TaskUpdate::Refused(refused)),
+            };
+            if let Some(worker) = worker {
+                record.worker = Some(worker.to_string());
+            }
+            if let Some(error) = error {
+                record.last_error = Some(error.to_string());
+            }
+            let ended = record.state.is_terminal();
+            let new = serde_json::to_string(&record).expect("a task record serialises");
+            let mut invocation = self.update_task.key(&tasks);
+            invocation
+                .key(job_key("progress", tenant, job))
+                .key(job_key("failures", tenant, job))
+                .arg(task)
+                .arg(&old)
+                .arg(&new)
+                .arg(if ended { 1 } else { 0 })
+                .arg(outcome.succeeded)
+                .arg(outcome.failures.len());
+            if ended {
+                for failure in &outcome.failures {
+                    invocation.arg(serde_json::to_string(failure).expect("a failure serialises"));
+                }
+            }
+            let counters: Option<Vec<(String, String)>> = invocation.invoke_async(&mut conn).await?;
+            if let Some(counters) = counters {
+                return Ok(TaskUpdate::Applied { record, ended, progress: parse_progress(&counters) });
+            }
+        }
+        Err(JobStoreError::Contended(format!("{tasks} {task}")))
+    }
+
+    /// The job's counts.
+    pub async fn progress(&self, tenant: &TenantId, job: &str) -> Result<Progress, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<(String, String)> =
+            redis::cmd("HGETALL").arg(job_key("progress", tenant, job)).query_async(&mut conn).await?;
+        Ok(parse_progress(&fields))
+    }
+
+    /// Marks every task of the job created (its totals are final) and forgets its cursor.
+    pub async fn finish_sharding(&self, tenant: &TenantId, job: &str) -> Result<Progress, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(job_key("progress", tenant, job))
+            .arg("sharded")
+            .arg(1)
+            .ignore()
+            .cmd("HDEL")
+            .arg(SHARDING_KEY)
+            .arg(format!("{tenant}/{job}"))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        self.progress(tenant, job).await
+    }
+
+    /// Records where splitting the job into tasks has got to.
+    pub async fn save_cursor(&self, tenant: &TenantId, job: &str, cursor: &str) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 =
+            redis::cmd("HSET").arg(SHARDING_KEY).arg(format!("{tenant}/{job}")).arg(cursor).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Jobs still being split, with their cursors: `(tenant, job, cursor)`.
+    pub async fn cursors(&self) -> Result<Vec<(String, String, String)>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<(String, String)> = redis::cmd("HGETALL").arg(SHARDING_KEY).query_async(&mut conn).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(k, cursor)| k.split_once('/').map(|(t, j)| (t.to_string(), j.to_string(), cursor)))
+            .collect())
+    }
+
+    /// Up to `count` failed items of the job from `start`, in the order they were reported.
+    pub async fn failures(
+        &self,
+        tenant: &TenantId,
+        job: &str,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<ItemFailureReport>, JobStoreError> {
+        let failures = job_key("failures", tenant, job);
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(&failures)
+            .arg(start as i64)
+            .arg((start + count.max(1)) as i64 - 1)
+            .query_async(&mut conn)
+            .await?;
+        raw.iter().map(|json| serde_json::from_str(json).map_err(corrupt(&failures))).collect()
+    }
+
+    /// Records why a submission was refused, readable for a week.
+    pub async fn reject(&self, tenant: &TenantId, id: &str, rejection: &Rejection) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(rejection).expect("a rejection serialises");
+        let _: () = redis::cmd("SET")
+            .arg(job_key("rejected", tenant, id))
+            .arg(json)
+            .arg("EX")
+            .arg(REJECTION_TTL_S)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Why a submission with that id was refused, if it was.
+    pub async fn rejection(&self, tenant: &TenantId, id: &str) -> Result<Option<Rejection>, JobStoreError> {
+        let k = job_key("rejected", tenant, id);
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut conn).await?;
+        raw.map(|json| serde_json::from_str(&json).map_err(corrupt(&k))).transpose()
+    }
+
+    /// The next number of the job's events.
+    pub async fn next_event_seq(&self, tenant: &TenantId, job: &str) -> Result<u64, JobStoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("INCR").arg(job_key("eventseq", tenant, job)).query_async(&mut conn).await?)
     }
 }

@@ -10,6 +10,7 @@ pub mod job;
 pub mod jobstore;
 pub mod keys;
 pub mod manifest;
+pub mod protocol;
 pub mod registry;
 pub mod state;
 pub mod store;

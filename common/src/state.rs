@@ -9,12 +9,19 @@
 //!            +---------cancel----+--------cancel----------+--> cancelled
 //!            +---------fail------+--------fail------------+--> failed
 //!
-//!  task:  pending --dispatch(n)--> dispatched(n) --start--> running(n) --done--> succeeded
+//!  task:  pending --dispatch(n)--> dispatched(n) --start(n)--> running(n) --done--> succeeded
 //!                                      |                      |  \--error, n < max--> pending (retry)
 //!                                      |                      |   \-error, n = max--> dead_lettered
 //!                                      +--lease lost----------+--> pending (redo elsewhere)
+//!         pending(n-1) | dispatched | running(m < n) --start(n)--> running(n)   (broker redelivery)
+//!         pending(n >= 1) --done--> succeeded       (a retry's completion overtook its start)
+//!         any non-terminal --dead letter--> dead_lettered
 //!         any non-terminal --cancel--> cancelled
 //! ```
+//!
+//! Attempt numbers are the broker's: a task message's `x-delivery-count` plus one. RabbitMQ
+//! redelivers a task by itself when a worker dies or hands it back, so a `start` may arrive
+//! for a later attempt than the one recorded; an older or repeated attempt is refused.
 //!
 //! Terminal states (`succeeded`, `succeeded_with_item_errors`, `failed`, `cancelled`,
 //! `dead_lettered`) accept no event.
@@ -131,8 +138,11 @@ pub enum TaskState {
 pub enum TaskEvent {
     /// Handed to a worker.
     Dispatch,
-    /// The worker began.
-    Start,
+    /// A worker began attempt `attempt` (counting from 1).
+    Start {
+        /// The attempt's number.
+        attempt: u32,
+    },
     /// The worker finished it (item failures are not task failures).
     Complete,
     /// The attempt failed as a whole; retried while attempts remain.
@@ -142,6 +152,8 @@ pub enum TaskEvent {
     },
     /// The worker's lease expired (worker dead): redo it without counting a failure.
     LeaseLost,
+    /// The broker dead-lettered it after its delivery limit.
+    DeadLetter,
     /// The job was cancelled.
     Cancel,
 }
@@ -161,8 +173,12 @@ impl TaskState {
         let next = match (self, event) {
             (s, _) if s.is_terminal() => None,
             (Pending { attempts }, TaskEvent::Dispatch) => Some(Dispatched { attempt: attempts + 1 }),
-            (Dispatched { attempt }, TaskEvent::Start) => Some(Running { attempt }),
+            (Pending { attempts }, TaskEvent::Start { attempt }) if attempt > attempts => Some(Running { attempt }),
+            (Dispatched { attempt: a }, TaskEvent::Start { attempt }) if attempt >= a => Some(Running { attempt }),
+            (Running { attempt: a }, TaskEvent::Start { attempt }) if attempt > a => Some(Running { attempt }),
             (Dispatched { .. } | Running { .. }, TaskEvent::Complete) => Some(Succeeded),
+            // A retry's completion can overtake the report of its start.
+            (Pending { attempts }, TaskEvent::Complete) if attempts >= 1 => Some(Succeeded),
             (Dispatched { attempt } | Running { attempt }, TaskEvent::Error { max_attempts }) => {
                 Some(if attempt >= max_attempts { DeadLettered } else { Pending { attempts: attempt } })
             }
@@ -170,6 +186,7 @@ impl TaskState {
             (Dispatched { attempt } | Running { attempt }, TaskEvent::LeaseLost) => {
                 Some(Pending { attempts: attempt - 1 })
             }
+            (_, TaskEvent::DeadLetter) => Some(DeadLettered),
             (_, TaskEvent::Cancel) => Some(Cancelled),
             _ => None,
         };

@@ -75,6 +75,43 @@ enum Command {
     },
     /// Print what libtorch sees: version, CUDA devices, threads.
     DeviceInfo,
+    /// Publish a model folder from the local registry into the S3 registry (manifest last);
+    /// without --model, the reference model, built first if it is not cached.
+    PublishModel {
+        /// Root of the local model registry.
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+        /// Model as name@version; the reference model by default.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Run as a fleet worker: take tasks from RabbitMQ until SIGTERM, then drain.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// RabbitMQ URL of the worker's user.
+    #[arg(long, env = "FLEET_AMQP_URL")]
+    amqp_url: String,
+    /// Redis URL.
+    #[arg(long, env = "FLEET_REDIS_URL")]
+    redis_url: String,
+    /// Local cache of registry models.
+    #[arg(long, env = "FLEET_MODEL_DIR")]
+    models: PathBuf,
+    /// cpu | cuda:N | auto
+    #[arg(long, default_value = "auto", env = "FLEET_DEVICE")]
+    device: String,
+    /// Tasks run at once (and prefetched per queue).
+    #[arg(long, default_value_t = 2, env = "FLEET_WORKER_SLOTS")]
+    slots: usize,
+    /// engine: the real work; noop: report items done without work (dispatch benchmark).
+    #[arg(long, value_enum, default_value = "engine")]
+    executor: crate::service::Executor,
+    /// Worker id; host name and process id by default.
+    #[arg(long, env = "FLEET_WORKER_ID")]
+    id: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 format: parse_format(&format).map_err(anyhow::Error::msg)?,
                 limits,
                 preview_height: Some(crate::folder::SHEET_ROW_HEIGHT),
+                max_side: None,
             };
             opts.validate().map_err(anyhow::Error::msg)?;
             let engine = model.start()?;
@@ -149,8 +187,49 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", crate::bench::markdown(&rows, &one_core, &cfg, &device, rayon::current_num_threads()));
         }
         Command::DeviceInfo => device_info(),
+        Command::PublishModel { models, model } => {
+            let dir = match model {
+                Some(m) => {
+                    let r: ModelRef = m.parse()?;
+                    models.join(&r.name).join(&r.version)
+                }
+                None => train::ensure_reference_model(&models)?,
+            };
+            let s3 = fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?;
+            let store = fleet_common::store::s3::S3Store::new(&s3);
+            let manifest = runtime()?.block_on(fleet_common::registry::publish(&store, &dir))?;
+            println!("published {} to models/{}/{}/", manifest.model_ref(), manifest.name, manifest.version);
+        }
+        Command::Serve(args) => serve(args)?,
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    let config = crate::service::WorkerConfig {
+        id: args.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        amqp_url: args.amqp_url,
+        redis_url: args.redis_url,
+        s3: fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?,
+        model_cache: args.models,
+        device: args.device.parse()?,
+        slots: args.slots,
+        executor: args.executor,
+    };
+    runtime()?.block_on(crate::service::run(config, async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stop signal: draining");
+    }))
 }
 
 fn device_info() {

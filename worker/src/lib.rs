@@ -10,6 +10,7 @@ pub mod engine;
 pub mod folder;
 pub mod options;
 pub mod reference;
+pub mod service;
 
 /// Whether libtorch sees a usable CUDA device.
 pub fn cuda_available() -> bool {

@@ -35,9 +35,9 @@ fn a_task_retries_then_dead_letters() {
     let max = TaskEvent::Error { max_attempts: 2 };
     let first = TaskState::NEW.apply(TaskEvent::Dispatch).unwrap();
     assert_eq!(first, TaskState::Dispatched { attempt: 1 });
-    let retry = first.apply(TaskEvent::Start).and_then(|s| s.apply(max)).unwrap();
+    let retry = first.apply(TaskEvent::Start { attempt: 1 }).and_then(|s| s.apply(max)).unwrap();
     assert_eq!(retry, TaskState::Pending { attempts: 1 });
-    let second = retry.apply(TaskEvent::Dispatch).and_then(|s| s.apply(TaskEvent::Start)).unwrap();
+    let second = retry.apply(TaskEvent::Dispatch).and_then(|s| s.apply(TaskEvent::Start { attempt: 2 })).unwrap();
     assert_eq!(second, TaskState::Running { attempt: 2 });
     assert_eq!(second.apply(max).unwrap(), TaskState::DeadLettered);
 }
@@ -45,16 +45,34 @@ fn a_task_retries_then_dead_letters() {
 #[test]
 fn a_lost_lease_redoes_the_task_without_spending_an_attempt() {
     let running =
-        TaskState::Pending { attempts: 1 }.apply(TaskEvent::Dispatch).and_then(|s| s.apply(TaskEvent::Start)).unwrap();
+        TaskState::Pending { attempts: 1 }
+        .apply(TaskEvent::Dispatch)
+        .and_then(|s| s.apply(TaskEvent::Start { attempt: 2 }))
+        .unwrap();
     assert_eq!(running.apply(TaskEvent::LeaseLost).unwrap(), TaskState::Pending { attempts: 1 });
     assert!(TaskState::Succeeded.apply(TaskEvent::Complete).is_err(), "a task completes once");
     assert!(TaskState::NEW.apply(TaskEvent::Complete).is_err(), "an undispatched task cannot complete");
 }
 
+#[test]
+fn broker_redeliveries_move_attempts_forward_only() {
+    let running = TaskState::NEW.apply(TaskEvent::Dispatch).and_then(|s| s.apply(TaskEvent::Start { attempt: 1 }));
+    let running = running.unwrap();
+    // The worker died; RabbitMQ redelivered the message to another worker as attempt 2.
+    assert_eq!(running.apply(TaskEvent::Start { attempt: 2 }).unwrap(), TaskState::Running { attempt: 2 });
+    assert!(running.apply(TaskEvent::Start { attempt: 1 }).is_err(), "a repeated start is refused");
+    let retry = TaskState::Pending { attempts: 2 };
+    assert!(retry.apply(TaskEvent::Start { attempt: 2 }).is_err(), "an old attempt cannot start again");
+    assert_eq!(retry.apply(TaskEvent::Start { attempt: 3 }).unwrap(), TaskState::Running { attempt: 3 });
+    assert_eq!(running.apply(TaskEvent::DeadLetter).unwrap(), TaskState::DeadLettered);
+    assert!(TaskState::Succeeded.apply(TaskEvent::DeadLetter).is_err(), "a finished task is not dead-lettered");
+}
+
 fn task_event() -> impl Strategy<Value = TaskEvent> {
     prop_oneof![
         Just(TaskEvent::Dispatch),
-        Just(TaskEvent::Start),
+        (1u32..8).prop_map(|attempt| TaskEvent::Start { attempt }),
+        Just(TaskEvent::DeadLetter),
         Just(TaskEvent::Complete),
         (1u32..5).prop_map(|m| TaskEvent::Error { max_attempts: m }),
         Just(TaskEvent::LeaseLost),
@@ -79,6 +97,9 @@ proptest! {
             }
             if let (TaskEvent::Error { max_attempts }, TaskState::Pending { attempts }) = (event, next) {
                 prop_assert!(attempts < max_attempts);
+            }
+            if let (TaskState::Running { attempt: before }, TaskState::Running { attempt: after }) = (state, next) {
+                prop_assert!(after > before, "attempts only move forward");
             }
             state = next;
         }

@@ -56,6 +56,19 @@ impl ObjectStore for LocalStore {
         std::fs::read(self.path(key)?).map_err(|e| Self::backend("get", key, e))
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let path = self.path(key)?;
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut file = std::fs::File::open(&path)?;
+            file.seek(SeekFrom::Start(start))?;
+            let mut out = Vec::new();
+            file.take(len).read_to_end(&mut out)?;
+            Ok(out)
+        };
+        read().map_err(|e| Self::backend("get", key, e))
+    }
+
     async fn put(&self, key: &str, bytes: Vec<u8>, _content_type: &str) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let dir = path.parent().expect("a key has a parent under the root");

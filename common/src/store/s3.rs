@@ -104,6 +104,30 @@ impl ObjectStore for S3Store {
         Ok(body.into_bytes().to_vec())
     }
 
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let range = format!("bytes={start}-{}", start + len - 1);
+        let request = self.client.get_object().bucket(&self.bucket).key(key).range(range);
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound { key: key.to_string() })
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => return Ok(Vec::new()),
+            Err(e) => return Err(backend("get", key, e)),
+        };
+        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+            op: "get",
+            key: key.to_string(),
+            reason: e.to_string(),
+            retryable: true,
+        })?;
+        Ok(body.into_bytes().to_vec())
+    }
+
     async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
         check_key(key)?;
         self.client

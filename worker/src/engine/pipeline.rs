@@ -17,7 +17,7 @@ use fleet_imaging::composite::{composite, Background, CompositeOptions, Composit
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::encode::{encode, encode_matte_png, OutputFormat};
 use fleet_imaging::matte::{refine, uncertainty, Morphology};
-use fleet_imaging::resize::resize_gray;
+use fleet_imaging::resize::{resize_gray, resize_rgb};
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
@@ -41,6 +41,9 @@ pub struct EngineOptions {
     pub format: OutputFormat,
     /// When set, each output keeps thumbnails of this height for a contact sheet.
     pub preview_height: Option<u32>,
+    /// When set, an input whose long side is over this is scaled down first, so the result,
+    /// matte and everything after decode work at the smaller size.
+    pub max_side: Option<u32>,
 }
 
 impl Default for EngineOptions {
@@ -52,6 +55,7 @@ impl Default for EngineOptions {
             morphology: Morphology::None,
             format: OutputFormat::Png,
             preview_height: None,
+            max_side: None,
         }
     }
 }
@@ -204,7 +208,11 @@ impl Engine {
             .into_par_iter()
             .map(|item| {
                 let started = Instant::now();
-                let decoded = decode(&item.bytes, &opts.limits).map_err(|e| ItemFailure::from_image(&item.id, &e))?;
+                let mut decoded =
+                    decode(&item.bytes, &opts.limits).map_err(|e| ItemFailure::from_image(&item.id, &e))?;
+                if let Some(max) = opts.max_side {
+                    decoded.rgb = shrink_to(decoded.rgb, max);
+                }
                 let mut timings = StageTimings { decode_ms: ms(started), ..Default::default() };
                 let started = Instant::now();
                 let mut planes = vec![0.0f32; plane];
@@ -310,6 +318,18 @@ fn thumbnails(rgb: &RgbImage, alpha: &GrayImage, after: &Composited, height: u32
         alpha: image::imageops::thumbnail(alpha, width, height),
         after,
     }
+}
+
+/// Scales `rgb` down so its long side is at most `max`, keeping the aspect ratio.
+fn shrink_to(rgb: RgbImage, max: u32) -> RgbImage {
+    let (w, h) = rgb.dimensions();
+    let long = w.max(h);
+    if long <= max {
+        return rgb;
+    }
+    let scale = max as f64 / long as f64;
+    let (nw, nh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+    resize_rgb(&rgb, nw, nh)
 }
 
 fn ms(since: Instant) -> f64 {

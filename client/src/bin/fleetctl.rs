@@ -1,0 +1,381 @@
+//! `fleetctl`: submit, follow, inspect, fetch and cancel jobs; seed a synthetic catalog.
+//!
+//! ```text
+//! fleetctl submit --file job.yaml --watch
+//! fleetctl submit --id cat-1 --prefix tenant-a/catalog/ --background color:#f2f2f2 --format jpeg --watch
+//! fleetctl show cat-1 --watch | list | failed cat-1 | fetch cat-1 --out dir | cancel cat-1
+//! fleetctl summary cat-1 --sheet sheet.png
+//! ```
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleet_client::report::{job_contact_sheet, percentile, task_manifests};
+use fleet_client::{amqp_url_as, catalog, Client, ClientConfig, JobView, Submitted};
+use fleet_common::keys::results_prefix;
+use fleet_common::store::s3::S3Config;
+use fleet_common::store::ObjectStore;
+use fleet_synth::CatalogSpec;
+
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version, about = "gpu-fleet client: jobs, progress, results")]
+struct Cli {
+    /// Tenant to act as (its RabbitMQ user).
+    #[arg(long, env = "FLEET_TENANT", global = true, default_value = "tenant-a")]
+    tenant: String,
+    /// The tenant's RabbitMQ password.
+    #[arg(long, env = "FLEET_TENANT_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
+    /// Broker URL; its user and password are replaced by the tenant's.
+    #[arg(long, env = "FLEET_AMQP_URL", global = true, hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Redis URL (job state).
+    #[arg(long, env = "FLEET_REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a job from a JSON or YAML file, or from flags.
+    Submit(SubmitArgs),
+    /// Show a job: state, counts, progress bar (live with --watch).
+    Show {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The tenant's recent jobs.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A job's failed items, with reasons.
+    Failed { id: String },
+    /// Download a job's results (images, mattes, embeddings, task manifests).
+    Fetch {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cancel a job: no further task of it starts.
+    Cancel { id: String },
+    /// Images, failures, images/s and per-image latency of a finished job; optionally a
+    /// contact sheet of its least certain cutouts.
+    Summary {
+        id: String,
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+        #[arg(long, default_value_t = 16)]
+        sheet_rows: usize,
+    },
+    /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
+    SeedCatalog {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 320)]
+        min_side: u32,
+        #[arg(long, default_value_t = 1600)]
+        max_side: u32,
+        /// Scratch folder for generation.
+        #[arg(long, default_value = ".fleet/seed")]
+        work: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct SubmitArgs {
+    /// Job file (JSON or YAML) with id, priority, kind and spec.
+    #[arg(long, conflicts_with_all = ["prefix", "manifest", "keys"])]
+    file: Option<PathBuf>,
+    /// Job id (idempotency key); generated when absent.
+    #[arg(long)]
+    id: Option<String>,
+    /// Every object under this prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// An object listing one key per line.
+    #[arg(long)]
+    manifest: Option<String>,
+    /// Explicit keys.
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<String>,
+    /// transparent | color:#rrggbb | blur[:PCT] | image:KEY
+    #[arg(long, default_value = "color:#ffffff")]
+    background: String,
+    /// png | jpeg[:Q] | webp
+    #[arg(long, default_value = "jpeg:90")]
+    format: String,
+    /// Longest output side.
+    #[arg(long)]
+    max_side: Option<u32>,
+    #[arg(long, default_value = "matting-ref@1.0.0")]
+    model: String,
+    /// interactive | batch
+    #[arg(long, default_value = "batch")]
+    priority: String,
+    /// Images per task.
+    #[arg(long)]
+    shard_size: Option<u32>,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+    /// Give up watching after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let url = cli.amqp_url.as_deref().context("set FLEET_AMQP_URL (./deploy/stack.sh env prints it)")?;
+    let password = cli.password.clone().context("set FLEET_TENANT_PASSWORD to the tenant's broker password")?;
+    let config = ClientConfig {
+        amqp_url: amqp_url_as(url, &cli.tenant, &password),
+        tenant: cli.tenant.clone(),
+        redis_url: cli.redis_url.clone().context("set FLEET_REDIS_URL")?,
+        s3: S3Config::from_env().map_err(anyhow::Error::msg)?,
+    };
+    Client::connect(&config).await
+}
+
+async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let client = connect(&cli).await?;
+    match cli.command {
+        Command::Submit(args) => return submit(&client, args).await,
+        Command::Show { id, watch } => {
+            let view = if watch {
+                let view = client.wait(&id, Duration::from_secs(24 * 3600), |v| draw(v, true)).await?;
+                eprintln!();
+                view
+            } else {
+                client.job(&id).await?.with_context(|| format!("no job {id}"))?
+            };
+            print_view(&view);
+        }
+        Command::List { limit } => {
+            println!("{:<40} {:<28} {:>8} {:>8} {:>8}", "job", "state", "items", "ok", "failed");
+            for id in client.list(limit).await? {
+                if let Ok(Some(v)) = client.job(&id).await {
+                    let p = v.progress;
+                    println!(
+                        "{:<40} {:<28} {:>8} {:>8} {:>8}",
+                        id,
+                        state(&v),
+                        p.items_total,
+                        p.items_succeeded,
+                        p.items_failed
+                    );
+                }
+            }
+        }
+        Command::Failed { id } => {
+            for f in client.failures(&id).await? {
+                println!("{}\t{}\t{}", f.key, f.code, f.reason);
+            }
+        }
+        Command::Fetch { id, out } => {
+            let prefix = results_prefix(client.tenant(), &id);
+            let mut token = None;
+            let mut count = 0;
+            loop {
+                let page = client.s3.list_page(&prefix, token, 1000).await?;
+                for key in &page.keys {
+                    let path = out.join(key.strip_prefix(&prefix).unwrap_or(key));
+                    std::fs::create_dir_all(path.parent().expect("a file has a parent"))?;
+                    std::fs::write(&path, client.s3.get(key).await?)?;
+                    count += 1;
+                }
+                match page.next {
+                    Some(next) => token = Some(next),
+                    None => break,
+                }
+            }
+            println!("fetched {count} objects into {}", out.display());
+        }
+        Command::Cancel { id } => {
+            client.cancel(&id).await?;
+            println!("cancellation of {id} sent");
+        }
+        Command::Summary { id, sheet, sheet_rows } => summary(&client, &id, sheet, sheet_rows).await?,
+        Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
+            fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
+            let spec = CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
+            let started = Instant::now();
+            let (seeded, fresh) = catalog::seed(&client.s3, &prefix, &spec, &work).await?;
+            let verb = if fresh { "seeded" } else { "reusing" };
+            println!(
+                "{verb} {} images + {} broken uploads under {prefix}images/ ({:.1} s)",
+                seeded.count,
+                seeded.broken.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn submit(client: &Client, args: SubmitArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut body: serde_json::Value = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
+            if is_yaml {
+                serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))?
+            } else {
+                serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?
+            }
+        }
+        None => job_from_flags(&args)?,
+    };
+    let id = match (body.get("id").and_then(|v| v.as_str()), &args.id) {
+        (_, Some(id)) => id.clone(),
+        (Some(id), None) => id.to_string(),
+        (None, None) => format!("job-{}", fleet_common::protocol::now_ms()),
+    };
+    body["id"] = serde_json::Value::String(id.clone());
+    let bytes = serde_json::to_vec(&body)?;
+    match client.submit(&id, &bytes, Duration::from_secs(30)).await? {
+        Submitted::Rejected(r) => {
+            eprintln!("job {id} rejected ({}): {}", r.code, r.reason);
+            return Ok(std::process::ExitCode::from(2));
+        }
+        Submitted::Duplicate => eprintln!("job {id} already exists: following the existing job"),
+        Submitted::Accepted => eprintln!("job {id} accepted"),
+    }
+    println!("{id}");
+    if args.watch {
+        let view = client.wait(&id, Duration::from_secs(args.timeout), |v| draw(v, true)).await?;
+        eprintln!();
+        print_view(&view);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn job_from_flags(args: &SubmitArgs) -> anyhow::Result<serde_json::Value> {
+    let input = match (&args.prefix, &args.manifest, args.keys.is_empty()) {
+        (Some(p), None, true) => serde_json::json!({"prefix": p}),
+        (None, Some(m), true) => serde_json::json!({"manifest": m}),
+        (None, None, false) => serde_json::json!({"keys": args.keys}),
+        _ => anyhow::bail!("give exactly one of --prefix, --manifest, --keys (or --file)"),
+    };
+    let (mode, arg) = args.background.split_once(':').unwrap_or((&args.background, ""));
+    let background = match mode {
+        "transparent" => serde_json::json!({"mode": "transparent"}),
+        "color" => serde_json::json!({"mode": "color", "color": arg}),
+        "blur" if arg.is_empty() => serde_json::json!({"mode": "blur"}),
+        "blur" => serde_json::json!({"mode": "blur", "strength_pct": arg.parse::<f32>()?}),
+        "image" => serde_json::json!({"mode": "image", "key": arg}),
+        _ => anyhow::bail!("unknown background {:?}", args.background),
+    };
+    let (format, quality) = args.format.split_once(':').unwrap_or((&args.format, "90"));
+    let mut output = serde_json::json!({"format": format, "quality": quality.parse::<u8>()?});
+    if let Some(max) = args.max_side {
+        output["max_side"] = max.into();
+    }
+    let mut spec = serde_json::json!({"input": input, "background": background, "output": output, "model": args.model});
+    if let Some(shard) = args.shard_size {
+        spec["shard_size"] = shard.into();
+    }
+    Ok(serde_json::json!({"priority": args.priority, "kind": "background_replace", "spec": spec}))
+}
+
+fn state(view: &JobView) -> String {
+    serde_json::to_value(view.record.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// One line: `[#####.....] 120/500 images  3 failed  running`.
+fn draw(view: &JobView, overwrite: bool) {
+    let p = view.progress;
+    let done = p.items_succeeded + p.items_failed;
+    let total = p.items_total.max(done);
+    let width = 40usize;
+    let filled = if total == 0 { 0 } else { (done as usize * width / total as usize).min(width) };
+    let more = if p.sharded { "" } else { "+" };
+    let line = format!(
+        "[{}{}] {done}/{total}{more} images  {} failed  {}",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        p.items_failed,
+        state(view)
+    );
+    let mut err = std::io::stderr();
+    let _ = if overwrite { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
+    let _ = err.flush();
+}
+
+fn print_view(view: &JobView) {
+    let r = &view.record;
+    let p = view.progress;
+    println!("job        {} (tenant {})", r.id, r.tenant);
+    println!("state      {}", state(view));
+    println!("model      {}", r.model);
+    println!("priority   {:?}", r.priority);
+    println!("tasks      {}/{} ended{}", p.tasks_done, p.tasks_total, if p.sharded { "" } else { " (still splitting)" });
+    println!("items      {} total, {} succeeded, {} failed", p.items_total, p.items_succeeded, p.items_failed);
+    if let Some(end) = r.finished_at_ms {
+        println!("wall time  {:.1} s", end.saturating_sub(r.accepted_at_ms) as f64 / 1e3);
+    }
+    if let Some(reason) = &r.reason {
+        println!("reason     {reason}");
+    }
+}
+
+async fn summary(client: &Client, id: &str, sheet: Option<PathBuf>, rows: usize) -> anyhow::Result<()> {
+    let view = client.job(id).await?.with_context(|| format!("no job {id}"))?;
+    let manifests = task_manifests(&client.s3, client.tenant(), id).await?;
+    let latencies: Vec<f64> = manifests.iter().flat_map(|m| m.items.iter().map(|i| i.latency_ms)).collect();
+    let p = view.progress;
+    let wall_s = view.record.finished_at_ms.map(|end| end.saturating_sub(view.record.accepted_at_ms) as f64 / 1e3);
+    println!("job {id}: {}", state(&view));
+    println!("images       {} ({} succeeded, {} failed)", p.items_total, p.items_succeeded, p.items_failed);
+    if let Some(wall) = wall_s {
+        println!("wall time    {wall:.1} s from acceptance to the last result");
+        println!("throughput   {:.1} images/s", p.items_succeeded as f64 / wall.max(1e-3));
+    }
+    if let (Some(p50), Some(p95)) = (percentile(&latencies, 50.0), percentile(&latencies, 95.0)) {
+        println!("latency      p50 {p50:.0} ms, p95 {p95:.0} ms per image (download + engine + upload)");
+    }
+    let failures = client.failures(id).await?;
+    if !failures.is_empty() {
+        println!("failures:");
+        for f in &failures {
+            println!("  {}  {}: {}", f.key, f.code, f.reason);
+        }
+    }
+    if let Some(path) = sheet {
+        match job_contact_sheet(&client.s3, &manifests, rows, 160).await? {
+            Some(image) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                image.save(&path)?;
+                println!("contact sheet {} (least certain cutouts first)", path.display());
+            }
+            None => println!("no results for a contact sheet"),
+        }
+    }
+    Ok(())
+}

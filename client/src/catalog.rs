@@ -1,0 +1,163 @@
+//! Seeding a synthetic catalog into S3 for the demo, the tests and the benchmarks: images
+//! under `<prefix>images/`, exact ground-truth masks under `<prefix>masks/`, a few
+//! deliberately broken uploads among the images, and `<prefix>seed.json` written last, so
+//! its presence means a complete catalog and a second run reuses it.
+
+use std::path::Path;
+
+use fleet_common::store::{content_type, ObjectStore};
+use fleet_synth::{write_catalog, CatalogEntry, CatalogSpec};
+use futures::{stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+/// Uploads at once.
+const UPLOAD_CONCURRENCY: usize = 8;
+
+/// What a seeded catalog holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeededCatalog {
+    /// Catalog seed.
+    pub seed: u64,
+    /// Good images.
+    pub count: usize,
+    /// Smallest and largest long side.
+    pub sides: (u32, u32),
+    /// Good images with their ground truth.
+    pub entries: Vec<SeededEntry>,
+    /// Broken uploads: key and the failure code the engine must give.
+    pub broken: Vec<(String, String)>,
+}
+
+/// One good image and its mask, as keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeededEntry {
+    /// Image key.
+    pub image: String,
+    /// Ground-truth mask key.
+    pub mask: String,
+}
+
+impl SeededCatalog {
+    /// Every input key, good and broken.
+    pub fn image_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.entries.iter().map(|e| e.image.clone()).collect();
+        keys.extend(self.broken.iter().map(|(k, _)| k.clone()));
+        keys.sort();
+        keys
+    }
+}
+
+/// Seeds `count` images (plus broken uploads) under `prefix`, or returns the catalog already
+/// there when it was seeded with the same settings. `work` is a scratch folder.
+pub async fn seed<S: ObjectStore>(
+    s3: &S,
+    prefix: &str,
+    spec: &CatalogSpec,
+    work: &Path,
+) -> anyhow::Result<(SeededCatalog, bool)> {
+    let marker = format!("{prefix}seed.json");
+    if let Ok(bytes) = s3.get(&marker).await {
+        if let Ok(existing) = serde_json::from_slice::<SeededCatalog>(&bytes) {
+            if existing.seed == spec.seed
+                && existing.count == spec.count
+                && existing.sides == (spec.min_long_side, spec.max_long_side)
+            {
+                return Ok((existing, false));
+            }
+        }
+    }
+    let dir = work.join(format!("catalog-{}-{}", spec.seed, spec.count));
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = {
+        let (dir, spec) = (dir.clone(), spec.clone());
+        tokio::task::spawn_blocking(move || write_catalog(&dir, &spec)).await??
+    };
+    let mut uploads: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let entries: Vec<SeededEntry> = summary
+        .entries
+        .iter()
+        .map(|e: &CatalogEntry| {
+            let entry = SeededEntry { image: format!("{prefix}{}", e.image), mask: format!("{prefix}{}", e.mask) };
+            uploads.push((entry.image.clone(), dir.join(&e.image)));
+            uploads.push((entry.mask.clone(), dir.join(&e.mask)));
+            entry
+        })
+        .collect();
+    stream::iter(uploads)
+        .map(|(key, path)| async move {
+            let bytes = tokio::fs::read(&path).await?;
+            s3.put(&key, bytes, content_type(&key)).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let first_jpeg = summary.entries.iter().find(|e| e.image.ends_with(".jpg")).map(|e| dir.join(&e.image));
+    let mut broken = Vec::new();
+    for (name, code, bytes) in broken_uploads(first_jpeg.as_deref())? {
+        let key = format!("{prefix}images/{name}");
+        s3.put(&key, bytes, "application/octet-stream").await?;
+        broken.push((key, code.to_string()));
+    }
+    let seeded = SeededCatalog {
+        seed: spec.seed,
+        count: spec.count,
+        sides: (spec.min_long_side, spec.max_long_side),
+        entries,
+        broken,
+    };
+    s3.put(&marker, serde_json::to_vec_pretty(&seeded)?, "application/json").await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((seeded, true))
+}
+
+/// The broken uploads a real catalog has, each with the code the engine must fail it with.
+fn broken_uploads(jpeg: Option<&Path>) -> anyhow::Result<Vec<(&'static str, &'static str, Vec<u8>)>> {
+    let mut out = vec![
+        ("broken-notes.jpg", "unsupported_format", b"not a photo, a note someone saved as .jpg\n".to_vec()),
+        ("broken-empty.png", "empty", Vec::new()),
+        ("broken-huge.png", "too_many_pixels", png_header(100_000, 100_000)),
+    ];
+    if let Some(path) = jpeg {
+        let bytes = std::fs::read(path)?;
+        out.push(("broken-truncated.jpg", "corrupt", bytes[..bytes.len().min(3000)].to_vec()));
+    }
+    Ok(out)
+}
+
+/// A PNG signature and IHDR chunk declaring `width` x `height` RGB pixels, with no pixel data.
+fn png_header(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_matches_the_png_reference_value() {
+        // The CRC of an IEND chunk type is fixed by the PNG specification.
+        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+        let header = png_header(7, 9);
+        assert_eq!(&header[16..24], &[0, 0, 0, 7, 0, 0, 0, 9]);
+    }
+}

@@ -1,0 +1,219 @@
+//! The client side of the fleet: submit and cancel jobs as a tenant (the broker checks who
+//! publishes), follow their events, read their state, failures and results. The `fleetctl`
+//! command and the integration tests both use it.
+//!
+//! Submitting goes through RabbitMQ as the tenant's own broker user; reading state goes to
+//! Redis and S3 directly, which is what an operator's or a trusted front end's view needs.
+
+pub mod catalog;
+pub mod report;
+
+use std::time::{Duration, Instant};
+
+use fleet_common::amqp::{self, confirmed_channel, job_properties, publish_confirmed, string_headers};
+use fleet_common::job::Rejection;
+use fleet_common::jobstore::{JobRecord, RedisJobStore};
+use fleet_common::keys::TenantId;
+use fleet_common::protocol::{
+    new_traceparent, CancelRequest, ItemFailureReport, JobEventMessage, Progress, CANCEL_TYPE, TRACEPARENT_HEADER,
+};
+use fleet_common::store::s3::{S3Config, S3Store};
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+
+/// Where the client connects and as whom.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// RabbitMQ URL with the tenant's own credentials.
+    pub amqp_url: String,
+    /// The tenant (the broker user of `amqp_url`).
+    pub tenant: String,
+    /// Redis URL (job state).
+    pub redis_url: String,
+    /// Object store (results).
+    pub s3: S3Config,
+}
+
+/// `amqp://user:pass@host/vhost` with the user and password replaced.
+pub fn amqp_url_as(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("amqp", url));
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// Recorded as a new job.
+    Accepted,
+    /// The id was taken: the existing job stands.
+    Duplicate,
+    /// Refused, with the reason.
+    Rejected(Rejection),
+}
+
+/// A job as a person sees it.
+#[derive(Debug, Clone)]
+pub struct JobView {
+    /// The record.
+    pub record: JobRecord,
+    /// Its counts.
+    pub progress: Progress,
+}
+
+/// A connected client.
+pub struct Client {
+    tenant: TenantId,
+    connection: Connection,
+    channel: Channel,
+    /// Job state.
+    pub jobs: RedisJobStore,
+    /// Inputs and results.
+    pub s3: S3Store,
+}
+
+impl Client {
+    /// Connects to the broker as the tenant, and to Redis and S3.
+    pub async fn connect(config: &ClientConfig) -> anyhow::Result<Client> {
+        let tenant = TenantId::new(&config.tenant)?;
+        let connection = amqp::connect(&config.amqp_url).await?;
+        let channel = confirmed_channel(&connection).await?;
+        Ok(Client {
+            tenant,
+            connection,
+            channel,
+            jobs: RedisJobStore::connect(&config.redis_url).await?,
+            s3: S3Store::new(&config.s3),
+        })
+    }
+
+    /// The tenant this client acts for.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Publishes a job body (JSON) under message id `id`, without waiting for the scheduler.
+    pub async fn publish(&self, id: &str, body: &[u8]) -> anyhow::Result<()> {
+        let traceparent = new_traceparent();
+        let props = job_properties(self.tenant.as_str(), id)
+            .with_headers(string_headers(&[(TRACEPARENT_HEADER, &traceparent)]));
+        publish_confirmed(&self.channel, amqp::JOBS_EXCHANGE, amqp::SUBMIT_KEY, body, props).await?;
+        Ok(())
+    }
+
+    /// Publishes a job and waits for the scheduler's answer (accepted, duplicate or
+    /// rejected), listening on the job's events.
+    pub async fn submit(&self, id: &str, body: &[u8], timeout: Duration) -> anyhow::Result<Submitted> {
+        let mut events = self.subscribe(id).await?;
+        self.publish(id, body).await?;
+        let deadline = Instant::now() + timeout;
+        while let Some(event) = events.next_before(deadline).await? {
+            match event.kind.as_str() {
+                "accepted" if event.duplicate => return Ok(Submitted::Duplicate),
+                "accepted" => return Ok(Submitted::Accepted),
+                "rejected" => {
+                    return Ok(Submitted::Rejected(Rejection {
+                        code: event.code.unwrap_or_default(),
+                        reason: event.reason.unwrap_or_default(),
+                    }))
+                }
+                _ => {}
+            }
+        }
+        anyhow::bail!("no answer from the scheduler within {timeout:?} (is it running?)")
+    }
+
+    /// Asks the scheduler to cancel a job.
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&CancelRequest { cancel: id.to_string() })?;
+        let props = job_properties(self.tenant.as_str(), id).with_type(CANCEL_TYPE.into());
+        publish_confirmed(&self.channel, amqp::JOBS_EXCHANGE, amqp::CANCEL_KEY, &body, props).await?;
+        Ok(())
+    }
+
+    /// Subscribes to the events of one job (`None` = every job of the tenant) on a private
+    /// queue that goes away with the connection.
+    pub async fn subscribe(&self, id: impl Into<Option<&str>>) -> anyhow::Result<Events> {
+        let channel = self.connection.create_channel().await?;
+        let name = format!("{}.watch.{}", self.tenant, new_traceparent().get(3..19).unwrap_or("0"));
+        let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        channel.queue_declare(&name, opts, FieldTable::default()).await?;
+        let key = match id.into() {
+            Some(id) => format!("job.{}.{}.*", self.tenant, id.replace('.', "_")),
+            None => format!("job.{}.#", self.tenant),
+        };
+        channel
+            .queue_bind(&name, amqp::EVENTS_EXCHANGE, &key, QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        let consumer = channel
+            .basic_consume(&name, &name, BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .await?;
+        Ok(Events { _channel: channel, consumer })
+    }
+
+    /// The job and its counts; `Err` with the rejection when it was refused.
+    pub async fn job(&self, id: &str) -> anyhow::Result<Option<JobView>> {
+        match self.jobs.get(&self.tenant, id).await? {
+            Some(record) => {
+                let progress = self.jobs.progress(&self.tenant, id).await?;
+                Ok(Some(JobView { record, progress }))
+            }
+            None => match self.jobs.rejection(&self.tenant, id).await? {
+                Some(rejection) => Err(anyhow::anyhow!(rejection)),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Polls the job until it ends, calling `on_progress` on every poll.
+    pub async fn wait(&self, id: &str, timeout: Duration, mut on_progress: impl FnMut(&JobView)) -> anyhow::Result<JobView> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(view) = self.job(id).await? {
+                on_progress(&view);
+                if view.record.state.is_terminal() {
+                    return Ok(view);
+                }
+            }
+            anyhow::ensure!(Instant::now() < deadline, "job {id} did not end within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Every failed item of the job, with reasons.
+    pub async fn failures(&self, id: &str) -> anyhow::Result<Vec<ItemFailureReport>> {
+        let mut all = Vec::new();
+        loop {
+            let page = self.jobs.failures(&self.tenant, id, all.len(), 1000).await?;
+            if page.is_empty() {
+                return Ok(all);
+            }
+            all.extend(page);
+        }
+    }
+
+    /// The tenant's most recent job ids.
+    pub async fn list(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+        Ok(self.jobs.list(&self.tenant, limit).await?)
+    }
+}
+
+/// A job's (or a tenant's) events, in publish order.
+pub struct Events {
+    _channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+impl Events {
+    /// The next event, or `None` once `deadline` passes.
+    pub async fn next_before(&mut self, deadline: Instant) -> anyhow::Result<Option<JobEventMessage>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.consumer.next()).await {
+            Err(_) => Ok(None),
+            Ok(None) => anyhow::bail!("event subscription closed"),
+            Ok(Some(delivery)) => Ok(Some(serde_json::from_slice(&delivery?.data)?)),
+        }
+    }
+}

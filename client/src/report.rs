@@ -1,0 +1,128 @@
+//! What a finished job did, read back from S3: the per-task manifests give every image's
+//! latency and uncertainty; the contact sheet puts the least certain cutouts first, built
+//! from the inputs, mattes and results in the bucket.
+
+use fleet_common::keys::{results_prefix, TenantId};
+use fleet_common::store::ObjectStore;
+use fleet_imaging::composite::Composited;
+use fleet_imaging::decode::{decode, DecodeLimits};
+use fleet_imaging::sheet::contact_sheet;
+use futures::{stream, StreamExt, TryStreamExt};
+use image::{GrayImage, RgbImage};
+use serde::Deserialize;
+
+/// One image's line in a task manifest (the fields read back here).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestItem {
+    /// Input key.
+    pub input_key: String,
+    /// Result key.
+    pub result_key: String,
+    /// Matte key.
+    pub matte_key: String,
+    /// Embedding key.
+    pub embedding_key: String,
+    /// Download, engine and upload time of the image.
+    pub latency_ms: f64,
+    /// Matte uncertainty (share of pixels neither clearly in nor out).
+    pub uncertainty: f32,
+}
+
+/// A task manifest (the fields read back here).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskManifest {
+    /// Task number.
+    pub task: u32,
+    /// Worker that wrote it.
+    pub worker: String,
+    /// Attempt that wrote it.
+    pub attempt: u32,
+    /// Its images.
+    pub items: Vec<ManifestItem>,
+}
+
+/// Every task manifest of a job, by task number.
+pub async fn task_manifests<S: ObjectStore>(s3: &S, tenant: &TenantId, job: &str) -> anyhow::Result<Vec<TaskManifest>> {
+    let prefix = format!("{}tasks/", results_prefix(tenant, job));
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let page = s3.list_page(&prefix, token, 1000).await?;
+        keys.extend(page.keys);
+        match page.next {
+            Some(next) => token = Some(next),
+            None => break,
+        }
+    }
+    let mut manifests: Vec<TaskManifest> = stream::iter(keys)
+        .map(|key| async move {
+            let bytes = s3.get(&key).await?;
+            anyhow::Ok(serde_json::from_slice::<TaskManifest>(&bytes)?)
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    manifests.sort_by_key(|m| m.task);
+    Ok(manifests)
+}
+
+/// Latency percentile (nearest rank) of `values`, in their unit; `None` when empty.
+pub fn percentile(values: &[f64], pct: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((pct / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    Some(sorted[rank.min(sorted.len()) - 1])
+}
+
+/// A before / matte / after contact sheet of the `rows` least certain images of the job.
+pub async fn job_contact_sheet<S: ObjectStore>(
+    s3: &S,
+    manifests: &[TaskManifest],
+    rows: usize,
+    row_height: u32,
+) -> anyhow::Result<Option<RgbImage>> {
+    let mut items: Vec<&ManifestItem> = manifests.iter().flat_map(|m| &m.items).collect();
+    items.sort_by(|a, b| b.uncertainty.total_cmp(&a.uncertainty).then_with(|| a.input_key.cmp(&b.input_key)));
+    items.truncate(rows);
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let limits = DecodeLimits::default();
+    let loaded: Vec<(RgbImage, GrayImage, Composited)> = stream::iter(items)
+        .map(|item| {
+            let limits = limits.clone();
+            async move {
+                let input = decode(&s3.get(&item.input_key).await?, &limits)?.rgb;
+                let matte = image::load_from_memory(&s3.get(&item.matte_key).await?)?.to_luma8();
+                let result = image::load_from_memory(&s3.get(&item.result_key).await?)?;
+                let after = if result.color().has_alpha() {
+                    Composited::Rgba(result.to_rgba8())
+                } else {
+                    Composited::Rgb(result.to_rgb8())
+                };
+                anyhow::Ok((input, matte, after))
+            }
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    let refs: Vec<(&RgbImage, &GrayImage, &Composited)> = loaded.iter().map(|(a, b, c)| (a, b, c)).collect();
+    Ok(Some(contact_sheet(&refs, row_height)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), Some(50.0));
+        assert_eq!(percentile(&values, 95.0), Some(95.0));
+        assert_eq!(percentile(&[7.0], 95.0), Some(7.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}

@@ -1,0 +1,57 @@
+//! `fleet-scheduler`: runs the scheduler until SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use fleet_scheduler::Config;
+
+/// Command line of the scheduler; every option can come from the environment.
+#[derive(Debug, Parser)]
+#[command(name = "fleet-scheduler", version, about = "gpu-fleet scheduler")]
+struct Cli {
+    /// RabbitMQ URL of the scheduler's own (admin) user.
+    #[arg(long, env = "FLEET_AMQP_URL")]
+    amqp_url: String,
+    /// Redis URL (AOF on, noeviction).
+    #[arg(long, env = "FLEET_REDIS_URL")]
+    redis_url: String,
+    /// Images per task when a job does not say.
+    #[arg(long, env = "FLEET_SHARD_SIZE", default_value_t = 32)]
+    shard_size: u32,
+    /// Least time between two progress events of one job, in milliseconds.
+    #[arg(long, env = "FLEET_PROGRESS_INTERVAL_MS", default_value_t = 250)]
+    progress_interval_ms: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
+    let result = runtime.block_on(async {
+        let s3 = fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?;
+        let config = Config {
+            amqp_url: cli.amqp_url,
+            redis_url: cli.redis_url,
+            s3,
+            default_shard_size: cli.shard_size,
+            progress_interval: std::time::Duration::from_millis(cli.progress_interval_ms),
+        };
+        fleet_scheduler::run(config, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

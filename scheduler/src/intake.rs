@@ -1,0 +1,185 @@
+//! Job intake: every message on `fleet.jobs.intake` ends as a recorded job, a recorded
+//! rejection the submitter can read (job store and `rejected` event), or, when not even a
+//! tenant can be named, a message parked in `fleet.dead`. Nothing is dropped silently and a
+//! bad message never stops the consumer.
+
+use fleet_common::amqp::header_str;
+use fleet_common::job::{validate, JobKind, Rejection, ValidJob};
+use fleet_common::jobstore::{Created, JobRecord};
+use fleet_common::keys::TenantId;
+use fleet_common::protocol::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
+use fleet_common::registry::RegistryError;
+use fleet_common::state::{JobEvent, JobState};
+use lapin::{BasicProperties, Channel};
+
+use crate::context::{event, Scheduler};
+use crate::shard::{Cursor, ShardCursor};
+
+/// What to do with the intake message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done with it (recorded or rejected).
+    Ack,
+    /// A dependency (Redis, S3) failed: put it back and try again.
+    Retry(String),
+    /// Unattributable: dead-letter it for an operator.
+    Park(String),
+}
+
+/// What intake decided, for the caller to act on after acking.
+#[derive(Debug)]
+pub enum Intake {
+    /// A new job to split into tasks.
+    NewJob {
+        /// Its tenant.
+        tenant: TenantId,
+        /// Its id.
+        job: String,
+    },
+    /// Nothing more to do.
+    Done,
+}
+
+/// Handles one intake message.
+pub async fn handle(sched: &Scheduler, events: &Channel, body: &[u8], props: &BasicProperties) -> (Disposition, Intake) {
+    let Some(tenant) = props.user_id().as_ref().and_then(|u| TenantId::new(u.as_str()).ok()) else {
+        let reason = "message has no broker-validated user_id naming a tenant".to_string();
+        tracing::warn!(%reason, "intake message parked");
+        return (Disposition::Park(reason), Intake::Done);
+    };
+    if props.type_().as_ref().is_some_and(|k| k.as_str() == CANCEL_TYPE) {
+        return (cancel(sched, events, &tenant, body).await, Intake::Done);
+    }
+    let traceparent = header_str(props, TRACEPARENT_HEADER)
+        .filter(|t| trace_id(t).is_some())
+        .unwrap_or_else(new_traceparent);
+    let valid = match validate(body, &tenant) {
+        Ok(valid) => valid,
+        Err(rejection) => {
+            let id = submitted_id(body, props);
+            return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
+        }
+    };
+    let id = valid.request.id.clone();
+    let span = tracing::info_span!("intake", tenant = %tenant, job = %id, trace_id = trace_id(&traceparent).unwrap_or(""));
+    let _guard = span.enter();
+    match sched.resolve_model(&valid.model).await {
+        Ok(()) => {}
+        Err(RegistryError::UnknownModel { model }) => {
+            let rejection = Rejection {
+                code: "unknown_model".into(),
+                reason: format!("model {model} is not in the registry (models/{}/{}/)", model.name, model.version),
+            };
+            return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
+        }
+        Err(RegistryError::BadManifest { model, source }) => {
+            let rejection =
+                Rejection { code: "invalid".into(), reason: format!("model {model} is unusable: {source}") };
+            return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
+        }
+        Err(e) => return (Disposition::Retry(format!("model registry: {e}")), Intake::Done),
+    }
+    record(sched, events, tenant, valid, traceparent).await
+}
+
+async fn record(
+    sched: &Scheduler,
+    events: &Channel,
+    tenant: TenantId,
+    valid: ValidJob,
+    traceparent: String,
+) -> (Disposition, Intake) {
+    let id = valid.request.id.clone();
+    let position = match &valid.work {
+        JobKind::BackgroundReplace(spec) => Cursor::start(&spec.input),
+    };
+    let record = JobRecord {
+        tenant: tenant.to_string(),
+        id: id.clone(),
+        priority: valid.request.priority,
+        state: JobState::Accepted,
+        model: valid.model.to_string(),
+        request: serde_json::to_value(&valid.request).expect("a request serialises"),
+        accepted_at_ms: now_ms(),
+        succeeded_items: 0,
+        failed_items: 0,
+        reason: None,
+        traceparent,
+        finished_at_ms: None,
+    };
+    // The cursor goes first: a job whose record exists is always either split or resumable.
+    let cursor = ShardCursor { next_task: 0, position };
+    if let Ok(Some(_)) = sched.store.get(&tenant, &id).await {
+        // Known id: do not touch the existing job's cursor.
+    } else if let Err(e) = sched.store.save_cursor(&tenant, &id, &cursor.to_json()).await {
+        return (Disposition::Retry(format!("job store: {e}")), Intake::Done);
+    }
+    match sched.store.create(record).await {
+        Ok(Created::New(record)) => {
+            tracing::info!(priority = ?record.priority, model = %record.model, "job accepted");
+            sched.publish_event(events, event(&record.tenant, &record.id, "accepted")).await;
+            (Disposition::Ack, Intake::NewJob { tenant, job: id })
+        }
+        Ok(Created::Existing(existing)) => {
+            tracing::info!(state = ?existing.state, "duplicate submission: the job exists");
+            let mut message = event(&existing.tenant, &existing.id, "accepted");
+            message.duplicate = true;
+            sched.publish_event(events, message).await;
+            (Disposition::Ack, Intake::Done)
+        }
+        Err(e) => (Disposition::Retry(format!("job store: {e}")), Intake::Done),
+    }
+}
+
+async fn reject(sched: &Scheduler, events: &Channel, tenant: &TenantId, id: &str, rejection: Rejection) -> Disposition {
+    tracing::info!(tenant = %tenant, job = id, code = %rejection.code, reason = %rejection.reason, "job rejected");
+    if let Err(e) = sched.store.reject(tenant, id, &rejection).await {
+        return Disposition::Retry(format!("job store: {e}"));
+    }
+    let mut message = event(tenant.as_str(), id, "rejected");
+    message.code = Some(rejection.code);
+    message.reason = Some(rejection.reason);
+    sched.publish_event(events, message).await;
+    Disposition::Ack
+}
+
+async fn cancel(sched: &Scheduler, events: &Channel, tenant: &TenantId, body: &[u8]) -> Disposition {
+    let request: CancelRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(tenant = %tenant, error = %e, "malformed cancellation ignored");
+            return Disposition::Park(format!("malformed cancellation: {e}"));
+        }
+    };
+    match sched.store.apply(tenant, &request.cancel, JobEvent::Cancel).await {
+        Ok(record) => {
+            tracing::info!(tenant = %tenant, job = %request.cancel, "job cancelled");
+            let progress = sched.store.progress(tenant, &request.cancel).await.unwrap_or_default();
+            sched.terminal_event(events, &record, progress).await;
+            Disposition::Ack
+        }
+        Err(e) if e.is_retryable() => Disposition::Retry(e.to_string()),
+        Err(e) => {
+            tracing::info!(tenant = %tenant, job = %request.cancel, error = %e, "cancellation refused");
+            let mut message = event(tenant.as_str(), &request.cancel, "cancel_refused");
+            message.reason = Some(e.to_string());
+            sched.publish_event(events, message).await;
+            Disposition::Ack
+        }
+    }
+}
+
+/// The id a rejected submission should be filed under: the body's `id` when it has a usable
+/// one, else the message id, else `unknown`.
+fn submitted_id(body: &[u8], props: &BasicProperties) -> String {
+    let usable = |s: &str| {
+        (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    let from_body = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
+        .filter(|id| usable(id));
+    from_body
+        .or_else(|| props.message_id().as_ref().map(|m| m.to_string()).filter(|id| usable(id)))
+        .unwrap_or_else(|| "unknown".to_string())
+}

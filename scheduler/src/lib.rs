@@ -1,0 +1,24 @@
+//! The scheduler: in the flow
+//! `client -> RabbitMQ -> scheduler -> worker (S3 in, libtorch, S3 out) -> events -> client`
+//! it takes jobs off the intake queue, records them in Redis before acknowledging them,
+//! splits them into tasks without holding a listing, dispatches the tasks by priority,
+//! counts what workers report, dead-letters what keeps failing and publishes job events.
+//!
+//! ```text
+//! fleet.jobs.intake --> intake (validate, resolve model, record, ack) --> shard (page by page)
+//!                                                                          --> fleet.tasks.*
+//! fleet.reports     --> reports (task state machine, counts once) --> finalize --> fleet.events
+//! fleet.tasks.dead  --> dead letters (items failed with the last error) --> fleet.dead
+//! ```
+//!
+//! It holds no job state of its own: a restarted scheduler resumes splitting from the
+//! cursors in Redis, and tasks in flight keep going through RabbitMQ.
+
+pub mod context;
+pub mod intake;
+pub mod reports;
+pub mod service;
+pub mod shard;
+
+pub use context::{Config, Scheduler};
+pub use service::run;

@@ -1,0 +1,278 @@
+//! Splitting a job into tasks, one page of input at a time, so the scheduler never holds a
+//! whole listing: a key list is walked by index, a prefix by S3 listing pages, a manifest
+//! object by ranged reads of [`MANIFEST_CHUNK`] bytes. After each page's tasks are recorded
+//! and confirmed by the broker, the cursor is saved in Redis; a scheduler that dies midway
+//! resumes from it. Task numbers follow from the cursor, so a resumed page makes the same
+//! tasks again, and the job store counts each task once.
+
+use fleet_common::amqp::{publish_all, string_headers, task_queue, Outgoing, TASKS_EXCHANGE};
+use fleet_common::job::{BackgroundReplaceSpec, InputSpec, JobRequest};
+use fleet_common::jobstore::JobRecord;
+use fleet_common::keys::TenantId;
+use fleet_common::protocol::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
+use fleet_common::state::{JobEvent, JobState};
+use fleet_common::store::ObjectStore;
+use futures::future::try_join_all;
+use lapin::{BasicProperties, Channel};
+use serde::{Deserialize, Serialize};
+
+use crate::context::{event, EventExt, Scheduler};
+
+/// Bytes of a manifest read per page.
+pub const MANIFEST_CHUNK: u64 = 1 << 20;
+/// Most keys S3 returns per listing page.
+const LIST_PAGE_MAX: u32 = 1000;
+
+/// Where splitting a job's input has got to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cursor {
+    /// Index of the next key of an explicit list.
+    Keys {
+        /// Next index.
+        next: usize,
+    },
+    /// Continuation of a prefix listing (`None` before the first page).
+    Prefix {
+        /// Opaque listing token.
+        token: Option<String>,
+    },
+    /// Byte offset of the next unread line of a manifest.
+    Manifest {
+        /// Byte offset.
+        offset: u64,
+    },
+}
+
+impl Cursor {
+    /// The start of an input.
+    pub fn start(input: &InputSpec) -> Cursor {
+        match input {
+            InputSpec::Keys(_) => Cursor::Keys { next: 0 },
+            InputSpec::Prefix(_) => Cursor::Prefix { token: None },
+            InputSpec::Manifest(_) => Cursor::Manifest { offset: 0 },
+        }
+    }
+}
+
+/// A cursor with the number of the next task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardCursor {
+    /// Number of the next task.
+    pub next_task: u32,
+    /// Position in the input.
+    pub position: Cursor,
+}
+
+impl ShardCursor {
+    /// As stored in Redis.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a cursor serialises")
+    }
+}
+
+/// One page of input keys, and the cursor after it (`None` at the end).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Keys, in input order.
+    pub keys: Vec<String>,
+    /// Where the next page starts.
+    pub next: Option<Cursor>,
+}
+
+/// Reads the page of `input` at `cursor`. Manifest lines are trimmed; blank lines and lines
+/// starting with `#` are skipped. Keys are not checked here: the worker checks each against
+/// the tenant and fails bad ones as items, with the reason.
+pub async fn read_page<S: ObjectStore>(
+    s3: &S,
+    input: &InputSpec,
+    cursor: &Cursor,
+    shard_size: u32,
+) -> Result<Page, String> {
+    match (input, cursor) {
+        (InputSpec::Keys(keys), Cursor::Keys { next }) => {
+            let start = (*next).min(keys.len());
+            let end = (start + page_len(shard_size)).min(keys.len());
+            let next = (end < keys.len()).then_some(Cursor::Keys { next: end });
+            Ok(Page { keys: keys[start..end].to_vec(), next })
+        }
+        (InputSpec::Prefix(prefix), Cursor::Prefix { token }) => {
+            let page = s3.list_page(prefix, token.clone(), page_len(shard_size)).await.map_err(|e| e.to_string())?;
+            Ok(Page { keys: page.keys, next: page.next.map(|t| Cursor::Prefix { token: Some(t) }) })
+        }
+        (InputSpec::Manifest(key), Cursor::Manifest { offset }) => {
+            let chunk = s3.get_range(key, *offset, MANIFEST_CHUNK).await.map_err(|e| format!("manifest {key}: {e}"))?;
+            let at_end = (chunk.len() as u64) < MANIFEST_CHUNK;
+            let usable = if at_end {
+                chunk.len()
+            } else {
+                match chunk.iter().rposition(|&b| b == b'\n') {
+                    Some(i) => i + 1,
+                    None => return Err(format!("manifest {key}: a line at byte {offset} is over {MANIFEST_CHUNK} bytes")),
+                }
+            };
+            let text = std::str::from_utf8(&chunk[..usable])
+                .map_err(|e| format!("manifest {key}: not UTF-8 near byte {}: {e}", offset + e.valid_up_to() as u64))?;
+            let keys = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            let next = (!at_end).then_some(Cursor::Manifest { offset: offset + usable as u64 });
+            Ok(Page { keys, next })
+        }
+        _ => Err(format!("cursor {cursor:?} does not fit the job's input")),
+    }
+}
+
+/// Keys per page: whole shards, about a listing page's worth.
+fn page_len(shard_size: u32) -> usize {
+    let shard = shard_size.max(1);
+    (shard * (LIST_PAGE_MAX / shard).max(1)) as usize
+}
+
+/// Splits the job from its saved cursor to the end of its input, then ends the job if every
+/// task is already done. Stops early, leaving the cursor for a later resume, on broker or
+/// store trouble; stops for good when the job is cancelled.
+pub async fn shard_job(sched: &Scheduler, tasks: &Channel, events: &Channel, tenant: &TenantId, job: &str) {
+    if let Err(e) = try_shard(sched, tasks, events, tenant, job).await {
+        tracing::warn!(tenant = %tenant, job, error = %e, "splitting paused; it resumes from the saved cursor");
+    }
+}
+
+async fn try_shard(
+    sched: &Scheduler,
+    tasks: &Channel,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+) -> anyhow::Result<()> {
+    let Some(record) = sched.store.get(tenant, job).await? else {
+        // A cursor saved for a submission whose record was never written.
+        sched.store.finish_sharding(tenant, job).await?;
+        return Ok(());
+    };
+    let request: JobRequest = serde_json::from_value(record.request.clone())?;
+    let spec: BackgroundReplaceSpec = serde_json::from_value(request.spec.clone())?;
+    let shard_size = spec.shard_size.unwrap_or(sched.config.default_shard_size).max(1);
+    let mut cursor = match sched.store.cursors().await?.into_iter().find(|(t, j, _)| t == tenant.as_str() && j == job) {
+        Some((_, _, json)) => serde_json::from_str::<ShardCursor>(&json)?,
+        None => return Ok(()),
+    };
+    let span = tracing::info_span!("shard", tenant = %tenant, job, trace_id = trace_of(&record));
+    let _guard = span.enter();
+    loop {
+        let state = sched.store.get(tenant, job).await?.map(|r| r.state);
+        if state.is_none_or(|s| s.is_terminal()) {
+            tracing::info!("job ended before it was fully split; no more tasks");
+            sched.store.finish_sharding(tenant, job).await?;
+            return Ok(());
+        }
+        let page = match read_page(&sched.s3, &spec.input, &cursor.position, shard_size).await {
+            Ok(page) => page,
+            Err(reason) if reason.contains("no object") || reason.contains("over") || reason.contains("UTF-8") => {
+                fail_job(sched, events, tenant, job, reason).await?;
+                return Ok(());
+            }
+            Err(reason) => anyhow::bail!(reason),
+        };
+        let first = cursor.next_task;
+        let messages = make_tasks(&record, &spec, &page.keys, shard_size, first);
+        cursor.next_task += messages.len() as u32;
+        publish_tasks(sched, tasks, tenant, &record, messages).await?;
+        if state == Some(JobState::Accepted) {
+            sched.store.apply(tenant, job, JobEvent::Queued).await?;
+            let progress = sched.store.progress(tenant, job).await?;
+            sched.publish_event(events, event(tenant.as_str(), job, "queued").with_progress(progress)).await;
+        }
+        match page.next {
+            Some(next) => {
+                cursor.position = next;
+                sched.store.save_cursor(tenant, job, &cursor.to_json()).await?;
+            }
+            None => break,
+        }
+    }
+    let progress = sched.store.finish_sharding(tenant, job).await?;
+    tracing::info!(tasks = progress.tasks_total, items = progress.items_total, "job split into tasks");
+    sched.finalize_if_done(events, tenant, job, progress).await;
+    Ok(())
+}
+
+fn trace_of(record: &JobRecord) -> &str {
+    fleet_common::protocol::trace_id(&record.traceparent).unwrap_or("")
+}
+
+async fn fail_job(sched: &Scheduler, events: &Channel, tenant: &TenantId, job: &str, reason: String) -> anyhow::Result<()> {
+    tracing::info!(%reason, "job failed while splitting");
+    match sched.store.apply_with_reason(tenant, job, JobEvent::Fail, Some(reason)).await {
+        Ok(record) => {
+            let progress = sched.store.finish_sharding(tenant, job).await?;
+            sched.terminal_event(events, &record, progress).await;
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "job already ended");
+            sched.store.finish_sharding(tenant, job).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The tasks of one page: shards of `shard_size` keys numbered from `first`.
+pub fn make_tasks(
+    record: &JobRecord,
+    spec: &BackgroundReplaceSpec,
+    keys: &[String],
+    shard_size: u32,
+    first: u32,
+) -> Vec<TaskMessage> {
+    keys.chunks(shard_size as usize)
+        .zip(first..)
+        .map(|(chunk, task)| TaskMessage {
+            tenant: record.tenant.clone(),
+            job: record.id.clone(),
+            task,
+            priority: record.priority,
+            model: record.model.clone(),
+            keys: chunk.to_vec(),
+            background: spec.background.clone(),
+            output: spec.output.clone(),
+            accepted_at_ms: record.accepted_at_ms,
+        })
+        .collect()
+}
+
+/// Records each task (once) and publishes those not already ended, waiting for the broker
+/// to confirm them all.
+async fn publish_tasks(
+    sched: &Scheduler,
+    channel: &Channel,
+    tenant: &TenantId,
+    record: &JobRecord,
+    messages: Vec<TaskMessage>,
+) -> anyhow::Result<()> {
+    let existing = try_join_all(
+        messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32)),
+    )
+    .await?;
+    let (_, routing_key) = task_queue(record.priority);
+    let outgoing: Vec<Outgoing> = messages
+        .into_iter()
+        .zip(existing)
+        .filter(|(_, existing)| existing.as_ref().is_none_or(|t| !t.state.is_terminal()))
+        .map(|(message, _)| {
+            let traceparent = child_traceparent(&record.traceparent);
+            let props = BasicProperties::default()
+                .with_content_type("application/json".into())
+                .with_message_id(message.id().into())
+                .with_headers(string_headers(&[(TRACEPARENT_HEADER, &traceparent)]));
+            (routing_key.to_string(), serde_json::to_vec(&message).expect("a task serialises"), props)
+        })
+        .collect();
+    publish_all(channel, TASKS_EXCHANGE, outgoing).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

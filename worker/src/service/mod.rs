@@ -1,0 +1,259 @@
+//! The worker process: consumes tasks from RabbitMQ with a bounded prefetch, interactive
+//! before batch, runs each on a warm engine and reports to the scheduler.
+//!
+//! ```text
+//! fleet.tasks.interactive --\
+//!                            >-- biased pick when a slot frees --> task (S3 in, engine, S3 out)
+//! fleet.tasks.batch ---------/        --> report started / completed / attempt_failed --> fleet.reports
+//! ```
+//!
+//! A delivery is acknowledged only after its completion report is confirmed by the broker,
+//! so a worker that dies mid-task leaves the task to RabbitMQ, which redelivers it to
+//! another worker. A failed attempt is handed back (`nack` with requeue) after a short
+//! backoff; the quorum queue's delivery limit dead-letters a task that keeps failing. SIGTERM
+//! drains: no new task is taken, tasks in hand finish and are acknowledged, prefetched ones
+//! go back to the queue when the channel closes.
+
+pub mod models;
+pub mod task;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_common::amqp::{
+    self, attempt_of, confirmed_channel, header_str, publish_confirmed, BATCH_QUEUE, INTERACTIVE_QUEUE, REPORTS_QUEUE,
+};
+use fleet_common::jobstore::RedisJobStore;
+use fleet_common::keys::TenantId;
+use fleet_common::protocol::{now_ms, trace_id, Report, TaskMessage, TRACEPARENT_HEADER};
+use fleet_common::state::JobState;
+use fleet_common::store::s3::{S3Config, S3Store};
+use fleet_common::DeviceSpec;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use self::models::ModelCache;
+use self::task::{TaskContext, TaskResult};
+
+/// What a worker does with a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// Run the engine: the real work.
+    Engine,
+    /// Report every item done without touching S3 or the model: measures the dispatch path
+    /// (broker, scheduler, Redis) alone.
+    Noop,
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's id, in reports and task manifests.
+    pub id: String,
+    /// RabbitMQ URL.
+    pub amqp_url: String,
+    /// Redis URL (read-only use: cancellations).
+    pub redis_url: String,
+    /// Object store.
+    pub s3: S3Config,
+    /// Local cache of registry models.
+    pub model_cache: PathBuf,
+    /// Device for the engines.
+    pub device: DeviceSpec,
+    /// Tasks run at once.
+    pub slots: usize,
+    /// Engine or no-op.
+    pub executor: Executor,
+}
+
+struct Worker {
+    config: WorkerConfig,
+    s3: S3Store,
+    jobs: RedisJobStore,
+    models: ModelCache,
+}
+
+/// Runs the worker until `shutdown` resolves, then drains.
+pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let worker = Arc::new(Worker {
+        s3: S3Store::new(&config.s3),
+        jobs: RedisJobStore::connect(&config.redis_url).await?,
+        models: ModelCache::new(config.model_cache.clone(), config.device),
+        config,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match session(&worker, stop_rx.clone()).await {
+            Ok(()) => {
+                tracing::info!(worker = %worker.config.id, "drained; stopping");
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting"),
+        }
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(worker: &Arc<Worker>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let connection = amqp::connect(&worker.config.amqp_url).await?;
+    let setup = connection.create_channel().await?;
+    amqp::declare_topology(&setup).await?;
+    let channel = connection.create_channel().await?;
+    let slots = worker.config.slots.max(1);
+    channel.basic_qos(slots.min(u16::MAX as usize) as u16, BasicQosOptions::default()).await?;
+    let tag = |queue: &str| format!("{}-{queue}", worker.config.id);
+    let consume = BasicConsumeOptions::default();
+    let mut interactive =
+        channel.basic_consume(INTERACTIVE_QUEUE, &tag(INTERACTIVE_QUEUE), consume, FieldTable::default()).await?;
+    let mut batch = channel.basic_consume(BATCH_QUEUE, &tag(BATCH_QUEUE), consume, FieldTable::default()).await?;
+    let reports = confirmed_channel(&connection).await?;
+    tracing::info!(worker = %worker.config.id, slots, executor = ?worker.config.executor, "connected; taking tasks");
+    let permits = Arc::new(Semaphore::new(slots));
+    let mut running = JoinSet::new();
+    let lost = loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break None,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break None,
+            d = interactive.next() => d,
+            d = batch.next() => d,
+        };
+        match delivery {
+            Some(Ok(delivery)) => {
+                let (worker, reports) = (worker.clone(), reports.clone());
+                running.spawn(async move {
+                    handle(&worker, &reports, delivery).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(e)) => break Some(e.to_string()),
+            None => break Some("consumer closed".to_string()),
+        }
+        while running.try_join_next().is_some() {}
+    };
+    if let Some(reason) = lost {
+        anyhow::bail!("lost the broker: {reason}");
+    }
+    tracing::info!(in_flight = running.len(), "draining: no new tasks; finishing those in hand");
+    for queue in [INTERACTIVE_QUEUE, BATCH_QUEUE] {
+        let _ = channel.basic_cancel(&tag(queue), BasicCancelOptions::default()).await;
+    }
+    while running.join_next().await.is_some() {}
+    // Closing returns every prefetched, unstarted delivery to its queue.
+    let _ = channel.close(200, "worker draining").await;
+    let _ = connection.close(200, "worker stopped").await;
+    Ok(())
+}
+
+async fn handle(worker: &Worker, reports: &Channel, delivery: Delivery) {
+    let attempt = attempt_of(&delivery.properties);
+    let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(task) => task,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable task dead-lettered");
+            let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
+            return;
+        }
+    };
+    let traceparent = header_str(&delivery.properties, TRACEPARENT_HEADER).unwrap_or_default();
+    let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task, attempt,
+        trace_id = trace_id(&traceparent).unwrap_or(""));
+    async {
+        match work(worker, reports, &task, attempt).await {
+            Ok(()) => {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            Err(Handback::Retry(reason)) => {
+                tracing::warn!(%reason, "attempt failed; handing the task back");
+                let report = Report::AttemptFailed {
+                    tenant: task.tenant.clone(),
+                    job: task.job.clone(),
+                    task: task.task,
+                    attempt,
+                    worker: worker.config.id.clone(),
+                    reason,
+                };
+                let _ = report_to(reports, &report).await;
+                tokio::time::sleep(Duration::from_millis(250 * attempt.min(8) as u64)).await;
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            }
+            Err(Handback::BrokerLost(reason)) => {
+                // Without the broker the delivery cannot be settled; RabbitMQ redelivers it.
+                tracing::warn!(%reason, "report not confirmed; the broker will redeliver the task");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+enum Handback {
+    /// The attempt failed; retry it.
+    Retry(String),
+    /// The broker is gone.
+    BrokerLost(String),
+}
+
+async fn work(worker: &Worker, reports: &Channel, task: &TaskMessage, attempt: u32) -> Result<(), Handback> {
+    let tenant = TenantId::new(&task.tenant).map_err(|e| Handback::Retry(e.to_string()))?;
+    if matches!(worker.jobs.get(&tenant, &task.job).await, Ok(Some(job)) if job.state == JobState::Cancelled) {
+        tracing::info!("job cancelled; task skipped");
+        let skipped = Report::Skipped { tenant: task.tenant.clone(), job: task.job.clone(), task: task.task };
+        return report_to(reports, &skipped).await;
+    }
+    let id = worker.config.id.clone();
+    let (tenant_name, job) = (task.tenant.clone(), task.job.clone());
+    let started = Report::Started { tenant: tenant_name.clone(), job: job.clone(), task: task.task, attempt, worker: id.clone(), at_ms: now_ms() };
+    report_to(reports, &started).await?;
+    let started_at_ms = now_ms();
+    let result = match worker.config.executor {
+        Executor::Noop => TaskResult { succeeded: task.keys.len() as u64, failures: Vec::new(), manifest: String::new() },
+        Executor::Engine => {
+            let engine = worker.models.get(&worker.s3, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
+            let ctx = TaskContext { s3: &worker.s3, engine, worker: &id, attempt };
+            task::run(&ctx, task).await.map_err(|e| Handback::Retry(e.0))?
+        }
+    };
+    tracing::info!(succeeded = result.succeeded, failed = result.failures.len(), "task done");
+    let completed = Report::Completed {
+        tenant: tenant_name,
+        job,
+        task: task.task,
+        attempt,
+        worker: id,
+        succeeded: result.succeeded,
+        failures: result.failures,
+        manifest: result.manifest,
+        started_at_ms,
+        finished_at_ms: now_ms(),
+    };
+    report_to(reports, &completed).await
+}
+
+async fn report_to(reports: &Channel, report: &Report) -> Result<(), Handback> {
+    let body = serde_json::to_vec(report).expect("a report serialises");
+    let props = BasicProperties::default().with_content_type("application/json".into());
+    publish_confirmed(reports, "", REPORTS_QUEUE, &body, props).await.map_err(|e| Handback::BrokerLost(e.to_string()))
+}

@@ -1,0 +1,263 @@
+//! One task on a worker: inputs from S3 with bounded concurrency, the engine on a blocking
+//! thread, then per image the result, matte and embedding, and last the task manifest. Output
+//! keys come from the input keys, so a redelivered task rewrites the same objects; the
+//! scheduler counts the task once.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use fleet_common::job::{BackgroundSpec, OutputFormatName, OutputSpec};
+use fleet_common::keys::{check_tenant_key, output_keys, results_prefix, TenantId};
+use fleet_common::protocol::{now_ms, ItemFailureReport, TaskMessage};
+use fleet_common::store::s3::S3Store;
+use fleet_common::store::{content_type, ObjectStore, StoreError};
+use fleet_imaging::composite::{Background, CompositeOptions};
+use fleet_imaging::decode::{decode, DecodeLimits};
+use fleet_imaging::encode::OutputFormat;
+use futures::{stream, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineOptions, InputItem, ItemRecord};
+use crate::folder::npy_f32;
+
+/// Objects fetched or written at once per task.
+pub const IO_CONCURRENCY: usize = 8;
+/// Tries of one object operation on a retryable error.
+const IO_TRIES: u32 = 3;
+
+/// A task-level failure: the attempt is handed back to the broker.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AttemptError(pub String);
+
+/// What a finished task produced.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// Items with outputs.
+    pub succeeded: u64,
+    /// Items without, with reasons.
+    pub failures: Vec<ItemFailureReport>,
+    /// Key of the task manifest.
+    pub manifest: String,
+}
+
+/// The per-task manifest written next to the results.
+#[derive(Debug, Serialize)]
+struct TaskManifest<'a> {
+    tenant: &'a str,
+    job: &'a str,
+    task: u32,
+    attempt: u32,
+    worker: &'a str,
+    model: &'a str,
+    started_at_ms: u64,
+    finished_at_ms: u64,
+    items: Vec<ManifestItem>,
+    failures: &'a [ItemFailureReport],
+}
+
+#[derive(Debug, Serialize)]
+struct ManifestItem {
+    input_key: String,
+    result_key: String,
+    matte_key: String,
+    embedding_key: String,
+    download_ms: f64,
+    upload_ms: f64,
+    /// Download, engine stages and upload of this image.
+    latency_ms: f64,
+    #[serde(flatten)]
+    record: ItemRecord,
+}
+
+/// Where a task runs: its store, engine and identity.
+pub struct TaskContext<'a> {
+    /// The object store.
+    pub s3: &'a S3Store,
+    /// The warm engine for the task's model.
+    pub engine: Arc<Engine>,
+    /// This worker's id.
+    pub worker: &'a str,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+/// Runs the task and writes its outputs; item problems are failures in the result, store or
+/// device problems fail the attempt.
+pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult, AttemptError> {
+    let started_at_ms = now_ms();
+    let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError(e.to_string()))?;
+    let limits = DecodeLimits::default();
+    let opts = EngineOptions {
+        composite: CompositeOptions { background: background(ctx.s3, &tenant, &task.background, &limits).await?, ..Default::default() },
+        format: output_format(&task.output),
+        max_side: task.output.max_side,
+        limits,
+        ..Default::default()
+    };
+    let mut failures = Vec::new();
+    let fetched: Vec<(String, Result<(Vec<u8>, f64), ItemFailureReport>)> = stream::iter(task.keys.iter().cloned())
+        .map(|key| {
+            let tenant = tenant.clone();
+            async move {
+                let item = fetch_item(ctx.s3, &tenant, &key).await?;
+                Ok::<_, AttemptError>((key, item))
+            }
+        })
+        .buffered(IO_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut inputs = Vec::new();
+    let mut download_ms = std::collections::HashMap::new();
+    for (key, item) in fetched {
+        match item {
+            Ok((bytes, ms)) => {
+                download_ms.insert(key.clone(), ms);
+                inputs.push(InputItem { id: key, bytes });
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    let engine = ctx.engine.clone();
+    let results = tokio::task::spawn_blocking(move || engine.process_batch(inputs, &opts))
+        .await
+        .map_err(|e| AttemptError(format!("engine thread: {e}")))?
+        .map_err(|e| AttemptError(format!("engine: {e}")))?;
+    let extension = match task.output.format {
+        OutputFormatName::Png => "png",
+        OutputFormatName::Jpeg => "jpg",
+        OutputFormatName::Webp => "webp",
+    };
+    let mut outputs = Vec::new();
+    for result in results {
+        match result {
+            Ok(output) => outputs.push(output),
+            Err(f) => failures.push(ItemFailureReport { key: f.id, code: f.code, reason: f.reason }),
+        }
+    }
+    let items: Vec<ManifestItem> = stream::iter(outputs)
+        .map(|output| {
+            let tenant = tenant.clone();
+            let download = download_ms.get(&output.record.id).copied().unwrap_or(0.0);
+            async move {
+                let (result_key, matte_key, embedding_key) = output_keys(&tenant, &task.job, &output.record.id, extension);
+                let started = Instant::now();
+                let image_type = content_type(&result_key);
+                put(ctx.s3, &result_key, output.image, image_type).await?;
+                put(ctx.s3, &matte_key, output.matte_png, "image/png").await?;
+                put(ctx.s3, &embedding_key, npy_f32(&output.embedding), "application/octet-stream").await?;
+                let upload_ms = started.elapsed().as_secs_f64() * 1e3;
+                let t = &output.record.timings_ms;
+                let latency_ms = download + t.cpu_ms() + t.forward_ms + upload_ms;
+                Ok::<_, AttemptError>(ManifestItem {
+                    input_key: output.record.id.clone(),
+                    result_key,
+                    matte_key,
+                    embedding_key,
+                    download_ms: download,
+                    upload_ms,
+                    latency_ms,
+                    record: output.record,
+                })
+            }
+        })
+        .buffered(IO_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let succeeded = items.len() as u64;
+    let manifest_key = format!("{}tasks/{:06}.json", results_prefix(&tenant, &task.job), task.task);
+    let model = ctx.engine.inference().manifest().model_ref().to_string();
+    let manifest = TaskManifest {
+        tenant: &task.tenant,
+        job: &task.job,
+        task: task.task,
+        attempt: ctx.attempt,
+        worker: ctx.worker,
+        model: &model,
+        started_at_ms,
+        finished_at_ms: now_ms(),
+        items,
+        failures: &failures,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).expect("a task manifest serialises");
+    put(ctx.s3, &manifest_key, json, "application/json").await?;
+    Ok(TaskResult { succeeded, failures, manifest: manifest_key })
+}
+
+/// Fetches one input: an item failure when the key is not the tenant's or not there, an
+/// attempt failure when the store keeps failing.
+async fn fetch_item(
+    s3: &S3Store,
+    tenant: &TenantId,
+    key: &str,
+) -> Result<Result<(Vec<u8>, f64), ItemFailureReport>, AttemptError> {
+    let fail = |code: &str, reason: String| Ok(Err(ItemFailureReport { key: key.to_string(), code: code.into(), reason }));
+    if let Err(e) = check_tenant_key(tenant, key) {
+        return fail("invalid_key", e.to_string());
+    }
+    let started = Instant::now();
+    match get(s3, key).await {
+        Ok(bytes) => Ok(Ok((bytes, started.elapsed().as_secs_f64() * 1e3))),
+        Err(StoreError::NotFound { .. }) => fail("not_found", format!("no object at {key}")),
+        Err(e) if e.is_retryable() => Err(AttemptError(e.to_string())),
+        Err(e) => fail("store_error", e.to_string()),
+    }
+}
+
+async fn get(s3: &S3Store, key: &str) -> Result<Vec<u8>, StoreError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match s3.get(key).await {
+            Err(e) if e.is_retryable() && tries < IO_TRIES => backoff(tries).await,
+            other => return other,
+        }
+    }
+}
+
+async fn put(s3: &S3Store, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match s3.put(key, bytes.clone(), content_type).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && tries < IO_TRIES => backoff(tries).await,
+            Err(e) => return Err(AttemptError(format!("writing {key}: {e}"))),
+        }
+    }
+}
+
+async fn backoff(tries: u32) {
+    tokio::time::sleep(std::time::Duration::from_millis(100 << tries.min(5))).await;
+}
+
+/// The engine's background for a job's spec; an image background is read from the
+/// tenant's space once per task.
+async fn background(
+    s3: &S3Store,
+    tenant: &TenantId,
+    spec: &BackgroundSpec,
+    limits: &DecodeLimits,
+) -> Result<Background, AttemptError> {
+    Ok(match spec {
+        BackgroundSpec::Transparent => Background::Transparent,
+        BackgroundSpec::Color { color } => {
+            Background::Color(fleet_common::job::parse_hex_color(color).map_err(AttemptError)?)
+        }
+        BackgroundSpec::Blur { strength_pct } => Background::Blur { sigma_pct: *strength_pct },
+        BackgroundSpec::Image { key } => {
+            check_tenant_key(tenant, key).map_err(|e| AttemptError(e.to_string()))?;
+            let bytes = get(s3, key).await.map_err(|e| AttemptError(format!("background image: {e}")))?;
+            let decoded = decode(&bytes, limits).map_err(|e| AttemptError(format!("background image {key}: {e}")))?;
+            Background::Image(Arc::new(decoded.rgb))
+        }
+    })
+}
+
+fn output_format(spec: &OutputSpec) -> OutputFormat {
+    match spec.format {
+        OutputFormatName::Png => OutputFormat::Png,
+        OutputFormatName::Jpeg => OutputFormat::Jpeg { quality: spec.quality },
+        OutputFormatName::Webp => OutputFormat::Webp,
+    }
+}
