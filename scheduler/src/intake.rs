@@ -47,7 +47,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, body: &[u8], props: &Ba
         tracing::warn!(%reason, "intake message parked");
         return (Disposition::Park(reason), Intake::Done);
     };
-    if props.type_().as_ref().is_some_and(|k| k.as_str() == CANCEL_TYPE) {
+    if props.kind().as_ref().is_some_and(|k| k.as_str() == CANCEL_TYPE) {
         return (cancel(sched, events, &tenant, body).await, Intake::Done);
     }
     let traceparent = header_str(props, TRACEPARENT_HEADER)
