@@ -9,6 +9,7 @@
 #   deploy/stack.sh up              install what is missing, start, provision; safe to repeat
 #   deploy/stack.sh down [--purge]  stop all three, data kept (--purge deletes the stack folder)
 #   deploy/stack.sh status          one line per service; exits non-zero if any is down
+#   deploy/stack.sh restart SERVICE stop and start rabbitmq, redis or garage, data kept
 #   deploy/stack.sh env             export lines for clients: eval "$(deploy/stack.sh env)"
 #
 # Settings: FLEET_STACK_DIR (default .fleet/stack in the repo), FLEET_AMQP_PORT, FLEET_REDIS_PORT,
@@ -539,6 +540,19 @@ cmd_down() {
   log "stack down"
 }
 
+# Stops and starts one service, keeping its data: how the tests simulate a broker restart.
+cmd_restart() {
+  local started
+  started=$(now)
+  case ${1:-} in
+    rabbitmq) stop_rabbit; start_rabbit; await_rabbit ;;
+    redis) stop_redis; start_redis; await_redis ;;
+    garage) stop_garage; start_garage; provision_garage ;;
+    *) fail "usage: $0 restart rabbitmq|redis|garage" ;;
+  esac
+  log "$1 restarted in $(since "$started")s"
+}
+
 cmd_status() {
   local down=0 pid
   if pid=$(rabbit_pid) && rabbitmqctl_ ping >/dev/null 2>&1; then
@@ -578,6 +592,7 @@ case ${1:-} in
   up) cmd_up ;;
   down) cmd_down "${@:2}" ;;
   status) cmd_status ;;
+  restart) cmd_restart "${@:2}" ;;
   env) cmd_env ;;
   *)
     sed -n '2,/^set -euo/p' "$0" | sed '/^# shellcheck/d; $d; s/^# \{0,1\}//' >&2

@@ -58,3 +58,118 @@ pub fn unique(what: &str) -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
     format!("{what}-{}-{nanos}", std::process::id())
 }
+
+/// Running fleet processes (scheduler and workers from the release build), killed when
+/// dropped. `./fleet test` builds every binary before the tests run.
+pub mod fleet {
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use fleet_client::{amqp_url_as, Client, ClientConfig};
+    use fleet_common::store::s3::S3Config;
+
+    /// A binary of the release build that runs the tests.
+    pub fn binary(name: &str) -> PathBuf {
+        let exe = std::env::current_exe().expect("the test binary has a path");
+        let dir = exe.parent().and_then(|deps| deps.parent()).expect("tests run from target/<profile>/deps");
+        let path = dir.join(name);
+        assert!(path.is_file(), "{} missing: ./fleet test builds every binary first", path.display());
+        path
+    }
+
+    fn env(name: &str) -> String {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} unset: the test command starts the stack and exports it"))
+    }
+
+    /// A client acting as `tenant` (dev password `<tenant>-dev`).
+    pub async fn client(tenant: &str) -> Client {
+        let config = ClientConfig {
+            amqp_url: amqp_url_as(&env("FLEET_AMQP_URL"), tenant, &format!("{tenant}-dev")),
+            tenant: tenant.to_string(),
+            redis_url: env("FLEET_REDIS_URL"),
+            s3: S3Config::from_env().expect("S3 settings exported"),
+        };
+        Client::connect(&config).await.expect("client connects")
+    }
+
+    /// The scheduler and workers of one test.
+    pub struct Fleet {
+        procs: Vec<(String, Child)>,
+        models: tempfile::TempDir,
+        logs: tempfile::TempDir,
+    }
+
+    impl Default for Fleet {
+        fn default() -> Self {
+            Fleet {
+                procs: Vec::new(),
+                models: tempfile::tempdir().expect("temp dir"),
+                logs: tempfile::tempdir().expect("temp dir"),
+            }
+        }
+    }
+
+    impl Fleet {
+        fn spawn(&mut self, name: &str, mut command: Command) {
+            let log = std::fs::File::create(self.logs.path().join(format!("{name}.log"))).expect("log file");
+            command.stdout(Stdio::null()).stderr(log);
+            let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+            self.procs.push((name.to_string(), child));
+        }
+
+        /// Starts a scheduler.
+        pub fn scheduler(&mut self, name: &str) -> &mut Self {
+            let mut command = Command::new(binary("fleet-scheduler"));
+            command.env("FLEET_PROGRESS_INTERVAL_MS", "0");
+            self.spawn(name, command);
+            self
+        }
+
+        /// Starts an engine worker on the CPU with `slots` task slots.
+        pub fn worker(&mut self, name: &str, slots: usize) -> &mut Self {
+            let mut command = Command::new(binary("fleet-worker"));
+            command
+                .args(["serve", "--device", "cpu", "--id", name, "--slots", &slots.to_string()])
+                .env("FLEET_MODEL_DIR", self.models.path());
+            self.spawn(name, command);
+            self
+        }
+
+        /// Kills a process with SIGKILL: no drain, no goodbye.
+        pub fn kill9(&mut self, name: &str) {
+            let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");
+            child.kill().expect("kill -9");
+            child.wait().expect("reaped");
+        }
+
+        /// Sends SIGTERM and waits up to `timeout` for the process to exit; its exit success.
+        pub fn terminate(&mut self, name: &str, timeout: Duration) -> bool {
+            let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+            let deadline = std::time::Instant::now() + timeout;
+            while std::time::Instant::now() < deadline {
+                if let Some(status) = child.try_wait().expect("wait") {
+                    return status.success();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            false
+        }
+
+        /// The log of a process so far (for failure messages).
+        pub fn log(&self, name: &str) -> String {
+            std::fs::read_to_string(self.logs.path().join(format!("{name}.log"))).unwrap_or_default()
+        }
+    }
+
+    impl Drop for Fleet {
+        fn drop(&mut self) {
+            for (_, child) in &mut self.procs {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -148,7 +148,12 @@ impl Client {
             .queue_bind(&name, amqp::EVENTS_EXCHANGE, &key, QueueBindOptions::default(), FieldTable::default())
             .await?;
         let consumer = channel
-            .basic_consume(&name, &name, BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                &name,
+                &name,
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
             .await?;
         Ok(Events { _channel: channel, consumer })
     }
@@ -168,7 +173,12 @@ impl Client {
     }
 
     /// Polls the job until it ends, calling `on_progress` on every poll.
-    pub async fn wait(&self, id: &str, timeout: Duration, mut on_progress: impl FnMut(&JobView)) -> anyhow::Result<JobView> {
+    pub async fn wait(
+        &self,
+        id: &str,
+        timeout: Duration,
+        mut on_progress: impl FnMut(&JobView),
+    ) -> anyhow::Result<JobView> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(view) = self.job(id).await? {

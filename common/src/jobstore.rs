@@ -399,7 +399,10 @@ impl RedisJobStore {
         for _ in 0..CAS_ATTEMPTS {
             let mut conn = self.conn.clone();
             let old: Option<String> = redis::cmd("HGET").arg(&tasks).arg(task).query_async(&mut conn).await?;
-            let old = old.ok_or_else(|| JobStoreError::NotFound { tenant: tenant.to_string(), id: format!("{job} task {task}") })?;
+            let old = old.ok_or_else(|| JobStoreError::NotFound {
+                tenant: tenant.to_string(),
+                id: format!("{job} task {task}"),
+            })?;
             let mut record: TaskRecord = serde_json::from_str(&old).map_err(corrupt(&tasks))?;
             record.state = match record.state.apply(event) {
                 Ok(state) => state,
@@ -466,8 +469,12 @@ impl RedisJobStore {
     /// Records where splitting the job into tasks has got to.
     pub async fn save_cursor(&self, tenant: &TenantId, job: &str, cursor: &str) -> Result<(), JobStoreError> {
         let mut conn = self.conn.clone();
-        let _: i64 =
-            redis::cmd("HSET").arg(SHARDING_KEY).arg(format!("{tenant}/{job}")).arg(cursor).query_async(&mut conn).await?;
+        let _: i64 = redis::cmd("HSET")
+            .arg(SHARDING_KEY)
+            .arg(format!("{tenant}/{job}"))
+            .arg(cursor)
+            .query_async(&mut conn)
+            .await?;
         Ok(())
     }
 

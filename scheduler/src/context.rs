@@ -87,7 +87,8 @@ impl Scheduler {
         let key = event_routing_key(&event.tenant, &event.job, &event.kind);
         let body = serde_json::to_vec(&event).expect("an event serialises");
         let props = BasicProperties::default().with_content_type("application/json".into()).with_delivery_mode(2);
-        if let Err(e) = events.basic_publish(EVENTS_EXCHANGE, &key, BasicPublishOptions::default(), &body, props).await {
+        if let Err(e) = events.basic_publish(EVENTS_EXCHANGE, &key, BasicPublishOptions::default(), &body, props).await
+        {
             tracing::warn!(job = %event.job, kind = %event.kind, error = %e, "job event not published");
         }
     }

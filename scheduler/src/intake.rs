@@ -41,7 +41,12 @@ pub enum Intake {
 }
 
 /// Handles one intake message.
-pub async fn handle(sched: &Scheduler, events: &Channel, body: &[u8], props: &BasicProperties) -> (Disposition, Intake) {
+pub async fn handle(
+    sched: &Scheduler,
+    events: &Channel,
+    body: &[u8],
+    props: &BasicProperties,
+) -> (Disposition, Intake) {
     let Some(tenant) = props.user_id().as_ref().and_then(|u| TenantId::new(u.as_str()).ok()) else {
         let reason = "message has no broker-validated user_id naming a tenant".to_string();
         tracing::warn!(%reason, "intake message parked");
@@ -50,9 +55,8 @@ pub async fn handle(sched: &Scheduler, events: &Channel, body: &[u8], props: &Ba
     if props.kind().as_ref().is_some_and(|k| k.as_str() == CANCEL_TYPE) {
         return (cancel(sched, events, &tenant, body).await, Intake::Done);
     }
-    let traceparent = header_str(props, TRACEPARENT_HEADER)
-        .filter(|t| trace_id(t).is_some())
-        .unwrap_or_else(new_traceparent);
+    let traceparent =
+        header_str(props, TRACEPARENT_HEADER).filter(|t| trace_id(t).is_some()).unwrap_or_else(new_traceparent);
     let valid = match validate(body, &tenant) {
         Ok(valid) => valid,
         Err(rejection) => {
@@ -61,7 +65,8 @@ pub async fn handle(sched: &Scheduler, events: &Channel, body: &[u8], props: &Ba
         }
     };
     let id = valid.request.id.clone();
-    let span = tracing::info_span!("intake", tenant = %tenant, job = %id, trace_id = trace_id(&traceparent).unwrap_or(""));
+    let span =
+        tracing::info_span!("intake", tenant = %tenant, job = %id, trace_id = trace_id(&traceparent).unwrap_or(""));
     let _guard = span.enter();
     match sched.resolve_model(&valid.model).await {
         Ok(()) => {}
@@ -169,8 +174,8 @@ async fn cancel(sched: &Scheduler, events: &Channel, tenant: &TenantId, body: &[
     }
 }
 
-/// The id a rejected submission should be filed under: the body's `id` when it has a usable
-/// one, else the message id, else `unknown`.
+/// The id a rejected submission is filed under: the message id the submitter set (clients
+/// set it to the job id and follow it), else the body's `id`, else `unknown`.
 fn submitted_id(body: &[u8], props: &BasicProperties) -> String {
     let usable = |s: &str| {
         (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
@@ -179,7 +184,11 @@ fn submitted_id(body: &[u8], props: &BasicProperties) -> String {
         .ok()
         .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
         .filter(|id| usable(id));
-    from_body
-        .or_else(|| props.message_id().as_ref().map(|m| m.to_string()).filter(|id| usable(id)))
+    props
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .filter(|id| usable(id))
+        .or(from_body)
         .unwrap_or_else(|| "unknown".to_string())
 }

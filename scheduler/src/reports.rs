@@ -65,13 +65,22 @@ pub async fn dead_lettered(sched: &Scheduler, events: &Channel, message: &TaskMe
         .map(|key| ItemFailureReport { key: key.clone(), code: "task_failed".into(), reason: reason.clone() })
         .collect();
     let outcome = TaskOutcome { succeeded: 0, failures };
-    let update =
-        sched.store.update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, None, None).await?;
+    let update = sched
+        .store
+        .update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, None, None)
+        .await?;
     after_update(sched, events, &tenant, &message.job, message.task, update).await;
     Ok(())
 }
 
-async fn after_update(sched: &Scheduler, events: &Channel, tenant: &TenantId, job: &str, task: u32, update: TaskUpdate) {
+async fn after_update(
+    sched: &Scheduler,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+    task: u32,
+    update: TaskUpdate,
+) {
     match update {
         TaskUpdate::Applied { ended: true, progress, .. } => {
             sched.progress_event(events, tenant.as_str(), job, progress).await;

@@ -112,7 +112,8 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
         let mut intake = intake;
         while let Some(delivery) = intake.next().await {
             let delivery = delivery?;
-            let (disposition, outcome) = intake::handle(&sched, &session.events, &delivery.data, &delivery.properties).await;
+            let (disposition, outcome) =
+                intake::handle(&sched, &session.events, &delivery.data, &delivery.properties).await;
             settle(&delivery, disposition).await?;
             if let Intake::NewJob { tenant, job } = outcome {
                 spawn_shard(&mut sharding, &sched, &session, tenant, job);

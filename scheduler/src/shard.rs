@@ -108,7 +108,9 @@ pub async fn read_page<S: ObjectStore>(
             } else {
                 match chunk.iter().rposition(|&b| b == b'\n') {
                     Some(i) => i + 1,
-                    None => return Err(format!("manifest {key}: a line at byte {offset} is over {MANIFEST_CHUNK} bytes")),
+                    None => {
+                        return Err(format!("manifest {key}: a line at byte {offset} is over {MANIFEST_CHUNK} bytes"))
+                    }
                 }
             };
             let text = std::str::from_utf8(&chunk[..usable])
@@ -204,7 +206,13 @@ fn trace_of(record: &JobRecord) -> &str {
     fleet_common::protocol::trace_id(&record.traceparent).unwrap_or("")
 }
 
-async fn fail_job(sched: &Scheduler, events: &Channel, tenant: &TenantId, job: &str, reason: String) -> anyhow::Result<()> {
+async fn fail_job(
+    sched: &Scheduler,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+    reason: String,
+) -> anyhow::Result<()> {
     tracing::info!(%reason, "job failed while splitting");
     match sched.store.apply_with_reason(tenant, job, JobEvent::Fail, Some(reason)).await {
         Ok(record) => {
@@ -252,10 +260,9 @@ async fn publish_tasks(
     record: &JobRecord,
     messages: Vec<TaskMessage>,
 ) -> anyhow::Result<()> {
-    let existing = try_join_all(
-        messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32)),
-    )
-    .await?;
+    let existing =
+        try_join_all(messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32)))
+            .await?;
     let (_, routing_key) = task_queue(record.priority);
     let outgoing: Vec<Outgoing> = messages
         .into_iter()

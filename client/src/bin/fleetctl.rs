@@ -222,7 +222,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Summary { id, sheet, sheet_rows } => summary(&client, &id, sheet, sheet_rows).await?,
         Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
             fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
-            let spec = CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
+            let spec =
+                CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
             let started = Instant::now();
             let (seeded, fresh) = catalog::seed(&client.s3, &prefix, &spec, &work).await?;
             let verb = if fresh { "seeded" } else { "reusing" };
@@ -333,7 +334,12 @@ fn print_view(view: &JobView) {
     println!("state      {}", state(view));
     println!("model      {}", r.model);
     println!("priority   {:?}", r.priority);
-    println!("tasks      {}/{} ended{}", p.tasks_done, p.tasks_total, if p.sharded { "" } else { " (still splitting)" });
+    println!(
+        "tasks      {}/{} ended{}",
+        p.tasks_done,
+        p.tasks_total,
+        if p.sharded { "" } else { " (still splitting)" }
+    );
     println!("items      {} total, {} succeeded, {} failed", p.items_total, p.items_succeeded, p.items_failed);
     if let Some(end) = r.finished_at_ms {
         println!("wall time  {:.1} s", end.saturating_sub(r.accepted_at_ms) as f64 / 1e3);

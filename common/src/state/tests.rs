@@ -44,8 +44,7 @@ fn a_task_retries_then_dead_letters() {
 
 #[test]
 fn a_lost_lease_redoes_the_task_without_spending_an_attempt() {
-    let running =
-        TaskState::Pending { attempts: 1 }
+    let running = TaskState::Pending { attempts: 1 }
         .apply(TaskEvent::Dispatch)
         .and_then(|s| s.apply(TaskEvent::Start { attempt: 2 }))
         .unwrap();

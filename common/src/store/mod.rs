@@ -58,8 +58,7 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, key: &str) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Up to `len` bytes of the object from byte `start`; empty past its end. Lets a reader
     /// stream a large object (a million-key manifest) without holding it.
-    fn get_range(&self, key: &str, start: u64, len: u64)
-        -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    fn get_range(&self, key: &str, start: u64, len: u64) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Writes (or replaces) the object.
     fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str)
         -> impl Future<Output = Result<(), StoreError>> + Send;

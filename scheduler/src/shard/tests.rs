@@ -65,7 +65,8 @@ async fn prefixes_and_key_lists_page_in_whole_shards() {
 async fn bad_manifests_fail_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
-    let missing = read_page(&store, &InputSpec::Manifest("t/none.txt".into()), &Cursor::Manifest { offset: 0 }, 4).await;
+    let missing =
+        read_page(&store, &InputSpec::Manifest("t/none.txt".into()), &Cursor::Manifest { offset: 0 }, 4).await;
     assert!(missing.unwrap_err().contains("no object"));
     store.put("t/long.txt", vec![b'a'; MANIFEST_CHUNK as usize + 10], "text/plain").await.unwrap();
     let long = read_page(&store, &InputSpec::Manifest("t/long.txt".into()), &Cursor::Manifest { offset: 0 }, 4).await;

@@ -225,13 +225,23 @@ async fn work(worker: &Worker, reports: &Channel, task: &TaskMessage, attempt: u
     }
     let id = worker.config.id.clone();
     let (tenant_name, job) = (task.tenant.clone(), task.job.clone());
-    let started = Report::Started { tenant: tenant_name.clone(), job: job.clone(), task: task.task, attempt, worker: id.clone(), at_ms: now_ms() };
+    let started = Report::Started {
+        tenant: tenant_name.clone(),
+        job: job.clone(),
+        task: task.task,
+        attempt,
+        worker: id.clone(),
+        at_ms: now_ms(),
+    };
     report_to(reports, &started).await?;
     let started_at_ms = now_ms();
     let result = match worker.config.executor {
-        Executor::Noop => TaskResult { succeeded: task.keys.len() as u64, failures: Vec::new(), manifest: String::new() },
+        Executor::Noop => {
+            TaskResult { succeeded: task.keys.len() as u64, failures: Vec::new(), manifest: String::new() }
+        }
         Executor::Engine => {
-            let engine = worker.models.get(&worker.s3, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
+            let engine =
+                worker.models.get(&worker.s3, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
             let ctx = TaskContext { s3: &worker.s3, engine, worker: &id, attempt };
             task::run(&ctx, task).await.map_err(|e| Handback::Retry(e.0))?
         }

@@ -89,7 +89,10 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError(e.to_string()))?;
     let limits = DecodeLimits::default();
     let opts = EngineOptions {
-        composite: CompositeOptions { background: background(ctx.s3, &tenant, &task.background, &limits).await?, ..Default::default() },
+        composite: CompositeOptions {
+            background: background(ctx.s3, &tenant, &task.background, &limits).await?,
+            ..Default::default()
+        },
         format: output_format(&task.output),
         max_side: task.output.max_side,
         limits,
@@ -140,7 +143,8 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
             let tenant = tenant.clone();
             let download = download_ms.get(&output.record.id).copied().unwrap_or(0.0);
             async move {
-                let (result_key, matte_key, embedding_key) = output_keys(&tenant, &task.job, &output.record.id, extension);
+                let (result_key, matte_key, embedding_key) =
+                    output_keys(&tenant, &task.job, &output.record.id, extension);
                 let started = Instant::now();
                 let image_type = content_type(&result_key);
                 put(ctx.s3, &result_key, output.image, image_type).await?;
@@ -191,7 +195,8 @@ async fn fetch_item(
     tenant: &TenantId,
     key: &str,
 ) -> Result<Result<(Vec<u8>, f64), ItemFailureReport>, AttemptError> {
-    let fail = |code: &str, reason: String| Ok(Err(ItemFailureReport { key: key.to_string(), code: code.into(), reason }));
+    let fail =
+        |code: &str, reason: String| Ok(Err(ItemFailureReport { key: key.to_string(), code: code.into(), reason }));
     if let Err(e) = check_tenant_key(tenant, key) {
         return fail("invalid_key", e.to_string());
     }

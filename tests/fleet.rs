@@ -1,0 +1,362 @@
+//! The fleet end to end on the real services: RabbitMQ, Redis and Garage started by the test
+//! command, the release binaries of the scheduler and workers as separate processes, and the
+//! reference model published in the S3 registry. The tests share the stack, so they take
+//! turns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use fleet_client::catalog::{seed, SeededCatalog};
+use fleet_client::{Client, Submitted};
+use fleet_common::keys::{output_keys, results_prefix};
+use fleet_common::protocol::JobEventMessage;
+use fleet_common::state::JobState;
+use fleet_common::store::ObjectStore;
+use fleet_synth::CatalogSpec;
+use fleet_tests::fleet::{client, Fleet};
+use fleet_tests::unique;
+use serde_json::json;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TENANT: &str = "tenant-a";
+
+/// Seeds a small catalog (short sides, so the CPU is quick) under a fresh prefix.
+async fn catalog(client: &Client, count: usize) -> (String, SeededCatalog) {
+    let prefix = format!("{TENANT}/{}/", unique("catalog"));
+    let spec = CatalogSpec { seed: 11, count, min_long_side: 256, max_long_side: 560, ..Default::default() };
+    let work = tempfile::tempdir().unwrap();
+    let (seeded, fresh) = seed(&client.s3, &prefix, &spec, work.path()).await.unwrap();
+    assert!(fresh);
+    (prefix, seeded)
+}
+
+fn job(id: &str, input: serde_json::Value, shard: u32) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "priority": "batch", "kind": "background_replace",
+        "spec": {"input": input, "background": {"mode": "color", "color": "#f2f2f2"},
+                 "output": {"format": "jpeg", "quality": 90}, "model": "matting-ref@1.0.0", "shard_size": shard}
+    }))
+    .unwrap()
+}
+
+async fn submit(client: &Client, id: &str, body: &[u8]) -> Submitted {
+    client.submit(id, body, Duration::from_secs(60)).await.unwrap()
+}
+
+/// Waits until the job's tasks have ended at least `tasks` times.
+async fn wait_tasks_done(client: &Client, id: &str, tasks: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(view)) = client.job(id).await {
+            if view.progress.tasks_done >= tasks {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "job {id}: {tasks} tasks did not end in {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Counts the job's result objects by kind: results, mattes, embeddings, task manifests.
+async fn outputs(client: &Client, id: &str) -> BTreeMap<&'static str, usize> {
+    let prefix = results_prefix(client.tenant(), id);
+    let mut counts = BTreeMap::new();
+    let mut token = None;
+    loop {
+        let page = client.s3.list_page(&prefix, token, 1000).await.unwrap();
+        for key in &page.keys {
+            let kind = if key.ends_with(".matte.png") {
+                "matte"
+            } else if key.ends_with(".embedding.npy") {
+                "embedding"
+            } else if key.contains("/tasks/") {
+                "task manifest"
+            } else {
+                "result"
+            };
+            *counts.entry(kind).or_insert(0) += 1;
+        }
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return counts,
+        }
+    }
+}
+
+fn iou(matte: &image::GrayImage, mask: &image::GrayImage) -> f64 {
+    assert_eq!(matte.dimensions(), mask.dimensions());
+    let (mut inter, mut union) = (0u64, 0u64);
+    for (a, b) in matte.pixels().zip(mask.pixels()) {
+        let (a, b) = (a.0[0] >= 128, b.0[0] >= 128);
+        inter += (a && b) as u64;
+        union += (a || b) as u64;
+    }
+    if union == 0 {
+        1.0
+    } else {
+        inter as f64 / union as f64
+    }
+}
+
+fn is_terminal(kind: &str) -> bool {
+    matches!(kind, "succeeded" | "succeeded_with_item_errors" | "failed" | "cancelled")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_catalog_job_runs_end_to_end_with_outputs_failures_and_ordered_events() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 2).worker("w2", 2);
+    let client = client(TENANT).await;
+    let (prefix, seeded) = catalog(&client, 46).await;
+    let id = unique("e2e");
+    let mut events = client.subscribe(id.as_str()).await.unwrap();
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 6)).await,
+        Submitted::Accepted
+    );
+    let view = client.wait(&id, Duration::from_secs(300), |_| {}).await.unwrap_or_else(|e| {
+        panic!("{e}\nscheduler log:\n{}\nworker log:\n{}", fleet.log("scheduler"), fleet.log("w1"))
+    });
+
+    assert_eq!(view.record.state, JobState::SucceededWithItemErrors);
+    let p = view.progress;
+    assert_eq!((p.items_total, p.items_succeeded, p.items_failed), (50, 46, 4));
+    assert_eq!((p.tasks_total, p.tasks_done), (9, 9), "50 images in shards of 6");
+
+    // Broken inputs are listed with the engine's reasons.
+    let failures: HashMap<String, String> =
+        client.failures(&id).await.unwrap().into_iter().map(|f| (f.key, f.code)).collect();
+    let expected: HashMap<String, String> = seeded.broken.iter().cloned().collect();
+    assert_eq!(failures, expected);
+
+    // Every good input has its result, matte and embedding; mattes match the ground truth.
+    let mut ious = Vec::new();
+    for entry in &seeded.entries {
+        let (result, matte, embedding) = output_keys(client.tenant(), &id, &entry.image, "jpg");
+        let result = image::load_from_memory(&client.s3.get(&result).await.unwrap()).unwrap();
+        let matte = image::load_from_memory(&client.s3.get(&matte).await.unwrap()).unwrap().to_luma8();
+        let mask = image::load_from_memory(&client.s3.get(&entry.mask).await.unwrap()).unwrap().to_luma8();
+        assert_eq!(result.width(), mask.width());
+        ious.push(iou(&matte, &mask));
+        let npy = client.s3.get(&embedding).await.unwrap();
+        assert!(npy.starts_with(b"\x93NUMPY"), "embedding is a .npy file");
+        let header = 10 + u16::from_le_bytes([npy[8], npy[9]]) as usize;
+        let values: Vec<f32> = npy[header..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let norm = values.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!(values.len() >= 16 && (norm - 1.0).abs() < 1e-3, "{} values, norm {norm}", values.len());
+    }
+    let mean_iou = ious.iter().sum::<f64>() / ious.len() as f64;
+    assert!(mean_iou >= 0.9, "mean alpha IoU {mean_iou:.3} against ground truth");
+    let counts = outputs(&client, &id).await;
+    assert_eq!(counts.get("result"), Some(&46));
+    assert_eq!(counts.get("task manifest"), Some(&9));
+
+    // Events arrive in order: accepted, queued, progress..., the outcome with the failures.
+    let mut seen: Vec<JobEventMessage> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.last().is_some_and(|e| is_terminal(&e.kind)) {
+        match events.next_before(deadline).await.unwrap() {
+            Some(event) => seen.push(event),
+            None => panic!("no terminal event; saw {:?}", seen.iter().map(|e| &e.kind).collect::<Vec<_>>()),
+        }
+    }
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds[..2], ["accepted", "queued"], "{kinds:?}");
+    assert!(kinds[2..kinds.len() - 1].iter().all(|k| *k == "progress") && kinds.len() > 3, "{kinds:?}");
+    assert!(seen.windows(2).all(|w| w[0].seq < w[1].seq), "sequence numbers increase");
+    let last = seen.last().unwrap();
+    assert_eq!(last.kind, "succeeded_with_item_errors");
+    assert_eq!(last.failures.len(), 4);
+    let done: Vec<u64> = seen.iter().filter_map(|e| e.progress.map(|p| p.tasks_done)).collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress never goes backwards: {done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_id_twice_is_one_job_and_bad_submissions_are_rejected_with_reasons() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 2);
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 6).await;
+    let input = json!({"prefix": format!("{prefix}images/")});
+
+    let id = unique("dup");
+    assert_eq!(submit(&client, &id, &job(&id, input.clone(), 2)).await, Submitted::Accepted);
+    let mut changed = job(&id, input.clone(), 5);
+    assert_eq!(submit(&client, &id, &changed).await, Submitted::Duplicate, "the same id makes no second job");
+    let view = client.wait(&id, Duration::from_secs(180), |_| {}).await.unwrap();
+    assert_eq!(view.progress.tasks_total, 5, "10 items in shards of 2: the first submission's job alone");
+    assert_eq!((view.progress.items_total, view.progress.items_succeeded), (10, 6));
+
+    // Tenant A naming tenant B's objects is refused, whatever the path tricks.
+    for (n, input) in [
+        json!({"keys": ["tenant-b/catalog/1.jpg"]}),
+        json!({"prefix": "tenant-b/catalog/"}),
+        json!({"keys": ["tenant-a/../tenant-b/catalog/1.jpg"]}),
+        json!({"manifest": "tenant-b/manifest.txt"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = unique(&format!("cross-{n}"));
+        match submit(&client, &id, &job(&id, input.clone(), 2)).await {
+            Submitted::Rejected(r) => {
+                assert!(r.code == "forbidden" || r.code == "invalid", "{input}: {r:?}");
+                assert!(r.reason.contains("tenant-b") || r.reason.contains(".."), "{r:?}");
+            }
+            other => panic!("{input} should be rejected, got {other:?}"),
+        }
+        let stored = client.job(&id).await.expect_err("the rejection is stored for the submitter");
+        assert!(stored.to_string().contains("rejected"), "{stored}");
+    }
+
+    // Malformed bodies and unknown models are rejected with readable reasons...
+    let bad: [(&[u8], &str, &str); 3] = [
+        (b"{not json", "malformed", "key must be a string"),
+        (br#"{"id":"x","priority":"batch","kind":"background_replace","spec":{},"colour":1}"#, "malformed", "colour"),
+        (b"", "malformed", "EOF"),
+    ];
+    for (body, code, says) in bad {
+        let id = unique("bad");
+        let mut events = client.subscribe(id.as_str()).await.unwrap();
+        client.publish(&id, body).await.unwrap();
+        let event = events.next_before(Instant::now() + Duration::from_secs(30)).await.unwrap().expect("a rejection");
+        assert_eq!((event.kind.as_str(), event.code.as_deref()), ("rejected", Some(code)));
+        assert!(event.reason.as_deref().unwrap_or("").contains(says), "{event:?}");
+    }
+    let id = unique("unknown-model");
+    changed = serde_json::to_vec(&json!({
+        "id": id, "priority": "interactive", "kind": "background_replace",
+        "spec": {"input": input, "background": {"mode": "transparent"}, "output": {"format": "png"}, "model": "nope@9.9"}
+    }))
+    .unwrap();
+    match submit(&client, &id, &changed).await {
+        Submitted::Rejected(r) => assert!(r.code == "unknown_model" && r.reason.contains("nope@9.9"), "{r:?}"),
+        other => panic!("unknown model accepted: {other:?}"),
+    }
+    // ...and the scheduler keeps serving.
+    let id = unique("after-bad");
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"keys": [format!("{prefix}seed.json")]}), 1)).await,
+        Submitted::Accepted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_job_loses_nothing_and_nothing_counts_twice() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 1).worker("w2", 1);
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 40).await;
+    let id = unique("kill9");
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await,
+        Submitted::Accepted
+    );
+    wait_tasks_done(&client, &id, 3, Duration::from_secs(120)).await;
+    fleet.kill9("w1");
+    let view = client.wait(&id, Duration::from_secs(300), |_| {}).await.unwrap();
+    let p = view.progress;
+    assert_eq!((p.items_total, p.items_succeeded, p.items_failed), (44, 40, 4), "each item counted once");
+    assert_eq!((p.tasks_total, p.tasks_done), (22, 22));
+    let counts = outputs(&client, &id).await;
+    assert_eq!(counts.get("result"), Some(&40));
+    assert_eq!(counts.get("matte"), Some(&40));
+    assert_eq!(counts.get("embedding"), Some(&40));
+    assert_eq!(counts.get("task manifest"), Some(&22));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_and_workers_ride_out_a_rabbitmq_restart() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 2);
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 40).await;
+    let id = unique("restart");
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await,
+        Submitted::Accepted
+    );
+    wait_tasks_done(&client, &id, 2, Duration::from_secs(120)).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let status =
+        std::process::Command::new(root.join("deploy/stack.sh")).args(["restart", "rabbitmq"]).status().unwrap();
+    assert!(status.success(), "RabbitMQ restarts");
+    let view = client.wait(&id, Duration::from_secs(300), |_| {}).await.unwrap_or_else(|e| {
+        panic!("{e}\nscheduler log:\n{}\nworker log:\n{}", fleet.log("scheduler"), fleet.log("w1"))
+    });
+    let p = view.progress;
+    assert_eq!(view.record.state, JobState::SucceededWithItemErrors);
+    assert_eq!((p.items_succeeded, p.items_failed, p.tasks_done), (40, 4, 22));
+    assert_eq!(outputs(&client, &id).await.get("result"), Some(&40));
+    assert!(fleet.log("w1").contains("reconnecting"), "the worker noticed the restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_job_starts_no_more_tasks() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 12).await;
+    let id = unique("cancel");
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await,
+        Submitted::Accepted
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.job(&id).await.unwrap().is_some_and(|v| v.progress.sharded) {
+        assert!(Instant::now() < deadline, "job never split");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.cancel(&id).await.unwrap();
+    let view = client.wait(&id, Duration::from_secs(30), |_| {}).await.unwrap();
+    assert_eq!(view.record.state, JobState::Cancelled);
+    // A worker arriving now finds the tasks and skips every one of them.
+    fleet.worker("late", 2);
+    wait_tasks_done(&client, &id, 8, Duration::from_secs(120)).await;
+    let after = client.job(&id).await.unwrap().unwrap();
+    assert_eq!(after.record.state, JobState::Cancelled);
+    assert_eq!(after.progress.items_succeeded, 0);
+    assert!(outputs(&client, &id).await.is_empty(), "no output was written for a cancelled job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_reason() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 2);
+    let client = client(TENANT).await;
+    // A model whose manifest is fine but whose weights are not TorchScript: every load fails.
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fleet_tests::reference_dir().join("manifest.json")).unwrap()).unwrap();
+    manifest["name"] = json!("broken-weights");
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    for file in ["model.pt", "embed.pt"] {
+        std::fs::write(dir.path().join(file), b"these are not weights").unwrap();
+    }
+    fleet_common::registry::publish(&client.s3, dir.path()).await.unwrap();
+    let (prefix, _) = catalog(&client, 3).await;
+    let id = unique("dead");
+    let version = manifest["version"].as_str().unwrap();
+    let body = serde_json::to_vec(&json!({
+        "id": id, "priority": "batch", "kind": "background_replace",
+        "spec": {"input": {"prefix": format!("{prefix}images/")}, "background": {"mode": "transparent"},
+                 "output": {"format": "png"}, "model": format!("broken-weights@{version}")}
+    }))
+    .unwrap();
+    assert_eq!(submit(&client, &id, &body).await, Submitted::Accepted);
+    let view = client.wait(&id, Duration::from_secs(180), |_| {}).await.unwrap();
+    assert_eq!(view.record.state, JobState::Failed);
+    let failures = client.failures(&id).await.unwrap();
+    assert_eq!(failures.len(), 7, "every item of the dead-lettered task");
+    for f in &failures {
+        assert_eq!(f.code, "task_failed");
+        assert!(f.reason.contains("6 attempts") && f.reason.contains("model"), "{}", f.reason);
+    }
+}
