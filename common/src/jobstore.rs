@@ -81,6 +81,9 @@ pub struct TaskRecord {
     /// Why the latest failed attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the scheduler recorded the latest attempt's start (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
 }
 
 /// A task's outcome, counted once when it reaches a terminal state.
@@ -345,7 +348,13 @@ impl RedisJobStore {
         task: u32,
         items: u32,
     ) -> Result<Option<TaskRecord>, JobStoreError> {
-        let record = TaskRecord { state: TaskState::Dispatched { attempt: 1 }, items, worker: None, last_error: None };
+        let record = TaskRecord {
+            state: TaskState::Dispatched { attempt: 1 },
+            items,
+            worker: None,
+            last_error: None,
+            started_at_ms: None,
+        };
         let json = serde_json::to_string(&record).expect("a task record serialises");
         let tasks = job_key("tasks", tenant, job);
         let mut conn = self.conn.clone();
@@ -413,6 +422,9 @@ impl RedisJobStore {
             }
             if let Some(error) = error {
                 record.last_error = Some(error.to_string());
+            }
+            if matches!(event, TaskEvent::Start { .. }) {
+                record.started_at_ms = Some(crate::protocol::now_ms());
             }
             let ended = record.state.is_terminal();
             let new = serde_json::to_string(&record).expect("a task record serialises");

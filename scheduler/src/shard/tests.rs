@@ -33,7 +33,7 @@ async fn a_manifest_is_read_in_chunks_with_no_line_lost_or_split() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::new(dir.path());
     // Long lines so the manifest spans several chunks and lines straddle chunk ends.
-    let expected: Vec<String> = (0..30_000).map(|i| format!("t/{}/{i:08}.jpg", "x".repeat(i % 97))).collect();
+    let expected: Vec<String> = (0..60_000).map(|i| format!("t/{}/{i:08}.jpg", "x".repeat(i % 97))).collect();
     let mut text = String::from("# catalog export\n\n");
     for key in &expected {
         text.push_str(&format!("  {key}\r\n"));
