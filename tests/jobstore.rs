@@ -89,9 +89,10 @@ async fn racing_schedulers_apply_exactly_one_terminal_transition() {
 
 #[tokio::test]
 async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
-    use fleet_common::jobstore::{TaskOutcome, TaskUpdate};
+    use fleet_common::jobstore::{TaskNote, TaskOutcome, TaskUpdate};
     use fleet_common::protocol::ItemFailureReport;
     use fleet_common::state::{TaskEvent, TaskState};
+    let note = |worker| TaskNote { worker: Some(worker), ..Default::default() };
     let store = store().await;
     let tenant = TenantId::new("tenant-a").unwrap();
     let job = unique("tasks");
@@ -105,22 +106,32 @@ async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
     let start = TaskEvent::Start { attempt: 1 };
     let none = TaskOutcome::default();
     assert!(matches!(
-        store.update_task(&tenant, &job, 0, start, &none, Some("w1"), None).await.unwrap(),
+        store.update_task(&tenant, &job, 0, start, &none, note("w1")).await.unwrap(),
         TaskUpdate::Applied { ended: false, .. }
     ));
-    let first = store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, Some("w1"), None).await.unwrap();
+    let first = store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note("w1")).await.unwrap();
     let TaskUpdate::Applied { ended: true, progress, .. } = first else { panic!("{first:?}") };
     assert_eq!((progress.tasks_total, progress.tasks_done, progress.items_total), (2, 1, 5));
     assert_eq!((progress.items_succeeded, progress.items_failed), (2, 1));
     // The redelivered task completes again: refused, nothing counted.
-    let second = store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, Some("w2"), None).await.unwrap();
+    let second = store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note("w2")).await.unwrap();
     assert!(matches!(second, TaskUpdate::Refused(_)), "{second:?}");
     let progress = store.progress(&tenant, &job).await.unwrap();
     assert_eq!((progress.tasks_done, progress.items_succeeded, progress.items_failed), (1, 2, 1));
     assert_eq!(store.failures(&tenant, &job, 0, 10).await.unwrap(), vec![failure]);
     assert!(!progress.all_done(), "not done before the split is finished");
     let dead = TaskOutcome { succeeded: 0, failures: vec![] };
-    store.update_task(&tenant, &job, 1, TaskEvent::DeadLetter, &dead, None, Some("boom")).await.unwrap();
+    store
+        .update_task(
+            &tenant,
+            &job,
+            1,
+            TaskEvent::DeadLetter,
+            &dead,
+            TaskNote { error: Some("boom"), ..Default::default() },
+        )
+        .await
+        .unwrap();
     let progress = store.finish_sharding(&tenant, &job).await.unwrap();
     assert!(progress.all_done());
     assert_eq!(store.task(&tenant, &job, 1).await.unwrap().unwrap().last_error.as_deref(), Some("boom"));

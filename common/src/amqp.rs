@@ -6,7 +6,7 @@
 //!   fleet.jobs (direct) --"submit" | "cancel"--> fleet.jobs.intake (quorum)   scheduler consumes
 //! scheduler --> fleet.tasks (direct) --"interactive"--> fleet.tasks.interactive (quorum)
 //!                                    --"batch"--------> fleet.tasks.batch (quorum)   workers consume
-//! worker --> default exchange --"fleet.reports"--> fleet.reports (quorum)          scheduler consumes
+//! worker --> default exchange --"fleet.reports.{interactive,batch}"--> same-named queues  scheduler consumes
 //! scheduler --> fleet.events (topic) --"job.<tenant>.<job>.<event>"--> clients bind their own queues
 //! task queues: delivery limit exceeded --> fleet.tasks.dlx --> fleet.tasks.dead   scheduler consumes,
 //!              reports the items failed, then parks the message in fleet.dead
@@ -45,8 +45,11 @@ pub const DEAD_LETTER_EXCHANGE: &str = "fleet.dlx";
 pub const DEAD_QUEUE: &str = "fleet.dead";
 /// Routing key of cancellations.
 pub const CANCEL_KEY: &str = "cancel";
-/// Worker reports to the scheduler (published through the default exchange).
-pub const REPORTS_QUEUE: &str = "fleet.reports";
+/// Worker reports on interactive tasks (published through the default exchange); a queue of
+/// their own, so they never wait behind a batch backlog's reports.
+pub const INTERACTIVE_REPORTS_QUEUE: &str = "fleet.reports.interactive";
+/// Worker reports on batch tasks.
+pub const BATCH_REPORTS_QUEUE: &str = "fleet.reports.batch";
 /// Dead-letter exchange of the task queues.
 pub const TASKS_DEAD_LETTER_EXCHANGE: &str = "fleet.tasks.dlx";
 /// Task messages past their delivery limit, for the scheduler to report.
@@ -117,7 +120,8 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
         .await?;
     let queues = [
         (INTAKE_QUEUE, DEAD_LETTER_EXCHANGE),
-        (REPORTS_QUEUE, DEAD_LETTER_EXCHANGE),
+        (INTERACTIVE_REPORTS_QUEUE, DEAD_LETTER_EXCHANGE),
+        (BATCH_REPORTS_QUEUE, DEAD_LETTER_EXCHANGE),
         (TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE),
         (INTERACTIVE_QUEUE, TASKS_DEAD_LETTER_EXCHANGE),
         (BATCH_QUEUE, TASKS_DEAD_LETTER_EXCHANGE),
@@ -224,6 +228,14 @@ pub fn task_queue(priority: crate::job::Priority) -> (&'static str, &'static str
     match priority {
         crate::job::Priority::Interactive => (INTERACTIVE_QUEUE, "interactive"),
         crate::job::Priority::Batch => (BATCH_QUEUE, "batch"),
+    }
+}
+
+/// The report queue of a priority.
+pub fn reports_queue(priority: crate::job::Priority) -> &'static str {
+    match priority {
+        crate::job::Priority::Interactive => INTERACTIVE_REPORTS_QUEUE,
+        crate::job::Priority::Batch => BATCH_REPORTS_QUEUE,
     }
 }
 

@@ -81,7 +81,7 @@ pub struct TaskRecord {
     /// Why the latest failed attempt failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// When the scheduler recorded the latest attempt's start (ms since the epoch).
+    /// When the worker started the latest attempt (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
 }
@@ -93,6 +93,17 @@ pub struct TaskOutcome {
     pub succeeded: u64,
     /// Items that failed, with reasons.
     pub failures: Vec<ItemFailureReport>,
+}
+
+/// What a report adds to a task besides its event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TaskNote<'a> {
+    /// The worker of the attempt.
+    pub worker: Option<&'a str>,
+    /// Why the attempt failed.
+    pub error: Option<&'a str>,
+    /// When the worker started the attempt (ms since the epoch).
+    pub started_at_ms: Option<u64>,
 }
 
 /// Whether a task update was written.
@@ -393,7 +404,7 @@ impl RedisJobStore {
 
     /// Applies `event` to a task through the state machine. When the event ends the task,
     /// `outcome` is added to the job's counts in the same atomic step (a task ends once, so
-    /// it is counted once). `worker` and `error` are recorded on the task.
+    /// it is counted once). What `note` carries is recorded on the task.
     pub async fn update_task(
         &self,
         tenant: &TenantId,
@@ -401,8 +412,7 @@ impl RedisJobStore {
         task: u32,
         event: TaskEvent,
         outcome: &TaskOutcome,
-        worker: Option<&str>,
-        error: Option<&str>,
+        note: TaskNote<'_>,
     ) -> Result<TaskUpdate, JobStoreError> {
         let tasks = job_key("tasks", tenant, job);
         for _ in 0..CAS_ATTEMPTS {
@@ -417,14 +427,14 @@ impl RedisJobStore {
                 Ok(state) => state,
                 Err(refused) => return Ok(TaskUpdate::Refused(refused)),
             };
-            if let Some(worker) = worker {
+            if let Some(worker) = note.worker {
                 record.worker = Some(worker.to_string());
             }
-            if let Some(error) = error {
+            if let Some(error) = note.error {
                 record.last_error = Some(error.to_string());
             }
-            if matches!(event, TaskEvent::Start { .. }) {
-                record.started_at_ms = Some(crate::protocol::now_ms());
+            if let Some(at) = note.started_at_ms {
+                record.started_at_ms = Some(at);
             }
             let ended = record.state.is_terminal();
             let new = serde_json::to_string(&record).expect("a task record serialises");

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! scheduler --TaskMessage--> fleet.tasks.{interactive,batch} --> worker
-//! worker    --Report (started | completed | attempt_failed | skipped)--> fleet.reports --> scheduler
+//! worker    --Report (started | completed | attempt_failed | skipped)--> fleet.reports.<priority> --> scheduler
 //! scheduler --JobEventMessage--> fleet.events "job.<tenant>.<job>.<kind>" --> anyone bound
 //! client    --CancelRequest (type "cancel")--> fleet.jobs "cancel" --> scheduler
 //! ```

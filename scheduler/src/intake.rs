@@ -11,6 +11,7 @@ use fleet_common::protocol::{new_traceparent, now_ms, trace_id, CancelRequest, C
 use fleet_common::registry::RegistryError;
 use fleet_common::state::{JobEvent, JobState};
 use lapin::{BasicProperties, Channel};
+use tracing::Instrument;
 
 use crate::context::{event, Scheduler};
 use crate::shard::{Cursor, ShardCursor};
@@ -35,6 +36,10 @@ pub enum Intake {
         tenant: TenantId,
         /// Its id.
         job: String,
+        /// Its record, as stored.
+        record: Box<JobRecord>,
+        /// Where splitting starts.
+        cursor: ShardCursor,
     },
     /// Nothing more to do.
     Done,
@@ -67,7 +72,17 @@ pub async fn handle(
     let id = valid.request.id.clone();
     let span =
         tracing::info_span!("intake", tenant = %tenant, job = %id, trace_id = trace_id(&traceparent).unwrap_or(""));
-    let _guard = span.enter();
+    accept(sched, events, tenant, valid, traceparent).instrument(span).await
+}
+
+async fn accept(
+    sched: &Scheduler,
+    events: &Channel,
+    tenant: TenantId,
+    valid: ValidJob,
+    traceparent: String,
+) -> (Disposition, Intake) {
+    let id = valid.request.id.clone();
     match sched.resolve_model(&valid.model).await {
         Ok(()) => {}
         Err(RegistryError::UnknownModel { model }) => {
@@ -123,7 +138,7 @@ async fn record(
         Ok(Created::New(record)) => {
             tracing::info!(priority = ?record.priority, model = %record.model, "job accepted");
             sched.publish_event(events, event(&record.tenant, &record.id, "accepted")).await;
-            (Disposition::Ack, Intake::NewJob { tenant, job: id })
+            (Disposition::Ack, Intake::NewJob { tenant, job: id, record: Box::new(record), cursor })
         }
         Ok(Created::Existing(existing)) => {
             tracing::info!(state = ?existing.state, "duplicate submission: the job exists");

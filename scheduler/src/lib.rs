@@ -7,7 +7,7 @@
 //! ```text
 //! fleet.jobs.intake --> intake (validate, resolve model, record, ack) --> shard (page by page)
 //!                                                                          --> fleet.tasks.*
-//! fleet.reports     --> reports (task state machine, counts once) --> finalize --> fleet.events
+//! fleet.reports.*   --> reports (task state machine, counts once) --> finalize --> fleet.events
 //! fleet.tasks.dead  --> dead letters (items failed with the last error) --> fleet.dead
 //! ```
 //!

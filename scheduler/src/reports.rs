@@ -3,7 +3,7 @@
 //! superseded) changes nothing, so every task is counted once.
 
 use fleet_common::amqp::MAX_ATTEMPTS;
-use fleet_common::jobstore::{JobStoreError, TaskOutcome, TaskUpdate};
+use fleet_common::jobstore::{JobStoreError, TaskNote, TaskOutcome, TaskUpdate};
 use fleet_common::keys::TenantId;
 use fleet_common::protocol::{ItemFailureReport, Report, TaskMessage};
 use fleet_common::state::TaskEvent;
@@ -20,10 +20,11 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
     };
     let job = job.to_string();
     let update = match &report {
-        Report::Started { attempt, worker, .. } => {
+        Report::Started { attempt, worker, at_ms, .. } => {
             let event = TaskEvent::Start { attempt: *attempt };
             let none = TaskOutcome::default();
-            let update = sched.store.update_task(&tenant, &job, task, event, &none, Some(worker), None).await?;
+            let note = TaskNote { worker: Some(worker), started_at_ms: Some(*at_ms), ..Default::default() };
+            let update = sched.store.update_task(&tenant, &job, task, event, &none, note).await?;
             if matches!(update, TaskUpdate::Applied { .. }) {
                 sched.job_started(&tenant, &job).await;
             }
@@ -31,7 +32,8 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         }
         Report::Completed { succeeded, failures, worker, .. } => {
             let outcome = TaskOutcome { succeeded: *succeeded, failures: failures.clone() };
-            sched.store.update_task(&tenant, &job, task, TaskEvent::Complete, &outcome, Some(worker), None).await?
+            let note = TaskNote { worker: Some(worker), ..Default::default() };
+            sched.store.update_task(&tenant, &job, task, TaskEvent::Complete, &outcome, note).await?
         }
         Report::AttemptFailed { worker, reason, attempt, .. } => {
             tracing::warn!(job = %job, task, attempt, worker = %worker, reason = %reason, "task attempt failed");
@@ -39,10 +41,12 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             // records the reason here and never ends the task on a report alone.
             let event = TaskEvent::Error { max_attempts: u32::MAX };
             let none = TaskOutcome::default();
-            sched.store.update_task(&tenant, &job, task, event, &none, Some(worker), Some(reason)).await?
+            let note = TaskNote { worker: Some(worker), error: Some(reason), ..Default::default() };
+            sched.store.update_task(&tenant, &job, task, event, &none, note).await?
         }
         Report::Skipped { .. } => {
-            sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &TaskOutcome::default(), None, None).await?
+            let none = TaskOutcome::default();
+            sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &none, TaskNote::default()).await?
         }
     };
     after_update(sched, events, &tenant, &job, task, update).await;
@@ -67,7 +71,7 @@ pub async fn dead_lettered(sched: &Scheduler, events: &Channel, message: &TaskMe
     let outcome = TaskOutcome { succeeded: 0, failures };
     let update = sched
         .store
-        .update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, None, None)
+        .update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, TaskNote::default())
         .await?;
     after_update(sched, events, &tenant, &message.job, message.task, update).await;
     Ok(())

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_common::amqp::{
-    self, confirmed_channel, publish_confirmed, DEAD_QUEUE, INTAKE_QUEUE, REPORTS_QUEUE, TASKS_DEAD_QUEUE,
+    self, confirmed_channel, publish_confirmed, BATCH_REPORTS_QUEUE, DEAD_QUEUE, INTAKE_QUEUE,
+    INTERACTIVE_REPORTS_QUEUE, TASKS_DEAD_QUEUE,
 };
 use fleet_common::keys::TenantId;
 use fleet_common::protocol::{Report, TaskMessage};
@@ -21,7 +22,8 @@ use tokio::task::JoinSet;
 
 use crate::context::{Config, Scheduler};
 use crate::intake::{self, Disposition, Intake};
-use crate::shard::shard_job;
+use crate::shard::{shard_job, ShardCursor, TaskChannels};
+use fleet_common::jobstore::JobRecord;
 
 /// Reports handled at once.
 const REPORT_CONCURRENCY: usize = 64;
@@ -59,8 +61,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// The channels of one broker session.
 struct Session {
     connection: Connection,
-    /// Confirm-mode channel for tasks and parked messages.
-    tasks: Channel,
+    /// Confirm-mode channels for tasks, one per priority.
+    tasks: TaskChannels,
+    /// Confirm-mode channel for parked messages.
+    parking: Channel,
     /// Channel for job events.
     events: Channel,
 }
@@ -70,7 +74,11 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
     let setup = connection.create_channel().await?;
     amqp::declare_topology(&setup).await?;
     let session = Arc::new(Session {
-        tasks: confirmed_channel(&connection).await?,
+        tasks: TaskChannels {
+            interactive: confirmed_channel(&connection).await?,
+            batch: confirmed_channel(&connection).await?,
+        },
+        parking: confirmed_channel(&connection).await?,
         events: connection.create_channel().await?,
         connection,
     });
@@ -80,11 +88,17 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
     for (tenant, job, _) in sched.store.cursors().await? {
         if let Ok(tenant) = TenantId::new(&tenant) {
             tracing::info!(tenant = %tenant, job, "resuming the split of a job");
-            spawn_shard(&mut sharding, &sched, &session, tenant, job);
+            spawn_shard(&mut sharding, &sched, &session, tenant, job, None);
         }
     }
     let intake = consumer(&session.connection, INTAKE_QUEUE, 32).await?;
-    let reports = consumer(&session.connection, REPORTS_QUEUE, REPORT_PREFETCH).await?;
+    // Interactive reports have a consumer of their own, so a batch backlog's reports never
+    // delay them.
+    let reports = futures::stream::select_with_strategy(
+        consumer(&session.connection, INTERACTIVE_REPORTS_QUEUE, REPORT_PREFETCH).await?,
+        consumer(&session.connection, BATCH_REPORTS_QUEUE, REPORT_PREFETCH).await?,
+        |_: &mut ()| futures::stream::PollNext::Left,
+    );
     let dead = consumer(&session.connection, TASKS_DEAD_QUEUE, 16).await?;
     let reports_done = {
         let (sched, session) = (sched.clone(), session.clone());
@@ -115,8 +129,8 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
             let (disposition, outcome) =
                 intake::handle(&sched, &session.events, &delivery.data, &delivery.properties).await;
             settle(&delivery, disposition).await?;
-            if let Intake::NewJob { tenant, job } = outcome {
-                spawn_shard(&mut sharding, &sched, &session, tenant, job);
+            if let Intake::NewJob { tenant, job, record, cursor } = outcome {
+                spawn_shard(&mut sharding, &sched, &session, tenant, job, Some((*record, cursor)));
             }
             while sharding.try_join_next().is_some() {}
         }
@@ -130,9 +144,16 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
     anyhow::bail!("a consumer stopped: the connection to the broker was lost")
 }
 
-fn spawn_shard(set: &mut JoinSet<()>, sched: &Arc<Scheduler>, session: &Arc<Session>, tenant: TenantId, job: String) {
+fn spawn_shard(
+    set: &mut JoinSet<()>,
+    sched: &Arc<Scheduler>,
+    session: &Arc<Session>,
+    tenant: TenantId,
+    job: String,
+    known: Option<(JobRecord, ShardCursor)>,
+) {
     let (sched, session) = (sched.clone(), session.clone());
-    set.spawn(async move { shard_job(&sched, &session.tasks, &session.events, &tenant, &job).await });
+    set.spawn(async move { shard_job(&sched, &session.tasks, &session.events, &tenant, &job, known).await });
 }
 
 async fn consumer(connection: &Connection, queue: &str, prefetch: u16) -> anyhow::Result<lapin::Consumer> {
@@ -195,7 +216,7 @@ async fn on_dead_task(sched: &Scheduler, session: &Session, delivery: Delivery) 
     }
     // Park the message itself for an operator, then let go of it.
     let parked =
-        publish_confirmed(&session.tasks, "", DEAD_QUEUE, &delivery.data, delivery.properties.clone()).await.is_ok();
+        publish_confirmed(&session.parking, "", DEAD_QUEUE, &delivery.data, delivery.properties.clone()).await.is_ok();
     let _ = if parked {
         delivery.ack(BasicAckOptions::default()).await
     } else {

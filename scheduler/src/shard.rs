@@ -15,8 +15,28 @@ use fleet_common::store::ObjectStore;
 use futures::future::try_join_all;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::context::{event, EventExt, Scheduler};
+
+/// Confirm-mode channels for publishing tasks, one per priority: confirms come back in order
+/// per channel, so an interactive task never waits for a batch page's confirms.
+pub struct TaskChannels {
+    /// For interactive tasks.
+    pub interactive: Channel,
+    /// For batch tasks.
+    pub batch: Channel,
+}
+
+impl TaskChannels {
+    /// The channel for `priority`.
+    pub fn for_priority(&self, priority: fleet_common::job::Priority) -> &Channel {
+        match priority {
+            fleet_common::job::Priority::Interactive => &self.interactive,
+            fleet_common::job::Priority::Batch => &self.batch,
+        }
+    }
+}
 
 /// Bytes of a manifest read per page.
 pub const MANIFEST_CHUNK: u64 = 1 << 20;
@@ -71,6 +91,17 @@ impl ShardCursor {
     }
 }
 
+/// Why a page could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PageError {
+    /// The job's input is unusable (missing or malformed manifest): the job fails with this.
+    #[error("{0}")]
+    Input(String),
+    /// The store failed: try again later from the same cursor.
+    #[error("{0}")]
+    Store(String),
+}
+
 /// One page of input keys, and the cursor after it (`None` at the end).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -88,7 +119,8 @@ pub async fn read_page<S: ObjectStore>(
     input: &InputSpec,
     cursor: &Cursor,
     shard_size: u32,
-) -> Result<Page, String> {
+) -> Result<Page, PageError> {
+    let store = |e: fleet_common::store::StoreError| PageError::Store(e.to_string());
     match (input, cursor) {
         (InputSpec::Keys(keys), Cursor::Keys { next }) => {
             let start = (*next).min(keys.len());
@@ -97,11 +129,17 @@ pub async fn read_page<S: ObjectStore>(
             Ok(Page { keys: keys[start..end].to_vec(), next })
         }
         (InputSpec::Prefix(prefix), Cursor::Prefix { token }) => {
-            let page = s3.list_page(prefix, token.clone(), page_len(shard_size)).await.map_err(|e| e.to_string())?;
+            let page = s3.list_page(prefix, token.clone(), page_len(shard_size)).await.map_err(store)?;
             Ok(Page { keys: page.keys, next: page.next.map(|t| Cursor::Prefix { token: Some(t) }) })
         }
         (InputSpec::Manifest(key), Cursor::Manifest { offset }) => {
-            let chunk = s3.get_range(key, *offset, MANIFEST_CHUNK).await.map_err(|e| format!("manifest {key}: {e}"))?;
+            let chunk = match s3.get_range(key, *offset, MANIFEST_CHUNK).await {
+                Ok(chunk) => chunk,
+                Err(fleet_common::store::StoreError::NotFound { .. }) => {
+                    return Err(PageError::Input(format!("manifest {key}: no object at that key")))
+                }
+                Err(e) => return Err(store(e)),
+            };
             let at_end = (chunk.len() as u64) < MANIFEST_CHUNK;
             let usable = if at_end {
                 chunk.len()
@@ -109,12 +147,18 @@ pub async fn read_page<S: ObjectStore>(
                 match chunk.iter().rposition(|&b| b == b'\n') {
                     Some(i) => i + 1,
                     None => {
-                        return Err(format!("manifest {key}: a line at byte {offset} is over {MANIFEST_CHUNK} bytes"))
+                        return Err(PageError::Input(format!(
+                            "manifest {key}: a line at byte {offset} is over {MANIFEST_CHUNK} bytes"
+                        )))
                     }
                 }
             };
-            let text = std::str::from_utf8(&chunk[..usable])
-                .map_err(|e| format!("manifest {key}: not UTF-8 near byte {}: {e}", offset + e.valid_up_to() as u64))?;
+            let text = std::str::from_utf8(&chunk[..usable]).map_err(|e| {
+                PageError::Input(format!(
+                    "manifest {key}: not UTF-8 near byte {}: {e}",
+                    offset + e.valid_up_to() as u64
+                ))
+            })?;
             let keys = text
                 .lines()
                 .map(str::trim)
@@ -124,7 +168,7 @@ pub async fn read_page<S: ObjectStore>(
             let next = (!at_end).then_some(Cursor::Manifest { offset: offset + usable as u64 });
             Ok(Page { keys, next })
         }
-        _ => Err(format!("cursor {cursor:?} does not fit the job's input")),
+        _ => Err(PageError::Input(format!("cursor {cursor:?} does not fit the job's input"))),
     }
 }
 
@@ -137,35 +181,66 @@ fn page_len(shard_size: u32) -> usize {
 /// Splits the job from its saved cursor to the end of its input, then ends the job if every
 /// task is already done. Stops early, leaving the cursor for a later resume, on broker or
 /// store trouble; stops for good when the job is cancelled.
-pub async fn shard_job(sched: &Scheduler, tasks: &Channel, events: &Channel, tenant: &TenantId, job: &str) {
-    if let Err(e) = try_shard(sched, tasks, events, tenant, job).await {
+/// `known` is the record and cursor when the caller has them (a job just accepted); a
+/// resumed job reads both from Redis.
+pub async fn shard_job(
+    sched: &Scheduler,
+    tasks: &TaskChannels,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+    known: Option<(JobRecord, ShardCursor)>,
+) {
+    if let Err(e) = try_shard(sched, tasks, events, tenant, job, known).await {
         tracing::warn!(tenant = %tenant, job, error = %e, "splitting paused; it resumes from the saved cursor");
     }
 }
 
 async fn try_shard(
     sched: &Scheduler,
-    tasks: &Channel,
+    tasks: &TaskChannels,
     events: &Channel,
     tenant: &TenantId,
     job: &str,
+    known: Option<(JobRecord, ShardCursor)>,
 ) -> anyhow::Result<()> {
-    let Some(record) = sched.store.get(tenant, job).await? else {
-        // A cursor saved for a submission whose record was never written.
-        sched.store.finish_sharding(tenant, job).await?;
-        return Ok(());
+    let (record, cursor) = match known {
+        Some(known) => known,
+        None => {
+            let Some(record) = sched.store.get(tenant, job).await? else {
+                // A cursor saved for a submission whose record was never written.
+                sched.store.finish_sharding(tenant, job).await?;
+                return Ok(());
+            };
+            let cursors = sched.store.cursors().await?;
+            match cursors.into_iter().find(|(t, j, _)| t == tenant.as_str() && j == job) {
+                Some((_, _, json)) => (record, serde_json::from_str::<ShardCursor>(&json)?),
+                None => return Ok(()),
+            }
+        }
     };
+    let span = tracing::info_span!("shard", tenant = %tenant, job, trace_id = trace_of(&record));
+    split(sched, tasks, events, tenant, job, record, cursor).instrument(span).await
+}
+
+async fn split(
+    sched: &Scheduler,
+    tasks: &TaskChannels,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+    record: JobRecord,
+    mut cursor: ShardCursor,
+) -> anyhow::Result<()> {
     let request: JobRequest = serde_json::from_value(record.request.clone())?;
     let spec: BackgroundReplaceSpec = serde_json::from_value(request.spec.clone())?;
     let shard_size = spec.shard_size.unwrap_or(sched.config.default_shard_size).max(1);
-    let mut cursor = match sched.store.cursors().await?.into_iter().find(|(t, j, _)| t == tenant.as_str() && j == job) {
-        Some((_, _, json)) => serde_json::from_str::<ShardCursor>(&json)?,
-        None => return Ok(()),
-    };
-    let span = tracing::info_span!("shard", tenant = %tenant, job, trace_id = trace_of(&record));
-    let _guard = span.enter();
+    // The first page goes out on the state the caller knows; later pages check for a cancel.
+    let mut state = Some(record.state);
     loop {
-        let state = sched.store.get(tenant, job).await?.map(|r| r.state);
+        if cursor.next_task > 0 {
+            state = sched.store.get(tenant, job).await?.map(|r| r.state);
+        }
         if state.is_none_or(|s| s.is_terminal()) {
             tracing::info!("job ended before it was fully split; no more tasks");
             sched.store.finish_sharding(tenant, job).await?;
@@ -173,16 +248,16 @@ async fn try_shard(
         }
         let page = match read_page(&sched.s3, &spec.input, &cursor.position, shard_size).await {
             Ok(page) => page,
-            Err(reason) if reason.contains("no object") || reason.contains("over") || reason.contains("UTF-8") => {
+            Err(PageError::Input(reason)) => {
                 fail_job(sched, events, tenant, job, reason).await?;
                 return Ok(());
             }
-            Err(reason) => anyhow::bail!(reason),
+            Err(PageError::Store(reason)) => anyhow::bail!(reason),
         };
         let first = cursor.next_task;
         let messages = make_tasks(&record, &spec, &page.keys, shard_size, first);
         cursor.next_task += messages.len() as u32;
-        publish_tasks(sched, tasks, tenant, &record, messages).await?;
+        publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, messages).await?;
         if state == Some(JobState::Accepted) {
             sched.store.apply(tenant, job, JobEvent::Queued).await?;
             let progress = sched.store.progress(tenant, job).await?;

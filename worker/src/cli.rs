@@ -87,6 +87,16 @@ enum Command {
     },
     /// Run as a fleet worker: take tasks from RabbitMQ until SIGTERM, then drain.
     Serve(ServeArgs),
+    /// The engine alone, in this process, over every object under an S3 prefix (downloaded
+    /// first, not timed): the reference the fleet's catalog throughput is compared with.
+    BenchPrefix {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -201,7 +211,48 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published {} to models/{}/{}/", manifest.model_ref(), manifest.name, manifest.version);
         }
         Command::Serve(args) => serve(args)?,
+        Command::BenchPrefix { model, prefix, batch } => bench_prefix(&model, &prefix, batch)?,
     }
+    Ok(())
+}
+
+fn bench_prefix(model: &ModelArgs, prefix: &str, batch: usize) -> anyhow::Result<()> {
+    use fleet_common::store::ObjectStore;
+    let s3 = fleet_common::store::s3::S3Store::new(
+        &fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?,
+    );
+    let items = runtime()?.block_on(async {
+        let (mut keys, mut token) = (Vec::new(), None);
+        loop {
+            let page = s3.list_page(prefix, token, 1000).await?;
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        let mut items = Vec::with_capacity(keys.len());
+        for key in keys {
+            items.push(crate::engine::InputItem { bytes: s3.get(&key).await?, id: key });
+        }
+        anyhow::Ok(items)
+    })?;
+    let engine = model.start()?;
+    let opts = EngineOptions {
+        batch_size: batch,
+        composite: CompositeOptions {
+            background: fleet_imaging::composite::Background::Color([242, 242, 242]),
+            ..Default::default()
+        },
+        format: fleet_imaging::encode::OutputFormat::Jpeg { quality: 90 },
+        ..Default::default()
+    };
+    let count = items.len();
+    let started = std::time::Instant::now();
+    let mut ok = 0usize;
+    engine.process_stream(items.into_iter(), &opts, |r| ok += r.is_ok() as usize)?;
+    let secs = started.elapsed().as_secs_f64();
+    println!("in-process engine: {ok} of {count} images in {secs:.2} s = {:.2} images/s", ok as f64 / secs);
     Ok(())
 }
 

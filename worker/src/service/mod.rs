@@ -4,10 +4,11 @@
 //! ```text
 //! fleet.tasks.interactive --\
 //!                            >-- biased pick when a slot frees --> task (S3 in, engine, S3 out)
-//! fleet.tasks.batch ---------/        --> report started / completed / attempt_failed --> fleet.reports
+//! fleet.tasks.batch ---------/        --> report started / completed / attempt_failed --> fleet.reports.<priority>
 //! ```
 //!
-//! A delivery is acknowledged only after its completion report is confirmed by the broker,
+//! Each priority has its own `slots` task slots (and prefetch), so an interactive task never
+//! waits for a batch task to free a slot. A delivery is acknowledged only after its completion report is confirmed by the broker,
 //! so a worker that dies mid-task leaves the task to RabbitMQ, which redelivers it to
 //! another worker. A failed attempt is handed back (`nack` with requeue) after a short
 //! backoff; the quorum queue's delivery limit dead-letters a task that keeps failing. SIGTERM
@@ -23,8 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_common::amqp::{
-    self, attempt_of, confirmed_channel, header_str, publish_confirmed, BATCH_QUEUE, INTERACTIVE_QUEUE, REPORTS_QUEUE,
+    self, attempt_of, confirmed_channel, header_str, publish_confirmed, reports_queue, BATCH_QUEUE, INTERACTIVE_QUEUE,
 };
+use fleet_common::job::Priority;
 use fleet_common::jobstore::RedisJobStore;
 use fleet_common::keys::TenantId;
 use fleet_common::protocol::{now_ms, trace_id, Report, TaskMessage, TRACEPARENT_HEADER};
@@ -124,32 +126,31 @@ async fn session(worker: &Arc<Worker>, mut stop: watch::Receiver<bool>) -> anyho
     let mut interactive =
         channel.basic_consume(INTERACTIVE_QUEUE, &tag(INTERACTIVE_QUEUE), consume, FieldTable::default()).await?;
     let mut batch = channel.basic_consume(BATCH_QUEUE, &tag(BATCH_QUEUE), consume, FieldTable::default()).await?;
-    let reports = confirmed_channel(&connection).await?;
+    let reports = Arc::new(Reports {
+        interactive: confirmed_channel(&connection).await?,
+        batch: confirmed_channel(&connection).await?,
+    });
     tracing::info!(worker = %worker.config.id, slots, executor = ?worker.config.executor, "connected; taking tasks");
-    let permits = Arc::new(Semaphore::new(slots));
+    // Each priority has its own slots, so an interactive task never waits for a batch slot.
+    let (interactive_slots, batch_slots) = (Arc::new(Semaphore::new(slots)), Arc::new(Semaphore::new(slots)));
     let mut running = JoinSet::new();
     let lost = loop {
-        let permit = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => break None,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-        };
         let delivery = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => break None,
-            d = interactive.next() => d,
-            d = batch.next() => d,
+            (permit, d) = take(&interactive_slots, &mut interactive) => (permit, d),
+            (permit, d) = take(&batch_slots, &mut batch) => (permit, d),
         };
         match delivery {
-            Some(Ok(delivery)) => {
+            (permit, Some(Ok(delivery))) => {
                 let (worker, reports) = (worker.clone(), reports.clone());
                 running.spawn(async move {
                     handle(&worker, &reports, delivery).await;
                     drop(permit);
                 });
             }
-            Some(Err(e)) => break Some(e.to_string()),
-            None => break Some("consumer closed".to_string()),
+            (_, Some(Err(e))) => break Some(e.to_string()),
+            (_, None) => break Some("consumer closed".to_string()),
         }
         while running.try_join_next().is_some() {}
     };
@@ -167,7 +168,7 @@ async fn session(worker: &Arc<Worker>, mut stop: watch::Receiver<bool>) -> anyho
     Ok(())
 }
 
-async fn handle(worker: &Worker, reports: &Channel, delivery: Delivery) {
+async fn handle(worker: &Worker, reports: &Reports, delivery: Delivery) {
     let attempt = attempt_of(&delivery.properties);
     let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
         Ok(task) => task,
@@ -195,7 +196,7 @@ async fn handle(worker: &Worker, reports: &Channel, delivery: Delivery) {
                     worker: worker.config.id.clone(),
                     reason,
                 };
-                let _ = report_to(reports, &report).await;
+                let _ = report_to(reports, task.priority, &report).await;
                 tokio::time::sleep(Duration::from_millis(250 * attempt.min(8) as u64)).await;
                 let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             }
@@ -209,6 +210,15 @@ async fn handle(worker: &Worker, reports: &Channel, delivery: Delivery) {
     .await
 }
 
+/// The next delivery of a lane, once one of its slots is free.
+async fn take(
+    slots: &Arc<Semaphore>,
+    consumer: &mut lapin::Consumer,
+) -> (tokio::sync::OwnedSemaphorePermit, Option<Result<Delivery, lapin::Error>>) {
+    let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+    (permit, consumer.next().await)
+}
+
 enum Handback {
     /// The attempt failed; retry it.
     Retry(String),
@@ -216,12 +226,12 @@ enum Handback {
     BrokerLost(String),
 }
 
-async fn work(worker: &Worker, reports: &Channel, task: &TaskMessage, attempt: u32) -> Result<(), Handback> {
+async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u32) -> Result<(), Handback> {
     let tenant = TenantId::new(&task.tenant).map_err(|e| Handback::Retry(e.to_string()))?;
     if matches!(worker.jobs.get(&tenant, &task.job).await, Ok(Some(job)) if job.state == JobState::Cancelled) {
         tracing::info!("job cancelled; task skipped");
         let skipped = Report::Skipped { tenant: task.tenant.clone(), job: task.job.clone(), task: task.task };
-        return report_to(reports, &skipped).await;
+        return report_to(reports, task.priority, &skipped).await;
     }
     let id = worker.config.id.clone();
     let (tenant_name, job) = (task.tenant.clone(), task.job.clone());
@@ -233,7 +243,7 @@ async fn work(worker: &Worker, reports: &Channel, task: &TaskMessage, attempt: u
         worker: id.clone(),
         at_ms: now_ms(),
     };
-    report_to(reports, &started).await?;
+    report_to(reports, task.priority, &started).await?;
     let started_at_ms = now_ms();
     let result = match worker.config.executor {
         Executor::Noop => {
@@ -259,11 +269,24 @@ async fn work(worker: &Worker, reports: &Channel, task: &TaskMessage, attempt: u
         started_at_ms,
         finished_at_ms: now_ms(),
     };
-    report_to(reports, &completed).await
+    report_to(reports, task.priority, &completed).await
 }
 
-async fn report_to(reports: &Channel, report: &Report) -> Result<(), Handback> {
+/// Confirm-mode channels for reports, one per priority: confirms come back in order per
+/// channel, so an interactive task's report never waits behind a batch backlog's.
+struct Reports {
+    interactive: Channel,
+    batch: Channel,
+}
+
+async fn report_to(reports: &Reports, priority: Priority, report: &Report) -> Result<(), Handback> {
     let body = serde_json::to_vec(report).expect("a report serialises");
     let props = BasicProperties::default().with_content_type("application/json".into());
-    publish_confirmed(reports, "", REPORTS_QUEUE, &body, props).await.map_err(|e| Handback::BrokerLost(e.to_string()))
+    let channel = match priority {
+        Priority::Interactive => &reports.interactive,
+        Priority::Batch => &reports.batch,
+    };
+    publish_confirmed(channel, "", reports_queue(priority), &body, props)
+        .await
+        .map_err(|e| Handback::BrokerLost(e.to_string()))
 }
