@@ -96,6 +96,9 @@ enum Command {
         prefix: String,
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// CPU threads for the CPU stages and libtorch; all cores by default.
+        #[arg(long)]
+        threads: Option<usize>,
     },
 }
 
@@ -122,6 +125,10 @@ struct ServeArgs {
     /// Worker id; host name and process id by default.
     #[arg(long, env = "FLEET_WORKER_ID")]
     id: Option<String>,
+    /// CPU threads for the engine's CPU stages and libtorch's CPU kernels; all cores by
+    /// default. Set it when several workers share a host, so they do not oversubscribe it.
+    #[arg(long, env = "FLEET_CPU_THREADS")]
+    threads: Option<usize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -211,7 +218,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published {} to models/{}/{}/", manifest.model_ref(), manifest.name, manifest.version);
         }
         Command::Serve(args) => serve(args)?,
-        Command::BenchPrefix { model, prefix, batch } => bench_prefix(&model, &prefix, batch)?,
+        Command::BenchPrefix { model, prefix, batch, threads } => {
+            if let Some(threads) = threads {
+                set_cpu_threads(threads)?;
+            }
+            bench_prefix(&model, &prefix, batch)?
+        }
     }
     Ok(())
 }
@@ -256,11 +268,23 @@ fn bench_prefix(model: &ModelArgs, prefix: &str, batch: usize) -> anyhow::Result
     Ok(())
 }
 
+/// Caps the CPU threads of the engine's stages (rayon) and of libtorch's CPU kernels.
+fn set_cpu_threads(threads: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
+    tch::set_num_threads(threads as i32);
+    tch::set_num_interop_threads(threads as i32);
+    Ok(())
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(threads) = args.threads {
+        set_cpu_threads(threads)?;
+    }
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
     let config = crate::service::WorkerConfig {
         id: args.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
