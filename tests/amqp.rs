@@ -125,7 +125,8 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit() {
         "delivered once plus {} redeliveries, then no more",
         amqp::DELIVERY_LIMIT
     );
-    let dead = take(&admin, amqp::DEAD_QUEUE, &id, "dead-consumer").await;
+    // Task queues dead-letter to the scheduler's own queue, which reports the task's items failed.
+    let dead = take(&admin, amqp::TASKS_DEAD_QUEUE, &id, "dead-consumer").await;
     assert_eq!(dead.data, b"poison");
     dead.ack(BasicAckOptions::default()).await.unwrap();
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fleet_client::catalog::{seed, SeededCatalog};
 use fleet_client::{Client, Submitted};
 use fleet_common::keys::{output_keys, results_prefix};
-use fleet_common::protocol::JobEventMessage;
+use fleet_common::protocol::{trace_id, JobEventMessage};
 use fleet_common::state::JobState;
 use fleet_common::store::ObjectStore;
 use fleet_synth::CatalogSpec;
@@ -171,6 +171,32 @@ async fn a_catalog_job_runs_end_to_end_with_outputs_failures_and_ordered_events(
     assert_eq!(last.failures.len(), 4);
     let done: Vec<u64> = seen.iter().filter_map(|e| e.progress.map(|p| p.tasks_done)).collect();
     assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress never goes backwards: {done:?}");
+
+    // One trace id follows the job from the scheduler's intake to the workers' task spans.
+    let trace = trace_id(&view.record.traceparent).expect("the job has a trace context").to_string();
+    assert!(fleet.log("scheduler").contains(&trace), "scheduler spans carry the job's trace id");
+    let workers = fleet.log("w1") + &fleet.log("w2");
+    assert!(workers.contains(&trace) && workers.contains(&id), "worker spans carry the trace id and job id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_worker_finishes_what_it_holds_and_exits() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 1);
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 40).await;
+    let id = unique("drain");
+    assert_eq!(submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await, Submitted::Accepted);
+    wait_tasks_done(&client, &id, 1, Duration::from_secs(120)).await;
+    assert!(fleet.terminate("w1", Duration::from_secs(120)), "SIGTERM: the worker drains and exits cleanly");
+    assert!(fleet.log("w1").contains("draining"), "{}", fleet.log("w1"));
+    let left = client.job(&id).await.unwrap().unwrap().progress;
+    assert!(left.tasks_done < left.tasks_total, "the drained worker took no new work");
+    fleet.worker("w2", 2);
+    let view = client.wait(&id, Duration::from_secs(300), |_| {}).await.unwrap();
+    assert_eq!((view.progress.items_succeeded, view.progress.items_failed), (40, 4));
+    assert_eq!(outputs(&client, &id).await.get("result"), Some(&40));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
