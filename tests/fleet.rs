@@ -187,7 +187,10 @@ async fn a_drained_worker_finishes_what_it_holds_and_exits() {
     let client = client(TENANT).await;
     let (prefix, _) = catalog(&client, 40).await;
     let id = unique("drain");
-    assert_eq!(submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await, Submitted::Accepted);
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await,
+        Submitted::Accepted
+    );
     wait_tasks_done(&client, &id, 1, Duration::from_secs(120)).await;
     assert!(fleet.terminate("w1", Duration::from_secs(120)), "SIGTERM: the worker drains and exits cleanly");
     assert!(fleet.log("w1").contains("draining"), "{}", fleet.log("w1"));

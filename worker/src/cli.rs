@@ -75,6 +75,8 @@ enum Command {
     },
     /// Print what libtorch sees: version, CUDA devices, threads.
     DeviceInfo,
+    /// Print one NVML reading of every GPU as JSON (or why NVML is absent).
+    GpuInfo,
     /// Publish a model folder from the local registry into the S3 registry (manifest last);
     /// without --model, the reference model, built first if it is not cached.
     PublishModel {
@@ -204,6 +206,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", crate::bench::markdown(&rows, &one_core, &cfg, &device, rayon::current_num_threads()));
         }
         Command::DeviceInfo => device_info(),
+        Command::GpuInfo => match crate::telemetry::Gpus::probe() {
+            crate::telemetry::Gpus::Absent(reason) => println!("{reason}"),
+            gpus => println!("{}", serde_json::to_string_pretty(&gpus.sample().map_err(anyhow::Error::msg)?)?),
+        },
         Command::PublishModel { models, model } => {
             let dir = match model {
                 Some(m) => {
@@ -284,6 +290,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         set_cpu_threads(threads)?;
+    }
+    match crate::telemetry::Gpus::probe() {
+        crate::telemetry::Gpus::Absent(reason) => tracing::warn!(%reason, "no GPU telemetry"),
+        gpus => {
+            for d in gpus.sample().map_err(anyhow::Error::msg)? {
+                tracing::info!(index = d.index, name = %d.name, memory_total_mib = d.memory_total_mib,
+                    memory_free_mib = d.memory_free_mib, temperature_c = ?d.temperature_c, "GPU seen through NVML");
+            }
+        }
     }
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
     let config = crate::service::WorkerConfig {

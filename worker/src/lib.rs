@@ -11,6 +11,7 @@ pub mod folder;
 pub mod options;
 pub mod reference;
 pub mod service;
+pub mod telemetry;
 
 /// Whether libtorch sees a usable CUDA device.
 pub fn cuda_available() -> bool {
