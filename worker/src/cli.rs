@@ -124,6 +124,9 @@ struct ServeArgs {
     /// engine: the real work; noop: report items done without work (dispatch benchmark).
     #[arg(long, value_enum, default_value = "engine")]
     executor: crate::service::Executor,
+    /// With the noop executor: milliseconds each task pretends to work (0: none).
+    #[arg(long, default_value_t = 0)]
+    noop_ms: u64,
     /// Worker id; host name and process id by default.
     #[arg(long, env = "FLEET_WORKER_ID")]
     id: Option<String>,
@@ -310,6 +313,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         device: args.device.parse()?,
         slots: args.slots,
         executor: args.executor,
+        noop_task_time: std::time::Duration::from_millis(args.noop_ms),
     };
     runtime()?.block_on(crate::service::run(config, async {
         let mut term =

@@ -40,6 +40,9 @@ enum Command {
         /// Tasks of the batch backlog the second probe runs beside.
         #[arg(long, default_value_t = 100_000)]
         backlog: usize,
+        /// Only the probe beside the backlog (no throughput run, no idle probe).
+        #[arg(long)]
+        backlog_only: bool,
     },
     /// Peak RSS of the scheduler while it splits a manifest of KEYS keys (no workers).
     ShardRss {
@@ -104,14 +107,29 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let client = client().await?;
         match cli.command {
-            Command::Dispatch { tasks, probes, backlog } => dispatch(&client, tasks, probes, backlog).await,
+            Command::Dispatch { tasks, probes, backlog, backlog_only } => {
+                dispatch(&client, tasks, probes, backlog, backlog_only).await
+            }
             Command::ShardRss { keys, shard, scheduler_pid } => shard_rss(&client, keys, shard, scheduler_pid).await,
             Command::CatalogJob { prefix, shard } => catalog_job(&client, &prefix, shard).await,
         }
     })
 }
 
-async fn dispatch(client: &Client, tasks: usize, probes: usize, backlog: usize) -> anyhow::Result<()> {
+async fn dispatch(
+    client: &Client,
+    tasks: usize,
+    probes: usize,
+    backlog: usize,
+    backlog_only: bool,
+) -> anyhow::Result<()> {
+    if !backlog_only {
+        throughput(client, tasks, probes).await?;
+    }
+    backlog_probe(client, probes, backlog).await
+}
+
+async fn throughput(client: &Client, tasks: usize, probes: usize) -> anyhow::Result<()> {
     let key = manifest(client, "throughput", tasks).await?;
     let id = run_id("throughput");
     let submitted = Instant::now();
@@ -131,6 +149,10 @@ async fn dispatch(client: &Client, tasks: usize, probes: usize, backlog: usize) 
     );
     let idle = probe(client, probes, "idle").await?;
     report("interactive start latency, idle fleet", &idle);
+    Ok(())
+}
+
+async fn backlog_probe(client: &Client, probes: usize, backlog: usize) -> anyhow::Result<()> {
     let key = manifest(client, "backlog", backlog).await?;
     let backlog_id = run_id("backlog");
     anyhow::ensure!(
@@ -159,7 +181,15 @@ async fn dispatch(client: &Client, tasks: usize, probes: usize, backlog: usize) 
         view.progress.tasks_total
     );
     report("interactive start latency, beside the batch backlog", &busy);
-    client.wait(&backlog_id, Duration::from_secs(1800), |_| {}).await?;
+    client.cancel(&backlog_id).await?;
+    purge_batch_queue().await
+}
+
+/// Drops every queued batch task (the backlog has done its job).
+async fn purge_batch_queue() -> anyhow::Result<()> {
+    let admin = amqp::connect(&std::env::var("FLEET_AMQP_URL")?).await?;
+    let purged = admin.create_channel().await?.queue_purge(BATCH_QUEUE, QueuePurgeOptions::default()).await?;
+    println!("cancelled the backlog job and purged {purged} queued tasks");
     Ok(())
 }
 
@@ -237,10 +267,7 @@ async fn shard_rss(client: &Client, keys: usize, shard: u32, pid: u32) -> anyhow
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     client.cancel(&id).await?;
-    let admin = amqp::connect(&std::env::var("FLEET_AMQP_URL")?).await?;
-    let purged = admin.create_channel().await?.queue_purge(BATCH_QUEUE, QueuePurgeOptions::default()).await?;
-    println!("cancelled the job and purged {purged} queued tasks");
-    Ok(())
+    purge_batch_queue().await
 }
 
 async fn catalog_job(client: &Client, prefix: &str, shard: u32) -> anyhow::Result<()> {

@@ -74,6 +74,8 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// Engine or no-op.
     pub executor: Executor,
+    /// How long a no-op task pretends to work.
+    pub noop_task_time: Duration,
 }
 
 struct Worker {
@@ -247,6 +249,8 @@ async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u
     let started_at_ms = now_ms();
     let result = match worker.config.executor {
         Executor::Noop => {
+            // A stand-in for device time, so the dispatch path can be measured with busy workers.
+            tokio::time::sleep(worker.config.noop_task_time).await;
             TaskResult { succeeded: task.keys.len() as u64, failures: Vec::new(), manifest: String::new() }
         }
         Executor::Engine => {
