@@ -225,6 +225,10 @@ fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId) -> Result<(), Rej
                 ));
             }
             keys.iter().try_for_each(|k| check_tenant_key(tenant, k))?;
+            let mut seen = std::collections::HashSet::with_capacity(keys.len());
+            if let Some(twice) = keys.iter().find(|k| !seen.insert(k.as_str())) {
+                return Err(Rejection::new("invalid", format!("input.keys lists {twice:?} twice")));
+            }
         }
         InputSpec::Prefix(prefix) => check_tenant_prefix(tenant, prefix)?,
         InputSpec::Manifest(key) => check_tenant_key(tenant, key)?,

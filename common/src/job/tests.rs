@@ -107,3 +107,12 @@ fn ids_garbage_and_oversized_messages_are_refused_with_reasons() {
     );
     assert!(r.reason.contains("urgent"), "{}", r.reason);
 }
+
+#[test]
+fn a_key_listed_twice_is_refused() {
+    let mut spec = good_spec();
+    spec["input"] = serde_json::json!({"keys": ["tenant-a/a.jpg", "tenant-a/b.jpg", "tenant-a/a.jpg"]});
+    let r = rejected(&job(spec));
+    assert_eq!(r.code, "invalid");
+    assert!(r.reason.contains("tenant-a/a.jpg") && r.reason.contains("twice"), "{}", r.reason);
+}
