@@ -192,7 +192,23 @@ async fn a_drained_worker_finishes_what_it_holds_and_exits() {
         Submitted::Accepted
     );
     wait_tasks_done(&client, &id, 1, Duration::from_secs(120)).await;
+    // The worker is registered with its heartbeat: state, warm model, device, telemetry.
+    // Beats come every second: the one after the model load names it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let beat = loop {
+        let beats = client.jobs.heartbeats().await.unwrap();
+        let beat = beats.into_iter().find(|b| b.id == "w1").expect("w1 heartbeats");
+        if !beat.warm_models.is_empty() || Instant::now() > deadline {
+            break beat;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((beat.state.as_str(), beat.device.as_str()), ("active", "cpu"));
+    assert_eq!(beat.warm_models, ["matting-ref@1.0.0"]);
+    assert!(beat.gpus.is_empty() == beat.telemetry_absent.is_some(), "either NVML readings or why there are none");
     assert!(fleet.terminate("w1", Duration::from_secs(120)), "SIGTERM: the worker drains and exits cleanly");
+    let beats = client.jobs.heartbeats().await.unwrap();
+    assert!(beats.iter().all(|b| b.id != "w1"), "a stopped worker leaves the fleet view");
     assert!(fleet.log("w1").contains("draining"), "{}", fleet.log("w1"));
     let left = client.job(&id).await.unwrap().unwrap().progress;
     assert!(left.tasks_done < left.tasks_total, "the drained worker took no new work");

@@ -557,3 +557,58 @@ impl RedisJobStore {
         Ok(redis::cmd("INCR").arg(job_key("eventseq", tenant, job)).query_async(&mut conn).await?)
     }
 }
+
+impl RedisJobStore {
+    /// Writes a worker's heartbeat, readable for [`HEARTBEAT_TTL`](crate::heartbeat::HEARTBEAT_TTL).
+    pub async fn put_heartbeat(&self, beat: &crate::heartbeat::Heartbeat) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let json = serde_json::to_string(beat).expect("a heartbeat serialises");
+        let ttl_ms = crate::heartbeat::HEARTBEAT_TTL.as_millis() as u64;
+        let _: () = redis::cmd("SET")
+            .arg(crate::heartbeat::key(&beat.id))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a worker's heartbeat (it stopped cleanly).
+    pub async fn remove_heartbeat(&self, worker: &str) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let _: i64 = redis::cmd("DEL").arg(crate::heartbeat::key(worker)).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Every live worker's latest heartbeat, by id.
+    pub async fn heartbeats(&self) -> Result<Vec<crate::heartbeat::Heartbeat>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(crate::heartbeat::key("*"))
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            keys.extend(page);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut beats = Vec::with_capacity(keys.len());
+        for k in keys {
+            let raw: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut conn).await?;
+            if let Some(json) = raw {
+                beats.push(serde_json::from_str(&json).map_err(corrupt(&k))?);
+            }
+        }
+        beats.sort_by(|a: &crate::heartbeat::Heartbeat, b| a.id.cmp(&b.id));
+        Ok(beats)
+    }
+}

@@ -16,6 +16,7 @@
 
 pub mod context;
 pub mod intake;
+pub mod placement;
 pub mod reports;
 pub mod service;
 pub mod shard;

@@ -3,49 +3,12 @@
 //! counts and the processes using it. Where NVML is absent (no driver, a CPU host, CI) the
 //! worker runs on the CPU and says so; nothing here fails the worker.
 
+pub use fleet_common::heartbeat::DeviceSample;
 use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::Nvml;
-use serde::Serialize;
 
 const MIB: u64 = 1024 * 1024;
-
-/// One reading of one device. A field NVML does not support on the device is `None`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DeviceSample {
-    /// NVML index.
-    pub index: u32,
-    /// Product name.
-    pub name: String,
-    /// Stable device id.
-    pub uuid: String,
-    /// Memory, MiB.
-    pub memory_total_mib: u64,
-    /// Memory in use, MiB.
-    pub memory_used_mib: u64,
-    /// Memory free, MiB.
-    pub memory_free_mib: u64,
-    /// GPU utilisation over the last sample period, percent.
-    pub gpu_util_pct: Option<u32>,
-    /// Memory controller utilisation, percent.
-    pub memory_util_pct: Option<u32>,
-    /// Core temperature, Celsius.
-    pub temperature_c: Option<u32>,
-    /// Power draw, watts.
-    pub power_w: Option<f64>,
-    /// Enforced power limit, watts.
-    pub power_limit_w: Option<f64>,
-    /// SM clock, MHz.
-    pub sm_clock_mhz: Option<u32>,
-    /// Active clock throttle reasons (empty when none).
-    pub throttle_reasons: Vec<String>,
-    /// Volatile corrected ECC errors.
-    pub ecc_corrected: Option<u64>,
-    /// Volatile uncorrected ECC errors.
-    pub ecc_uncorrected: Option<u64>,
-    /// Compute processes on the device: (pid, MiB used where known).
-    pub processes: Vec<(u32, Option<u64>)>,
-}
 
 /// NVML, or why it is not there.
 pub enum Gpus {

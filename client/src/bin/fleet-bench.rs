@@ -167,12 +167,16 @@ async fn backlog_probe(client: &Client, probes: usize, backlog: usize) -> anyhow
         let view = client.job(&backlog_id).await?.context("backlog job")?;
         let waiting = view.progress.tasks_total - view.progress.tasks_done;
         if view.progress.sharded {
-            println!("backlog: {} tasks created, {waiting} waiting when the probe starts", view.progress.tasks_total);
+            println!("backlog: {} tasks created, {waiting} waiting", view.progress.tasks_total);
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "backlog never built");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Let the broker finish writing the backlog to its log before probing beside it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let view = client.job(&backlog_id).await?.context("backlog job")?;
+    println!("backlog when the probe starts: {} tasks waiting", view.progress.tasks_total - view.progress.tasks_done);
     let busy = probe(client, probes, "backlog").await?;
     let view = client.job(&backlog_id).await?.context("backlog job")?;
     println!(

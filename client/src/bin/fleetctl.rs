@@ -73,6 +73,9 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         sheet_rows: usize,
     },
+    /// Live workers and their devices, from their heartbeats: state, GPU utilisation, memory,
+    /// temperature, warm models, tasks in hand.
+    Workers,
     /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
     SeedCatalog {
         #[arg(long)]
@@ -220,6 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("cancellation of {id} sent");
         }
         Command::Summary { id, sheet, sheet_rows } => summary(&client, &id, sheet, sheet_rows).await?,
+        Command::Workers => workers(&client).await?,
         Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
             fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
             let spec =
@@ -382,6 +386,53 @@ async fn summary(client: &Client, id: &str, sheet: Option<PathBuf>, rows: usize)
             }
             None => println!("no results for a contact sheet"),
         }
+    }
+    Ok(())
+}
+
+async fn workers(client: &Client) -> anyhow::Result<()> {
+    let beats = client.jobs.heartbeats().await?;
+    println!(
+        "{:<20} {:<9} {:<7} {:<26} {:>5} {:>13} {:>5} {:>6} {:<24}",
+        "worker", "state", "device", "gpu", "util", "memory MiB", "temp", "tasks", "warm models"
+    );
+    let now = fleet_common::protocol::now_ms();
+    for b in &beats {
+        let warm = if b.warm_models.is_empty() { "-".to_string() } else { b.warm_models.join(",") };
+        let age = format!("{:.1}s ago", now.saturating_sub(b.at_ms) as f64 / 1e3);
+        if b.gpus.is_empty() {
+            let why = b.telemetry_absent.as_deref().map_or("", |_| "no NVML: CPU");
+            println!(
+                "{:<20} {:<9} {:<7} {:<26} {:>5} {:>13} {:>5} {:>6} {:<24} {age}",
+                b.id,
+                b.state,
+                b.device,
+                why,
+                "-",
+                "-",
+                "-",
+                b.in_flight.len(),
+                warm
+            );
+        }
+        for g in &b.gpus {
+            let pct = |v: Option<u32>| v.map_or("-".to_string(), |v| format!("{v}%"));
+            println!(
+                "{:<20} {:<9} {:<7} {:<26} {:>5} {:>13} {:>5} {:>6} {:<24} {age}",
+                b.id,
+                b.state,
+                b.device,
+                format!("{}: {}", g.index, g.name),
+                pct(g.gpu_util_pct),
+                format!("{}/{}", g.memory_used_mib, g.memory_total_mib),
+                g.temperature_c.map_or("-".to_string(), |t| format!("{t}C")),
+                b.in_flight.len(),
+                warm
+            );
+        }
+    }
+    if beats.is_empty() {
+        println!("no live workers (none has sent a heartbeat in the last 3 s)");
     }
     Ok(())
 }

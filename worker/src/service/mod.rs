@@ -15,6 +15,7 @@
 //! drains: no new task is taken, tasks in hand finish and are acknowledged, prefetched ones
 //! go back to the queue when the channel closes.
 
+pub mod heartbeat;
 pub mod models;
 pub mod task;
 
@@ -83,6 +84,7 @@ struct Worker {
     s3: S3Store,
     jobs: RedisJobStore,
     models: ModelCache,
+    live: heartbeat::Live,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains.
@@ -91,6 +93,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         s3: S3Store::new(&config.s3),
         jobs: RedisJobStore::connect(&config.redis_url).await?,
         models: ModelCache::new(config.model_cache.clone(), config.device),
+        live: heartbeat::Live::default(),
         config,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -98,6 +101,51 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let (drained_tx, drained_rx) = watch::channel(false);
+    let beats = tokio::spawn(beat_until(worker.clone(), stop_rx.clone(), drained_rx));
+    let result = serve_sessions(&worker, stop_rx).await;
+    let _ = drained_tx.send(true);
+    let _ = beats.await;
+    result
+}
+
+/// Writes a heartbeat every period until the worker has drained, then removes it.
+async fn beat_until(worker: Arc<Worker>, stop: watch::Receiver<bool>, mut drained: watch::Receiver<bool>) {
+    let gpus = crate::telemetry::Gpus::probe();
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let base = fleet_common::heartbeat::Heartbeat {
+        id: worker.config.id.clone(),
+        host,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        state: "active".into(),
+        device: worker.config.device.to_string(),
+        gpus: Vec::new(),
+        telemetry_absent: None,
+        slots: worker.config.slots,
+        warm_models: Vec::new(),
+        in_flight: Vec::new(),
+        started_at_ms: now_ms(),
+        at_ms: 0,
+    };
+    loop {
+        if *stop.borrow() {
+            worker.live.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let beat = heartbeat::beat(&base, &gpus, &worker.live, worker.models.warm());
+        if let Err(e) = worker.jobs.put_heartbeat(&beat).await {
+            tracing::warn!(error = %e, "heartbeat not written");
+        }
+        tokio::select! {
+            _ = drained.wait_for(|d| *d) => break,
+            _ = tokio::time::sleep(fleet_common::heartbeat::HEARTBEAT_PERIOD) => {}
+        }
+    }
+    if let Err(e) = worker.jobs.remove_heartbeat(&worker.config.id).await {
+        tracing::warn!(error = %e, "heartbeat not removed; it expires by itself");
+    }
+}
+
+async fn serve_sessions(worker: &Arc<Worker>, stop_rx: watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match session(&worker, stop_rx.clone()).await {
@@ -183,6 +231,7 @@ async fn handle(worker: &Worker, reports: &Reports, delivery: Delivery) {
     let traceparent = header_str(&delivery.properties, TRACEPARENT_HEADER).unwrap_or_default();
     let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task, attempt,
         trace_id = trace_id(&traceparent).unwrap_or(""));
+    let held = InFlight::hold(&worker.live, task.id());
     async {
         match work(worker, reports, &task, attempt).await {
             Ok(()) => {
@@ -209,7 +258,27 @@ async fn handle(worker: &Worker, reports: &Reports, delivery: Delivery) {
         }
     }
     .instrument(span)
-    .await
+    .await;
+    drop(held);
+}
+
+/// A task's place in the heartbeat's in-flight list, for as long as the worker holds it.
+struct InFlight<'a> {
+    live: &'a heartbeat::Live,
+    id: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn hold(live: &'a heartbeat::Live, id: String) -> Self {
+        live.in_flight.lock().expect("in-flight set").insert(id.clone());
+        InFlight { live, id }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.live.in_flight.lock().expect("in-flight set").remove(&self.id);
+    }
 }
 
 /// The next delivery of a lane, once one of its slots is free.

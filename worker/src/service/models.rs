@@ -17,12 +17,19 @@ pub struct ModelCache {
     root: PathBuf,
     device: DeviceSpec,
     engines: Mutex<HashMap<ModelRef, Arc<Engine>>>,
+    /// Names of the loaded models, readable without waiting for a load in progress.
+    warm: std::sync::Mutex<Vec<String>>,
 }
 
 impl ModelCache {
     /// An empty cache over the local folder `root`.
     pub fn new(root: PathBuf, device: DeviceSpec) -> Self {
-        ModelCache { root, device, engines: Mutex::new(HashMap::new()) }
+        ModelCache { root, device, engines: Mutex::new(HashMap::new()), warm: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    /// The models loaded so far (`name@version`).
+    pub fn warm(&self) -> Vec<String> {
+        self.warm.lock().expect("warm list").clone()
     }
 
     /// The warm engine for `model`, loading it the first time. Loads are serialised, so
@@ -40,6 +47,7 @@ impl ModelCache {
         tracing::info!(model = %model, device = ?inference.device(), load_ms = started.elapsed().as_millis() as u64,
             "model loaded and kept warm");
         let engine = Arc::new(Engine::new(inference));
+        self.warm.lock().expect("warm list").push(model.to_string());
         engines.insert(model, engine.clone());
         Ok(engine)
     }

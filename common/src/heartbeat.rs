@@ -1,0 +1,84 @@
+//! What a worker tells the fleet about itself: registration and heartbeats, written to
+//! `fleet:worker:<id>` in Redis with a TTL of three periods (so a silent worker drops out of
+//! the fleet view on its own), and the NVML readings they carry.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// One reading of one device. A field NVML does not support on the device is `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSample {
+    /// NVML index.
+    pub index: u32,
+    /// Product name.
+    pub name: String,
+    /// Stable device id.
+    pub uuid: String,
+    /// Memory, MiB.
+    pub memory_total_mib: u64,
+    /// Memory in use, MiB.
+    pub memory_used_mib: u64,
+    /// Memory free, MiB.
+    pub memory_free_mib: u64,
+    /// GPU utilisation over the last sample period, percent.
+    pub gpu_util_pct: Option<u32>,
+    /// Memory controller utilisation, percent.
+    pub memory_util_pct: Option<u32>,
+    /// Core temperature, Celsius.
+    pub temperature_c: Option<u32>,
+    /// Power draw, watts.
+    pub power_w: Option<f64>,
+    /// Enforced power limit, watts.
+    pub power_limit_w: Option<f64>,
+    /// SM clock, MHz.
+    pub sm_clock_mhz: Option<u32>,
+    /// Active clock throttle reasons (empty when none).
+    pub throttle_reasons: Vec<String>,
+    /// Volatile corrected ECC errors.
+    pub ecc_corrected: Option<u64>,
+    /// Volatile uncorrected ECC errors.
+    pub ecc_uncorrected: Option<u64>,
+    /// Compute processes on the device: (pid, MiB used where known).
+    pub processes: Vec<(u32, Option<u64>)>,
+}
+
+/// How often a worker beats.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
+/// How long a heartbeat stays readable: three periods.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+
+/// The Redis key of a worker's heartbeat.
+pub fn key(worker: &str) -> String {
+    format!("fleet:worker:{worker}")
+}
+
+/// What a worker says about itself on every beat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Worker id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Worker software version.
+    pub version: String,
+    /// `active` or `draining`.
+    pub state: String,
+    /// The libtorch device the engines run on (`cpu`, `cuda:0`, ...).
+    pub device: String,
+    /// NVML readings, one per GPU (empty without NVML).
+    pub gpus: Vec<DeviceSample>,
+    /// Why there are no GPU readings, when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry_absent: Option<String>,
+    /// Task slots per priority lane: the declared capacity.
+    pub slots: usize,
+    /// Models loaded and kept warm (`name@version`).
+    pub warm_models: Vec<String>,
+    /// Tasks in hand (`<tenant>/<job>/<task>`).
+    pub in_flight: Vec<String>,
+    /// When the worker started (ms since the epoch).
+    pub started_at_ms: u64,
+    /// When this beat was written.
+    pub at_ms: u64,
+}

@@ -1,0 +1,203 @@
+//! Where a task runs: the placement policy, in one place, as a pure function of what the
+//! workers last reported. The scheduler feeds it the devices from the workers' heartbeats
+//! and the tasks waiting, and gets back a device for each task or the reasons none fits.
+//!
+//! Rules, in order:
+//! 1. interactive tasks are placed before batch ones (each group in its given order);
+//! 2. a device is eligible only if its worker is active (not draining or cordoned), its
+//!    heartbeat is fresh, it is under the temperature limit and its uncorrected ECC count is
+//!    not growing;
+//! 3. a task fits where `weights (unless warm) + memory per image x batch + headroom` is at
+//!    most the device's free memory minus what this round already placed there: memory is
+//!    never over-committed;
+//! 4. among fitting devices, one where the model is already warm (as its worker reported)
+//!    wins; a model this round sends to a cold device does not count as warm there, so tasks
+//!    of one model still spread, and each reserves the model's weights (never too little);
+//! 5. then `Spread` takes the least loaded device (most free memory on ties), `Pack` the most
+//!    loaded one that still fits (least free memory on ties).
+
+use std::collections::BTreeSet;
+
+/// What a worker says about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Takes work.
+    Active,
+    /// Finishing what it holds; takes nothing new.
+    Draining,
+    /// Set aside by an operator; takes nothing new.
+    Cordoned,
+}
+
+/// One device as the scheduler last heard of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceView {
+    /// Worker id.
+    pub worker: String,
+    /// Device index on that worker.
+    pub device: u32,
+    /// The worker's state.
+    pub state: WorkerState,
+    /// Free device memory at the last heartbeat, MiB.
+    pub free_mib: u64,
+    /// Tasks running on it.
+    pub load: u32,
+    /// Models loaded on it (`name@version`).
+    pub warm: BTreeSet<String>,
+    /// Core temperature, Celsius, where known.
+    pub temperature_c: Option<u32>,
+    /// Whether its uncorrected ECC error count grew since the previous heartbeat.
+    pub ecc_growing: bool,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+}
+
+/// What a task needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskNeed {
+    /// Task id.
+    pub id: String,
+    /// Interactive tasks go first.
+    pub interactive: bool,
+    /// `name@version`.
+    pub model: String,
+    /// Model weights on the device, MiB (from its manifest).
+    pub weights_mib: u64,
+    /// Activation memory per image, MiB (from its manifest).
+    pub memory_per_image_mib: u64,
+    /// Images per forward pass.
+    pub batch: u32,
+}
+
+/// Spread load across devices, or pack it onto as few as possible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Least loaded device first: lowest latency.
+    Spread,
+    /// Most loaded device that fits: leaves whole devices free for big jobs.
+    Pack,
+}
+
+/// The policy's knobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Memory kept free on every device, MiB.
+    pub headroom_mib: u64,
+    /// Devices at or over this temperature get nothing.
+    pub max_temperature_c: u32,
+    /// Devices whose worker has not been heard of for this long get nothing.
+    pub heartbeat_timeout_ms: u64,
+    /// Spread or pack.
+    pub strategy: Strategy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy { headroom_mib: 1024, max_temperature_c: 87, heartbeat_timeout_ms: 3_000, strategy: Strategy::Spread }
+    }
+}
+
+/// Where one task goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// On `devices[index]`, reserving `need_mib`.
+    Placed {
+        /// Index into the devices given.
+        index: usize,
+        /// Memory reserved for it.
+        need_mib: u64,
+        /// Whether its model was already warm there.
+        warm: bool,
+    },
+    /// Nowhere; one reason per device, so an operator can see why.
+    Unplaced {
+        /// `worker/device: reason`.
+        reasons: Vec<String>,
+    },
+}
+
+/// Why a device cannot take any task now, if it cannot.
+pub fn unhealthy(policy: &Policy, d: &DeviceView) -> Option<String> {
+    match d.state {
+        WorkerState::Draining => return Some("worker draining".into()),
+        WorkerState::Cordoned => return Some("worker cordoned".into()),
+        WorkerState::Active => {}
+    }
+    if d.heartbeat_age_ms > policy.heartbeat_timeout_ms {
+        return Some(format!("no heartbeat for {} ms", d.heartbeat_age_ms));
+    }
+    if let Some(t) = d.temperature_c.filter(|t| *t >= policy.max_temperature_c) {
+        return Some(format!("at {t} C, limit {} C", policy.max_temperature_c));
+    }
+    if d.ecc_growing {
+        return Some("uncorrected ECC errors growing".into());
+    }
+    None
+}
+
+/// Memory a task needs on a device where its model is (or is not) warm.
+pub fn need_mib(policy: &Policy, task: &TaskNeed, warm: bool) -> u64 {
+    let weights = if warm { 0 } else { task.weights_mib };
+    weights + task.memory_per_image_mib * task.batch.max(1) as u64 + policy.headroom_mib
+}
+
+/// Places `tasks` on `devices`; returns `(task index, decision)` in the order they were
+/// decided (interactive first). `devices` is not changed: this round's reservations are kept
+/// on the side.
+pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec<(usize, Decision)> {
+    let mut reserved = vec![0u64; devices.len()];
+    let mut load: Vec<u32> = devices.iter().map(|d| d.load).collect();
+    let blocked: Vec<Option<String>> = devices.iter().map(|d| unhealthy(policy, d)).collect();
+    let mut order: Vec<usize> = (0..tasks.len()).collect();
+    order.sort_by_key(|&i| !tasks[i].interactive);
+    order
+        .into_iter()
+        .map(|t| {
+            let task = &tasks[t];
+            let mut reasons = Vec::new();
+            let mut best: Option<(usize, u64, bool)> = None;
+            for (i, d) in devices.iter().enumerate() {
+                if let Some(reason) = &blocked[i] {
+                    reasons.push(format!("{}/{}: {reason}", d.worker, d.device));
+                    continue;
+                }
+                let is_warm = d.warm.contains(&task.model);
+                let need = need_mib(policy, task, is_warm);
+                let free = d.free_mib.saturating_sub(reserved[i]);
+                if need > free {
+                    reasons.push(format!("{}/{}: needs {need} MiB, {free} MiB free", d.worker, d.device));
+                    continue;
+                }
+                let better = match best {
+                    None => true,
+                    Some((_, _, b_warm)) if is_warm != b_warm => is_warm,
+                    Some((b, _, _)) => {
+                        let (free_b, free_i) = (devices[b].free_mib.saturating_sub(reserved[b]), free);
+                        match policy.strategy {
+                            Strategy::Spread => {
+                                (load[i], std::cmp::Reverse(free_i)) < (load[b], std::cmp::Reverse(free_b))
+                            }
+                            Strategy::Pack => {
+                                (std::cmp::Reverse(load[i]), free_i) < (std::cmp::Reverse(load[b]), free_b)
+                            }
+                        }
+                    }
+                };
+                if better {
+                    best = Some((i, need, is_warm));
+                }
+            }
+            match best {
+                Some((index, need, was_warm)) => {
+                    reserved[index] += need;
+                    load[index] += 1;
+                    (t, Decision::Placed { index, need_mib: need, warm: was_warm })
+                }
+                None => (t, Decision::Unplaced { reasons }),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
+
+use super::Strategy;
+use super::*;
+
+const MODELS: [&str; 3] = ["a@1", "b@1", "c@1"];
+
+fn device(worker: &str, free_mib: u64, load: u32, warm: &[&str]) -> DeviceView {
+    DeviceView {
+        worker: worker.into(),
+        device: 0,
+        state: WorkerState::Active,
+        free_mib,
+        load,
+        warm: warm.iter().map(|m| m.to_string()).collect(),
+        temperature_c: Some(50),
+        ecc_growing: false,
+        heartbeat_age_ms: 100,
+    }
+}
+
+fn task(id: &str, interactive: bool, model: &str) -> TaskNeed {
+    TaskNeed {
+        id: id.into(),
+        interactive,
+        model: model.into(),
+        weights_mib: 2_000,
+        memory_per_image_mib: 500,
+        batch: 4,
+    }
+}
+
+fn placed_on(decisions: &[(usize, Decision)], task: usize) -> Option<usize> {
+    decisions.iter().find(|(t, _)| *t == task).and_then(|(_, d)| match d {
+        Decision::Placed { index, .. } => Some(*index),
+        Decision::Unplaced { .. } => None,
+    })
+}
+
+#[test]
+fn spread_balances_and_pack_fills_one_device_first() {
+    let devices = [device("w1", 40_000, 0, &[]), device("w2", 40_000, 0, &[])];
+    let tasks: Vec<TaskNeed> = (0..4).map(|i| task(&format!("t{i}"), false, "a@1")).collect();
+    let spread = place(&Policy::default(), &devices, &tasks);
+    let on: Vec<usize> = (0..4).map(|t| placed_on(&spread, t).unwrap()).collect();
+    assert_eq!(on.iter().filter(|&&d| d == 0).count(), 2, "spread: two each, {on:?}");
+    let pack = place(&Policy { strategy: Strategy::Pack, ..Default::default() }, &devices, &tasks);
+    let on: Vec<usize> = (0..4).map(|t| placed_on(&pack, t).unwrap()).collect();
+    assert!(on.iter().all(|&d| d == on[0]), "pack: one device while it fits, {on:?}");
+}
+
+#[test]
+fn a_warm_device_wins_and_unfit_tasks_say_why_per_device() {
+    let devices = [device("cold", 80_000, 0, &[]), device("warm", 10_000, 3, &["a@1"])];
+    let decisions = place(&Policy::default(), &devices, &[task("t", false, "a@1")]);
+    assert_eq!(placed_on(&decisions, 0), Some(1), "warm beats emptier and less loaded");
+    let mut hot = device("hot", 80_000, 0, &[]);
+    hot.temperature_c = Some(95);
+    let mut cordoned = device("cordoned", 80_000, 0, &[]);
+    cordoned.state = WorkerState::Cordoned;
+    let small = device("small", 3_000, 0, &[]);
+    let decisions = place(&Policy::default(), &[hot, cordoned, small], &[task("t", true, "b@1")]);
+    let Decision::Unplaced { reasons } = &decisions[0].1 else { panic!("{decisions:?}") };
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].contains("95 C") && reasons[1].contains("cordoned") && reasons[2].contains("needs"),
+        "{reasons:?}"
+    );
+}
+
+fn arb_device() -> impl proptest::strategy::Strategy<Value = DeviceView> {
+    (
+        0u32..1000,
+        prop_oneof![8 => Just(WorkerState::Active), 1 => Just(WorkerState::Draining), 1 => Just(WorkerState::Cordoned)],
+        0u64..80_000,
+        0u32..8,
+        proptest::collection::btree_set(proptest::sample::select(MODELS.to_vec()), 0..3),
+        proptest::option::of(30u32..100),
+        proptest::bool::weighted(0.1),
+        0u64..6_000,
+    )
+        .prop_map(|(n, state, free_mib, load, warm, temperature_c, ecc_growing, heartbeat_age_ms)| DeviceView {
+            worker: format!("w{n}"),
+            device: n % 4,
+            state,
+            free_mib,
+            load,
+            warm: warm.into_iter().map(str::to_string).collect(),
+            temperature_c,
+            ecc_growing,
+            heartbeat_age_ms,
+        })
+}
+
+fn arb_task() -> impl proptest::strategy::Strategy<Value = TaskNeed> {
+    (any::<bool>(), proptest::sample::select(MODELS.to_vec()), 100u64..20_000, 10u64..4_000, 1u32..16).prop_map(
+        |(interactive, model, weights_mib, memory_per_image_mib, batch)| TaskNeed {
+            id: String::new(),
+            interactive,
+            model: model.to_string(),
+            weights_mib,
+            memory_per_image_mib,
+            batch,
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn placements_respect_memory_health_priority_and_warmth(
+        devices in proptest::collection::vec(arb_device(), 0..8),
+        tasks in proptest::collection::vec(arb_task(), 0..24),
+        pack in any::<bool>(),
+    ) {
+        let policy = Policy { strategy: if pack { Strategy::Pack } else { Strategy::Spread }, ..Default::default() };
+        let decisions = place(&policy, &devices, &tasks);
+        // Every task is decided once, interactive ones first.
+        let mut seen: Vec<usize> = decisions.iter().map(|(t, _)| *t).collect();
+        seen.sort();
+        prop_assert_eq!(seen, (0..tasks.len()).collect::<Vec<_>>());
+        let first_batch = decisions.iter().position(|(t, _)| !tasks[*t].interactive).unwrap_or(decisions.len());
+        prop_assert!(decisions[first_batch..].iter().all(|(t, _)| !tasks[*t].interactive));
+        // Replay the round: memory never over-committed, no unhealthy device used, and a cold
+        // device is chosen only when no eligible warm device had room.
+        let mut reserved = vec![0u64; devices.len()];
+        for (t, decision) in &decisions {
+            let task = &tasks[*t];
+            if let Decision::Placed { index, need_mib: placed, warm: was_warm } = decision {
+                let d = &devices[*index];
+                prop_assert!(unhealthy(&policy, d).is_none(), "placed on {:?}", d);
+                prop_assert_eq!(*was_warm, d.warm.contains(&task.model));
+                prop_assert_eq!(*placed, need_mib(&policy, task, *was_warm));
+                if !was_warm {
+                    for (i, other) in devices.iter().enumerate() {
+                        let room = other.free_mib.saturating_sub(reserved[i]);
+                        let fits_warm = other.warm.contains(&task.model) && need_mib(&policy, task, true) <= room;
+                        prop_assert!(!(fits_warm && unhealthy(&policy, other).is_none()), "a warm device had room");
+                    }
+                }
+                reserved[*index] += placed;
+                prop_assert!(reserved[*index] <= d.free_mib, "over-committed {:?}", d);
+            }
+        }
+    }
+}
