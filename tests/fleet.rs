@@ -405,3 +405,55 @@ async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_
         assert!(f.reason.contains("6 attempts") && f.reason.contains("model"), "{}", f.reason);
     }
 }
+
+/// Polls the worker's heartbeat until `check` holds.
+async fn wait_beat(
+    client: &Client,
+    worker: &str,
+    check: impl Fn(&fleet_common::heartbeat::Heartbeat) -> bool,
+) -> fleet_common::heartbeat::Heartbeat {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let beats = client.jobs.heartbeats().await.unwrap();
+        if let Some(beat) = beats.into_iter().find(|b| b.id == worker && check(b)) {
+            return beat;
+        }
+        assert!(Instant::now() < deadline, "{worker} never reached the expected state");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_cordon_drain_and_uncordon_a_worker() {
+    use fleet_common::heartbeat::Order;
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    let worker = unique("ops");
+    fleet.scheduler("scheduler").worker(&worker, 1);
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 30).await;
+    let id = unique("ops-job");
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await,
+        Submitted::Accepted
+    );
+    wait_tasks_done(&client, &id, 1, Duration::from_secs(120)).await;
+
+    client.jobs.set_worker_order(&worker, Order::Cordon).await.unwrap();
+    wait_beat(&client, &worker, |b| b.state == "cordoned" && b.in_flight.is_empty()).await;
+    let held = client.job(&id).await.unwrap().unwrap().progress.tasks_done;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = client.job(&id).await.unwrap().unwrap().progress;
+    assert_eq!(still.tasks_done, held, "a cordoned worker takes nothing new");
+    assert!(still.tasks_done < still.tasks_total);
+
+    client.jobs.set_worker_order(&worker, Order::Run).await.unwrap();
+    let view = client.wait(&id, Duration::from_secs(300), |_| {}).await.unwrap();
+    assert_eq!((view.progress.items_succeeded, view.progress.items_failed), (30, 4), "uncordoned, it finishes the job");
+
+    client.jobs.set_worker_order(&worker, Order::Drain).await.unwrap();
+    let drained = wait_beat(&client, &worker, |b| b.state == "drained").await;
+    assert!(drained.in_flight.is_empty());
+    client.jobs.set_worker_order(&worker, Order::Run).await.unwrap();
+    wait_beat(&client, &worker, |b| b.state == "active").await;
+}

@@ -62,7 +62,7 @@ pub struct Heartbeat {
     pub host: String,
     /// Worker software version.
     pub version: String,
-    /// `active` or `draining`.
+    /// `active`, `cordoned`, `draining` or `drained`.
     pub state: String,
     /// The libtorch device the engines run on (`cpu`, `cuda:0`, ...).
     pub device: String,
@@ -81,4 +81,32 @@ pub struct Heartbeat {
     pub started_at_ms: u64,
     /// When this beat was written.
     pub at_ms: u64,
+}
+
+/// The Redis key of an operator's order to a worker (`fleet:order:<id>`): `cordon` or `drain`; absent: run.
+pub fn order_key(worker: &str) -> String {
+    format!("fleet:order:{worker}")
+}
+
+/// What an operator asked a worker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Take work.
+    Run,
+    /// Take nothing new; tasks in hand finish.
+    Cordon,
+    /// Take nothing new, finish what is in hand, report `drained`.
+    Drain,
+}
+
+impl Order {
+    /// Parses a stored order (anything else means run).
+    pub fn parse(stored: Option<&str>) -> Order {
+        match stored {
+            Some("cordon") => Order::Cordon,
+            Some("drain") => Order::Drain,
+            _ => Order::Run,
+        }
+    }
 }

@@ -574,6 +574,51 @@ impl RedisJobStore {
         Ok(())
     }
 
+    /// Sets (or with `None` clears) an operator's order to a worker.
+    pub async fn set_worker_order(&self, worker: &str, order: crate::heartbeat::Order) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let key = crate::heartbeat::order_key(worker);
+        let _: () = match order {
+            crate::heartbeat::Order::Run => {
+                redis::cmd("DEL").arg(key).query_async::<i64>(&mut conn).await.map(|_| ())?
+            }
+            crate::heartbeat::Order::Cordon => redis::cmd("SET").arg(key).arg("cordon").query_async(&mut conn).await?,
+            crate::heartbeat::Order::Drain => redis::cmd("SET").arg(key).arg("drain").query_async(&mut conn).await?,
+        };
+        Ok(())
+    }
+
+    /// The operator's order to a worker.
+    pub async fn worker_order(&self, worker: &str) -> Result<crate::heartbeat::Order, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> =
+            redis::cmd("GET").arg(crate::heartbeat::order_key(worker)).query_async(&mut conn).await?;
+        Ok(crate::heartbeat::Order::parse(raw.as_deref()))
+    }
+
+    /// Every tenant that has submitted a job.
+    pub async fn tenants(&self) -> Result<Vec<TenantId>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let (mut out, mut cursor) = (Vec::new(), 0u64);
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("fleet:jobs:*")
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await?;
+            out.extend(page.iter().filter_map(|k| k.strip_prefix("fleet:jobs:")).filter_map(|t| TenantId::new(t).ok()));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Removes a worker's heartbeat (it stopped cleanly).
     pub async fn remove_heartbeat(&self, worker: &str) -> Result<(), JobStoreError> {
         let mut conn = self.conn.clone();

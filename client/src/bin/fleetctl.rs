@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleet_client::report::{job_contact_sheet, percentile, task_manifests};
 use fleet_client::{amqp_url_as, catalog, Client, ClientConfig, JobView, Submitted};
+use fleet_common::heartbeat::Order;
 use fleet_common::keys::results_prefix;
 use fleet_common::store::s3::S3Config;
 use fleet_common::store::ObjectStore;
@@ -76,6 +77,23 @@ enum Command {
     /// Live workers and their devices, from their heartbeats: state, GPU utilisation, memory,
     /// temperature, warm models, tasks in hand.
     Workers,
+    /// Take a worker out of rotation: it takes nothing new, tasks in hand finish.
+    Cordon { worker: String },
+    /// Drain a worker: it takes nothing new, finishes what it holds, then reports `drained`.
+    Drain {
+        worker: String,
+        /// Wait until it reports drained.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put a cordoned or drained worker back into rotation.
+    Uncordon { worker: String },
+    /// Tasks waiting by tenant and priority, the fleet's current rate and the time to drain
+    /// the queue at that rate (sampled over --window seconds): the figure an autoscaler needs.
+    Queue {
+        #[arg(long, default_value_t = 5)]
+        window: u64,
+    },
     /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
     SeedCatalog {
         #[arg(long)]
@@ -224,6 +242,30 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Summary { id, sheet, sheet_rows } => summary(&client, &id, sheet, sheet_rows).await?,
         Command::Workers => workers(&client).await?,
+        Command::Cordon { worker } => {
+            client.jobs.set_worker_order(&worker, Order::Cordon).await?;
+            println!("{worker}: cordoned (takes nothing new; tasks in hand finish)");
+        }
+        Command::Uncordon { worker } => {
+            client.jobs.set_worker_order(&worker, Order::Run).await?;
+            println!("{worker}: back in rotation");
+        }
+        Command::Drain { worker, wait } => {
+            client.jobs.set_worker_order(&worker, Order::Drain).await?;
+            println!("{worker}: draining");
+            while wait {
+                let beats = client.jobs.heartbeats().await?;
+                match beats.iter().find(|b| b.id == worker) {
+                    Some(b) if b.state == "drained" => {
+                        println!("{worker}: drained");
+                        break;
+                    }
+                    Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    None => anyhow::bail!("{worker} has no heartbeat: not running"),
+                }
+            }
+        }
+        Command::Queue { window } => queue(&client, window).await?,
         Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
             fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
             let spec =
@@ -433,6 +475,46 @@ async fn workers(client: &Client) -> anyhow::Result<()> {
     }
     if beats.is_empty() {
         println!("no live workers (none has sent a heartbeat in the last 3 s)");
+    }
+    Ok(())
+}
+
+/// Waiting tasks per (tenant, priority) over every unfinished job, and tasks ended overall.
+async fn backlog(client: &Client) -> anyhow::Result<(std::collections::BTreeMap<(String, String), u64>, u64)> {
+    let mut waiting = std::collections::BTreeMap::new();
+    let mut ended = 0;
+    for tenant in client.jobs.tenants().await? {
+        for id in client.jobs.list(&tenant, 1000).await? {
+            let Some(record) = client.jobs.get(&tenant, &id).await? else { continue };
+            let p = client.jobs.progress(&tenant, &id).await?;
+            ended += p.tasks_done;
+            if !record.state.is_terminal() {
+                let priority = format!("{:?}", record.priority).to_lowercase();
+                *waiting.entry((tenant.to_string(), priority)).or_insert(0) += p.tasks_total - p.tasks_done;
+            }
+        }
+    }
+    Ok((waiting, ended))
+}
+
+async fn queue(client: &Client, window: u64) -> anyhow::Result<()> {
+    let (_, ended_before) = backlog(client).await?;
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(window.max(1))).await;
+    let (waiting, ended_after) = backlog(client).await?;
+    let rate = ended_after.saturating_sub(ended_before) as f64 / started.elapsed().as_secs_f64();
+    println!("{:<24} {:<12} {:>10}", "tenant", "priority", "tasks");
+    for ((tenant, priority), n) in &waiting {
+        println!("{tenant:<24} {priority:<12} {n:>10}");
+    }
+    let total: u64 = waiting.values().sum();
+    println!("{:<24} {:<12} {total:>10}", "all", "");
+    if rate > 0.0 {
+        println!("fleet rate {rate:.1} tasks/s; time to drain the queue at that rate: {:.0} s", total as f64 / rate);
+    } else if total > 0 {
+        println!("fleet rate 0 tasks/s over {window} s: the queue is not draining (no live workers?)");
+    } else {
+        println!("queue empty");
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use fleet_common::heartbeat::Heartbeat;
+use fleet_common::heartbeat::{Heartbeat, Order};
 use fleet_common::protocol::now_ms;
 
 use crate::telemetry::Gpus;
@@ -14,12 +14,12 @@ use crate::telemetry::Gpus;
 pub struct Live {
     /// Tasks in hand.
     pub in_flight: Mutex<BTreeSet<String>>,
-    /// Set once the worker drains.
-    pub draining: std::sync::atomic::AtomicBool,
+    /// Set once the worker has finished everything it held after a cordon or drain.
+    pub drained: std::sync::atomic::AtomicBool,
 }
 
 /// Builds the current heartbeat.
-pub fn beat(base: &Heartbeat, gpus: &Gpus, live: &Live, warm_models: Vec<String>) -> Heartbeat {
+pub fn beat(base: &Heartbeat, gpus: &Gpus, live: &Live, order: Order, warm_models: Vec<String>) -> Heartbeat {
     let (samples, absent) = match gpus {
         Gpus::Absent(reason) => (Vec::new(), Some(reason.clone())),
         present => match present.sample() {
@@ -27,9 +27,15 @@ pub fn beat(base: &Heartbeat, gpus: &Gpus, live: &Live, warm_models: Vec<String>
             Err(e) => (Vec::new(), Some(e)),
         },
     };
-    let draining = live.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let drained = live.drained.load(std::sync::atomic::Ordering::Relaxed);
+    let state = match (order, drained) {
+        (Order::Run, _) => "active",
+        (Order::Cordon, _) => "cordoned",
+        (Order::Drain, false) => "draining",
+        (Order::Drain, true) => "drained",
+    };
     Heartbeat {
-        state: if draining { "draining" } else { "active" }.to_string(),
+        state: state.to_string(),
         gpus: samples,
         telemetry_absent: absent,
         warm_models,

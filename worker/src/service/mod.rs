@@ -27,6 +27,7 @@ use std::time::Duration;
 use fleet_common::amqp::{
     self, attempt_of, confirmed_channel, header_str, publish_confirmed, reports_queue, BATCH_QUEUE, INTERACTIVE_QUEUE,
 };
+use fleet_common::heartbeat::Order;
 use fleet_common::job::Priority;
 use fleet_common::jobstore::RedisJobStore;
 use fleet_common::keys::TenantId;
@@ -101,16 +102,23 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (drained_tx, drained_rx) = watch::channel(false);
-    let beats = tokio::spawn(beat_until(worker.clone(), stop_rx.clone(), drained_rx));
-    let result = serve_sessions(&worker, stop_rx).await;
-    let _ = drained_tx.send(true);
+    let (order_tx, order_rx) = watch::channel(Order::Run);
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let beats = tokio::spawn(beat_until(worker.clone(), stop_rx.clone(), order_tx, exited_rx));
+    let result = serve_sessions(&worker, stop_rx, order_rx).await;
+    let _ = exited_tx.send(true);
     let _ = beats.await;
     result
 }
 
-/// Writes a heartbeat every period until the worker has drained, then removes it.
-async fn beat_until(worker: Arc<Worker>, stop: watch::Receiver<bool>, mut drained: watch::Receiver<bool>) {
+/// Writes a heartbeat every period, reading the operator's order for the worker on each beat
+/// (SIGTERM counts as a drain), until the worker exits; then removes the heartbeat.
+async fn beat_until(
+    worker: Arc<Worker>,
+    mut stop: watch::Receiver<bool>,
+    order: watch::Sender<Order>,
+    mut exited: watch::Receiver<bool>,
+) {
     let gpus = crate::telemetry::Gpus::probe();
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
     let base = fleet_common::heartbeat::Heartbeat {
@@ -128,15 +136,26 @@ async fn beat_until(worker: Arc<Worker>, stop: watch::Receiver<bool>, mut draine
         at_ms: 0,
     };
     loop {
-        if *stop.borrow() {
-            worker.live.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ordered = match worker.jobs.worker_order(&worker.config.id).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "operator order unreadable; keeping the last one");
+                *order.borrow()
+            }
+        };
+        let stopped = *stop.borrow();
+        let now = if stopped { Order::Drain } else { ordered };
+        if *order.borrow() != now {
+            tracing::info!(order = ?now, "operator order");
+            let _ = order.send(now);
         }
-        let beat = heartbeat::beat(&base, &gpus, &worker.live, worker.models.warm());
+        let beat = heartbeat::beat(&base, &gpus, &worker.live, now, worker.models.warm());
         if let Err(e) = worker.jobs.put_heartbeat(&beat).await {
             tracing::warn!(error = %e, "heartbeat not written");
         }
         tokio::select! {
-            _ = drained.wait_for(|d| *d) => break,
+            _ = exited.wait_for(|d| *d) => break,
+            _ = stop.wait_for(|s| *s), if !stopped => {}
             _ = tokio::time::sleep(fleet_common::heartbeat::HEARTBEAT_PERIOD) => {}
         }
     }
@@ -145,13 +164,34 @@ async fn beat_until(worker: Arc<Worker>, stop: watch::Receiver<bool>, mut draine
     }
 }
 
-async fn serve_sessions(worker: &Arc<Worker>, stop_rx: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs broker sessions while the order is to run; on cordon or drain the session finishes
+/// what it holds and ends; the worker then waits for the order to change, and exits on
+/// SIGTERM.
+async fn serve_sessions(
+    worker: &Arc<Worker>,
+    stop_rx: watch::Receiver<bool>,
+    mut order: watch::Receiver<Order>,
+) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match session(&worker, stop_rx.clone()).await {
+        if *order.borrow() != Order::Run {
+            worker.live.drained.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut stop = stop_rx.clone();
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {
+                    tracing::info!(worker = %worker.config.id, "drained; stopping");
+                    return Ok(());
+                }
+                _ = order.wait_for(|o| *o == Order::Run) => {
+                    tracing::info!("uncordoned: taking tasks again");
+                    worker.live.drained.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        match session(worker, order.clone()).await {
             Ok(()) => {
-                tracing::info!(worker = %worker.config.id, "drained; stopping");
-                return Ok(());
+                tracing::info!(worker = %worker.config.id, order = ?*order.borrow(), "took nothing new and finished what it held");
+                continue;
             }
             Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting"),
         }
@@ -164,7 +204,7 @@ async fn serve_sessions(worker: &Arc<Worker>, stop_rx: watch::Receiver<bool>) ->
     }
 }
 
-async fn session(worker: &Arc<Worker>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn session(worker: &Arc<Worker>, mut order: watch::Receiver<Order>) -> anyhow::Result<()> {
     let connection = amqp::connect(&worker.config.amqp_url).await?;
     let setup = connection.create_channel().await?;
     amqp::declare_topology(&setup).await?;
@@ -187,7 +227,7 @@ async fn session(worker: &Arc<Worker>, mut stop: watch::Receiver<bool>) -> anyho
     let lost = loop {
         let delivery = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break None,
+            _ = order.wait_for(|o| *o != Order::Run) => break None,
             (permit, d) = take(&interactive_slots, &mut interactive) => (permit, d),
             (permit, d) = take(&batch_slots, &mut batch) => (permit, d),
         };
