@@ -457,3 +457,61 @@ async fn operators_cordon_drain_and_uncordon_a_worker() {
     client.jobs.set_worker_order(&worker, Order::Run).await.unwrap();
     wait_beat(&client, &worker, |b| b.state == "active").await;
 }
+
+/// `GET /metrics` over a plain socket.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("metrics endpoint listens");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The value of the sample whose line starts with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_and_worker_export_prometheus_metrics() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    let (s_addr, w_addr) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    fleet.spawn_with_env("scheduler", "fleet-scheduler", &[], ("FLEET_METRICS_ADDR", &s_addr));
+    let worker = unique("metrics");
+    fleet.spawn_with_env(
+        &worker,
+        "fleet-worker",
+        &["serve", "--device", "cpu", "--id", &worker],
+        ("FLEET_METRICS_ADDR", &w_addr),
+    );
+    let client = client(TENANT).await;
+    let (prefix, _) = catalog(&client, 6).await;
+    let id = unique("metrics-job");
+    assert_eq!(
+        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 5)).await,
+        Submitted::Accepted
+    );
+    client.wait(&id, Duration::from_secs(180), |_| {}).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let scheduler = scrape(&s_addr).await;
+    assert!(sample(&scheduler, "fleet_jobs_total{outcome=\"accepted\"}") >= 1.0);
+    assert!(sample(&scheduler, "fleet_tasks_total{event=\"completed\"}") >= 2.0, "10 items in shards of 5");
+    assert!(sample(&scheduler, "fleet_queue_depth{queue=\"fleet.tasks.batch\"}") >= 0.0);
+    let worker = scrape(&w_addr).await;
+    // At least this job's images (a task left over in the shared queue may add to them).
+    assert!(sample(&worker, "fleet_worker_images_total{outcome=\"ok\"}") >= 6.0);
+    assert!(sample(&worker, "fleet_worker_images_total{outcome=\"failed\"}") >= 4.0);
+    assert_eq!(sample(&worker, "fleet_worker_model_loads_total"), 1.0);
+    assert!(sample(&worker, "fleet_worker_task_seconds_count{priority=\"batch\"}") >= 2.0);
+}

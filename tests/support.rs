@@ -111,6 +111,13 @@ pub mod fleet {
     }
 
     impl Fleet {
+        /// Starts a process with one more environment variable.
+        pub fn spawn_with_env(&mut self, name: &str, binary_name: &str, args: &[&str], env: (&str, &str)) {
+            let mut command = Command::new(binary(binary_name));
+            command.args(args).env(env.0, env.1).env("FLEET_MODEL_DIR", self.models.path());
+            self.spawn(name, command);
+        }
+
         fn spawn(&mut self, name: &str, mut command: Command) {
             let log = std::fs::File::create(self.logs.path().join(format!("{name}.log"))).expect("log file");
             command.stdout(Stdio::null()).stderr(log);

@@ -11,6 +11,7 @@ pub mod job;
 pub mod jobstore;
 pub mod keys;
 pub mod manifest;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod state;

@@ -34,6 +34,8 @@ pub struct Config {
     pub default_shard_size: u32,
     /// Least time between two progress events of one job.
     pub progress_interval: Duration,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The scheduler's shared state. Job state lives in Redis; what is kept here is only caches

@@ -7,6 +7,7 @@ use fleet_common::amqp::header_str;
 use fleet_common::job::{validate, JobKind, Rejection, ValidJob};
 use fleet_common::jobstore::{Created, JobRecord};
 use fleet_common::keys::TenantId;
+use fleet_common::metrics;
 use fleet_common::protocol::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
 use fleet_common::registry::RegistryError;
 use fleet_common::state::{JobEvent, JobState};
@@ -137,11 +138,13 @@ async fn record(
     match sched.store.create(record).await {
         Ok(Created::New(record)) => {
             tracing::info!(priority = ?record.priority, model = %record.model, "job accepted");
+            metrics::JOBS.with_label_values(&["accepted"]).inc();
             sched.publish_event(events, event(&record.tenant, &record.id, "accepted")).await;
             (Disposition::Ack, Intake::NewJob { tenant, job: id, record: Box::new(record), cursor })
         }
         Ok(Created::Existing(existing)) => {
             tracing::info!(state = ?existing.state, "duplicate submission: the job exists");
+            metrics::JOBS.with_label_values(&["duplicate"]).inc();
             let mut message = event(&existing.tenant, &existing.id, "accepted");
             message.duplicate = true;
             sched.publish_event(events, message).await;
@@ -153,6 +156,7 @@ async fn record(
 
 async fn reject(sched: &Scheduler, events: &Channel, tenant: &TenantId, id: &str, rejection: Rejection) -> Disposition {
     tracing::info!(tenant = %tenant, job = id, code = %rejection.code, reason = %rejection.reason, "job rejected");
+    metrics::JOBS.with_label_values(&["rejected"]).inc();
     if let Err(e) = sched.store.reject(tenant, id, &rejection).await {
         return Disposition::Retry(format!("job store: {e}"));
     }

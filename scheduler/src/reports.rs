@@ -49,6 +49,14 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &none, TaskNote::default()).await?
         }
     };
+    let event = match (&report, &update) {
+        (_, TaskUpdate::Refused(_)) => "stale_report",
+        (Report::Started { .. }, _) => "started",
+        (Report::Completed { .. }, _) => "completed",
+        (Report::AttemptFailed { .. }, _) => "retried",
+        (Report::Skipped { .. }, _) => "skipped",
+    };
+    fleet_common::metrics::TASKS.with_label_values(&[event]).inc();
     after_update(sched, events, &tenant, &job, task, update).await;
     Ok(())
 }
@@ -69,6 +77,7 @@ pub async fn dead_lettered(sched: &Scheduler, events: &Channel, message: &TaskMe
         .map(|key| ItemFailureReport { key: key.clone(), code: "task_failed".into(), reason: reason.clone() })
         .collect();
     let outcome = TaskOutcome { succeeded: 0, failures };
+    fleet_common::metrics::TASKS.with_label_values(&["dead_lettered"]).inc();
     let update = sched
         .store
         .update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, TaskNote::default())

@@ -34,6 +34,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs the scheduler until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if let Some(addr) = config.metrics_addr {
+        let listener = fleet_common::metrics::serve(addr);
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let sched = Arc::new(Scheduler::connect(config).await?);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
@@ -91,6 +99,7 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
             spawn_shard(&mut sharding, &sched, &session, tenant, job, None);
         }
     }
+    sharding.spawn(sample_queue_depths(session.connection.create_channel().await?));
     let intake = consumer(&session.connection, INTAKE_QUEUE, 32).await?;
     // Interactive reports have a consumer of their own, so a batch backlog's reports never
     // delay them.
@@ -222,4 +231,21 @@ async fn on_dead_task(sched: &Scheduler, session: &Session, delivery: Delivery) 
     } else {
         delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
     };
+}
+
+/// Samples the depth of every queue into `fleet_queue_depth` every 2 s, for as long as the
+/// session lasts.
+async fn sample_queue_depths(channel: Channel) {
+    use lapin::options::QueueDeclareOptions;
+    let queues = [INTAKE_QUEUE, amqp::INTERACTIVE_QUEUE, amqp::BATCH_QUEUE, TASKS_DEAD_QUEUE, DEAD_QUEUE];
+    loop {
+        for queue in queues {
+            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+            match channel.queue_declare(queue, passive, FieldTable::default()).await {
+                Ok(q) => fleet_common::metrics::QUEUE_DEPTH.with_label_values(&[queue]).set(q.message_count() as i64),
+                Err(_) => return,
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

@@ -352,7 +352,9 @@ async fn publish_tasks(
             (routing_key.to_string(), serde_json::to_vec(&message).expect("a task serialises"), props)
         })
         .collect();
+    let count = outgoing.len() as u64;
     publish_all(channel, TASKS_EXCHANGE, outgoing).await?;
+    fleet_common::metrics::TASKS.with_label_values(&["dispatched"]).inc_by(count);
     Ok(())
 }
 

@@ -124,6 +124,9 @@ struct ServeArgs {
     /// engine: the real work; noop: report items done without work (dispatch benchmark).
     #[arg(long, value_enum, default_value = "engine")]
     executor: crate::service::Executor,
+    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9461.
+    #[arg(long, env = "FLEET_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// With the noop executor: milliseconds each task pretends to work (0: none).
     #[arg(long, default_value_t = 0)]
     noop_ms: u64,
@@ -314,6 +317,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         slots: args.slots,
         executor: args.executor,
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
+        metrics_addr: args.metrics_addr,
     };
     runtime()?.block_on(crate::service::run(config, async {
         let mut term =

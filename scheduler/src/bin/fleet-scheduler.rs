@@ -19,6 +19,9 @@ struct Cli {
     /// Least time between two progress events of one job, in milliseconds.
     #[arg(long, env = "FLEET_PROGRESS_INTERVAL_MS", default_value_t = 250)]
     progress_interval_ms: u64,
+    /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9460.
+    #[arg(long, env = "FLEET_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
             s3,
             default_shard_size: cli.shard_size,
             progress_interval: std::time::Duration::from_millis(cli.progress_interval_ms),
+            metrics_addr: cli.metrics_addr,
         };
         fleet_scheduler::run(config, shutdown_signal()).await
     });

@@ -31,6 +31,7 @@ use fleet_common::heartbeat::Order;
 use fleet_common::job::Priority;
 use fleet_common::jobstore::RedisJobStore;
 use fleet_common::keys::TenantId;
+use fleet_common::metrics;
 use fleet_common::protocol::{now_ms, trace_id, Report, TaskMessage, TRACEPARENT_HEADER};
 use fleet_common::state::JobState;
 use fleet_common::store::s3::{S3Config, S3Store};
@@ -78,6 +79,8 @@ pub struct WorkerConfig {
     pub executor: Executor,
     /// How long a no-op task pretends to work.
     pub noop_task_time: Duration,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 struct Worker {
@@ -97,6 +100,13 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         live: heartbeat::Live::default(),
         config,
     });
+    if let Some(addr) = worker.config.metrics_addr {
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr).await {
+                tracing::warn!(error = %e, "metrics endpoint stopped");
+            }
+        });
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -150,6 +160,21 @@ async fn beat_until(
             let _ = order.send(now);
         }
         let beat = heartbeat::beat(&base, &gpus, &worker.live, now, worker.models.warm());
+        for g in &beat.gpus {
+            let gpu = g.index.to_string();
+            let readings = [
+                ("memory_used_mib", Some(g.memory_used_mib as f64)),
+                ("memory_total_mib", Some(g.memory_total_mib as f64)),
+                ("utilization_pct", g.gpu_util_pct.map(f64::from)),
+                ("temperature_c", g.temperature_c.map(f64::from)),
+                ("power_w", g.power_w),
+            ];
+            for (reading, value) in readings {
+                if let Some(v) = value {
+                    metrics::GPU.with_label_values(&[&gpu, reading]).set(v);
+                }
+            }
+        }
         if let Err(e) = worker.jobs.put_heartbeat(&beat).await {
             tracing::warn!(error = %e, "heartbeat not written");
         }
@@ -272,12 +297,17 @@ async fn handle(worker: &Worker, reports: &Reports, delivery: Delivery) {
     let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task, attempt,
         trace_id = trace_id(&traceparent).unwrap_or(""));
     let held = InFlight::hold(&worker.live, task.id());
+    let priority = format!("{:?}", task.priority).to_lowercase();
+    let timer = metrics::WORKER_TASK_SECONDS.with_label_values(&[&priority]).start_timer();
     async {
         match work(worker, reports, &task, attempt).await {
             Ok(()) => {
+                metrics::WORKER_TASKS.with_label_values(&[&priority, "ended"]).inc();
+                timer.observe_duration();
                 let _ = delivery.ack(BasicAckOptions::default()).await;
             }
             Err(Handback::Retry(reason)) => {
+                metrics::WORKER_TASKS.with_label_values(&[&priority, "failed_attempt"]).inc();
                 tracing::warn!(%reason, "attempt failed; handing the task back");
                 let report = Report::AttemptFailed {
                     tenant: task.tenant.clone(),
@@ -370,6 +400,8 @@ async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u
         }
     };
     tracing::info!(succeeded = result.succeeded, failed = result.failures.len(), "task done");
+    metrics::WORKER_IMAGES.with_label_values(&["ok"]).inc_by(result.succeeded);
+    metrics::WORKER_IMAGES.with_label_values(&["failed"]).inc_by(result.failures.len() as u64);
     let completed = Report::Completed {
         tenant: tenant_name,
         job,

@@ -48,6 +48,7 @@ impl ModelCache {
             "model loaded and kept warm");
         let engine = Arc::new(Engine::new(inference));
         self.warm.lock().expect("warm list").push(model.to_string());
+        fleet_common::metrics::MODEL_LOADS.inc();
         engines.insert(model, engine.clone());
         Ok(engine)
     }
