@@ -1,7 +1,7 @@
 //! The AMQP topology on the real RabbitMQ the test command starts: a tenant's job reaches the
 //! intake queue with the broker-checked tenant identity, a tenant cannot publish as another,
-//! an unroutable job is returned instead of lost, and a poison message is dead-lettered after
-//! the delivery limit instead of looping.
+//! an unroutable job is returned instead of lost, a poison message is dead-lettered after
+//! the delivery limit instead of looping, and a tenant can listen only to its own job events.
 
 use fleet_common::amqp::{self, AmqpError};
 use fleet_tests::unique;
@@ -129,4 +129,28 @@ async fn a_poison_message_is_dead_lettered_after_the_delivery_limit() {
     let dead = take(&admin, amqp::TASKS_DEAD_QUEUE, &id, "dead-consumer").await;
     assert_eq!(dead.data, b"poison");
     dead.ack(BasicAckOptions::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_hears_its_own_job_events_and_cannot_bind_to_anothers() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    let tenant = amqp::connect(&tenant_url("tenant-a")).await.unwrap();
+    admin_channel().await;
+    let declare = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let bind = |channel: Channel, queue: String, key: &'static str| async move {
+        channel.queue_bind(&queue, amqp::EVENTS_EXCHANGE, key, QueueBindOptions::default(), FieldTable::default()).await
+    };
+    let own = tenant.create_channel().await.unwrap();
+    let queue = unique("tenant-a.watch");
+    own.queue_declare(&queue, declare, FieldTable::default()).await.unwrap();
+    bind(own.clone(), queue.clone(), "job.tenant-a.#").await.expect("a tenant listens to its own jobs");
+    let spy = tenant.create_channel().await.unwrap();
+    let queue = unique("tenant-a.spy");
+    spy.queue_declare(&queue, declare, FieldTable::default()).await.unwrap();
+    let refused = bind(spy, queue, "job.tenant-b.#").await;
+    assert!(refused.is_err(), "binding to another tenant's events must be refused");
+    let wildcard = tenant.create_channel().await.unwrap();
+    let queue = unique("tenant-a.all");
+    wildcard.queue_declare(&queue, declare, FieldTable::default()).await.unwrap();
+    assert!(bind(wildcard, queue, "#").await.is_err(), "a catch-all binding is refused too");
 }
