@@ -515,3 +515,47 @@ async fn scheduler_and_worker_export_prometheus_metrics() {
     assert_eq!(sample(&worker, "fleet_worker_model_loads_total"), 1.0);
     assert!(sample(&worker, "fleet_worker_task_seconds_count{priority=\"batch\"}") >= 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    let worker = unique("lru");
+    // One reference model holds about 94 MiB (weights + a batch of activations): 150 fits one.
+    fleet.scheduler("scheduler");
+    fleet.spawn_with_env(
+        &worker,
+        "fleet-worker",
+        &["serve", "--device", "cpu", "--id", &worker, "--model-memory-mib", "150"],
+        ("RUST_LOG", "info"),
+    );
+    let client = client(TENANT).await;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = fleet_tests::reference_dir();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reference.join("manifest.json")).unwrap()).unwrap();
+    manifest["name"] = json!("matting-ref-copy");
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    for file in ["model.pt", "embed.pt"] {
+        std::fs::copy(reference.join(file), dir.path().join(file)).unwrap();
+    }
+    fleet_common::registry::publish(&client.s3, dir.path()).await.unwrap();
+    let copy = format!("matting-ref-copy@{}", manifest["version"].as_str().unwrap());
+    let (prefix, seeded) = catalog(&client, 2).await;
+    let key = seeded.entries[0].image.clone();
+    for model in ["matting-ref@1.0.0", copy.as_str()] {
+        let id = unique("lru-job");
+        let body = serde_json::to_vec(&json!({
+            "id": id, "priority": "interactive", "kind": "background_replace",
+            "spec": {"input": {"keys": [key]}, "background": {"mode": "transparent"},
+                     "output": {"format": "png"}, "model": model}
+        }))
+        .unwrap();
+        assert_eq!(submit(&client, &id, &body).await, Submitted::Accepted, "{prefix}");
+        let view = client.wait(&id, Duration::from_secs(120), |_| {}).await.unwrap();
+        assert_eq!(view.progress.items_succeeded, 1, "{model}: {}", fleet.log(&worker));
+    }
+    let beat = wait_beat(&client, &worker, |b| b.warm_models.len() == 1 && b.warm_models[0] == copy).await;
+    assert_eq!(beat.warm_models, [copy.clone()], "the first model made room for the second");
+    assert!(fleet.log(&worker).contains("model evicted (least recently used)"), "{}", fleet.log(&worker));
+}

@@ -5,7 +5,7 @@
 //! scheduler: fleet_jobs_total{outcome}  fleet_tasks_total{event}  fleet_queue_depth{queue}
 //! worker:    fleet_worker_tasks_total{priority,outcome}  fleet_worker_images_total{outcome}
 //!            (the scheduler's counters cover retries, stale reports and dead letters)
-//!            fleet_worker_task_seconds{priority} (histogram)  fleet_worker_model_loads_total
+//!            fleet_worker_task_seconds{priority} (histogram)  fleet_worker_model_{loads,evictions}_total
 //!            fleet_gpu_{memory_used_mib,memory_total_mib,utilization_pct,temperature_c,power_w}{gpu}
 //! ```
 
@@ -67,6 +67,10 @@ pub static WORKER_TASK_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 /// Models loaded onto a device.
 pub static MODEL_LOADS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new("fleet_worker_model_loads_total", "Models loaded onto a device").expect("valid"))
+});
+/// Models evicted from a device to make room for another.
+pub static MODEL_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(IntCounter::new("fleet_worker_model_evictions_total", "Models evicted to make room").expect("valid"))
 });
 /// NVML gauges per GPU: `memory_used_mib`, `memory_total_mib`, `utilization_pct`,
 /// `temperature_c`, `power_w`.

@@ -124,6 +124,10 @@ struct ServeArgs {
     /// engine: the real work; noop: report items done without work (dispatch benchmark).
     #[arg(long, value_enum, default_value = "engine")]
     executor: crate::service::Executor,
+    /// Device memory the warm models may hold, MiB; least recently used models are evicted
+    /// past it. Default: the GPU's memory less 2 GiB as NVML reports it; unbounded on a CPU.
+    #[arg(long, env = "FLEET_MODEL_MEMORY_MIB")]
+    model_memory_mib: Option<f64>,
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9461.
     #[arg(long, env = "FLEET_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -297,12 +301,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         set_cpu_threads(threads)?;
     }
+    let device: fleet_common::DeviceSpec = args.device.parse()?;
+    let mut gpu_memory_mib = None;
     match crate::telemetry::Gpus::probe() {
         crate::telemetry::Gpus::Absent(reason) => tracing::warn!(%reason, "no GPU telemetry"),
         gpus => {
             for d in gpus.sample().map_err(anyhow::Error::msg)? {
                 tracing::info!(index = d.index, name = %d.name, memory_total_mib = d.memory_total_mib,
                     memory_free_mib = d.memory_free_mib, temperature_c = ?d.temperature_c, "GPU seen through NVML");
+                let ours = matches!(device, fleet_common::DeviceSpec::Cuda(n) if n == d.index as usize)
+                    || (device == fleet_common::DeviceSpec::Auto && d.index == 0);
+                if ours {
+                    gpu_memory_mib = Some(d.memory_total_mib.saturating_sub(2048) as f64);
+                }
             }
         }
     }
@@ -313,11 +324,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_url: args.redis_url,
         s3: fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?,
         model_cache: args.models,
-        device: args.device.parse()?,
+        device,
         slots: args.slots,
         executor: args.executor,
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
         metrics_addr: args.metrics_addr,
+        model_memory_mib: args.model_memory_mib.or(gpu_memory_mib),
     };
     runtime()?.block_on(crate::service::run(config, async {
         let mut term =

@@ -81,6 +81,8 @@ pub struct WorkerConfig {
     pub noop_task_time: Duration,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Device memory the warm models may hold, MiB (`None`: unbounded).
+    pub model_memory_mib: Option<f64>,
 }
 
 struct Worker {
@@ -96,7 +98,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
     let worker = Arc::new(Worker {
         s3: S3Store::new(&config.s3),
         jobs: RedisJobStore::connect(&config.redis_url).await?,
-        models: ModelCache::new(config.model_cache.clone(), config.device),
+        models: ModelCache::new(config.model_cache.clone(), config.device, config.model_memory_mib),
         live: heartbeat::Live::default(),
         config,
     });

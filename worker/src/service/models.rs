@@ -1,5 +1,8 @@
-//! Warm models: each `name@version` is fetched from the registry into the local cache once,
-//! loaded on its own inference thread once, and kept for every later task.
+//! Warm models: each `name@version` is fetched from the registry into the local disk cache
+//! once per host, loaded on its own inference thread once, and kept for later tasks. With a
+//! memory budget (the device's memory, or `--model-memory-mib`), the least recently used
+//! models are evicted to make room for a new one; an evicted engine stops when the last task
+//! using it finishes, so eviction never pulls a model from under a running task.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,49 +10,117 @@ use std::sync::Arc;
 
 use fleet_common::registry;
 use fleet_common::store::s3::S3Store;
-use fleet_common::{DeviceSpec, ModelRef};
+use fleet_common::{DeviceSpec, ModelManifest, ModelRef};
 use tokio::sync::Mutex;
 
 use crate::engine::{Engine, InferenceThread};
 
-/// Engines by model, loaded on first use.
+/// Images per forward pass the engine runs (its default batch): activation memory is
+/// counted for a full batch.
+const BATCH: f64 = 8.0;
+
+/// Device memory a loaded model holds while it works, MiB.
+pub fn footprint_mib(manifest: &ModelManifest) -> f64 {
+    manifest.weights_mib + manifest.memory_per_image_mib * BATCH
+}
+
+struct Entry {
+    engine: Arc<Engine>,
+    mib: f64,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_model: HashMap<ModelRef, Entry>,
+    clock: u64,
+}
+
+/// Engines by model, loaded on first use, least recently used evicted past the budget.
 pub struct ModelCache {
     root: PathBuf,
     device: DeviceSpec,
-    engines: Mutex<HashMap<ModelRef, Arc<Engine>>>,
+    budget_mib: Option<f64>,
+    entries: Mutex<Entries>,
     /// Names of the loaded models, readable without waiting for a load in progress.
     warm: std::sync::Mutex<Vec<String>>,
 }
 
 impl ModelCache {
-    /// An empty cache over the local folder `root`.
-    pub fn new(root: PathBuf, device: DeviceSpec) -> Self {
-        ModelCache { root, device, engines: Mutex::new(HashMap::new()), warm: std::sync::Mutex::new(Vec::new()) }
+    /// An empty cache over the local folder `root`; `budget_mib` bounds the device memory
+    /// the loaded models may hold (`None`: unbounded).
+    pub fn new(root: PathBuf, device: DeviceSpec, budget_mib: Option<f64>) -> Self {
+        ModelCache {
+            root,
+            device,
+            budget_mib,
+            entries: Mutex::new(Entries::default()),
+            warm: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
-    /// The models loaded so far (`name@version`).
+    /// The models loaded now (`name@version`), most recently used last.
     pub fn warm(&self) -> Vec<String> {
         self.warm.lock().expect("warm list").clone()
     }
 
-    /// The warm engine for `model`, loading it the first time. Loads are serialised, so
-    /// two tasks arriving together for a cold model load it once.
+    /// The warm engine for `model`, loading it the first time (and evicting the least
+    /// recently used models if the budget needs the room). Loads are serialised, so two tasks
+    /// arriving together for a cold model load it once.
     pub async fn get(&self, s3: &S3Store, model: &str) -> anyhow::Result<Arc<Engine>> {
         let model: ModelRef = model.parse()?;
-        let mut engines = self.engines.lock().await;
-        if let Some(engine) = engines.get(&model) {
-            return Ok(engine.clone());
+        let mut entries = self.entries.lock().await;
+        entries.clock += 1;
+        let now = entries.clock;
+        if let Some(entry) = entries.by_model.get_mut(&model) {
+            entry.last_used = now;
+            let engine = entry.engine.clone();
+            self.publish_warm(&entries);
+            return Ok(engine);
         }
         let dir = registry::fetch(s3, &model, &self.root).await?;
+        let manifest_path = dir.join("manifest.json");
+        let manifest = ModelManifest::from_json(&std::fs::read(&manifest_path)?)?;
+        let mib = footprint_mib(&manifest);
+        if let Some(budget) = self.budget_mib {
+            anyhow::ensure!(
+                mib <= budget,
+                "model {model} needs {mib:.0} MiB of device memory, over this worker's budget of {budget:.0} MiB"
+            );
+            self.evict_for(&mut entries, mib, budget);
+        }
         let device = self.device;
         let started = std::time::Instant::now();
         let inference = tokio::task::spawn_blocking(move || InferenceThread::start(&dir, device)).await??;
         tracing::info!(model = %model, device = ?inference.device(), load_ms = started.elapsed().as_millis() as u64,
-            "model loaded and kept warm");
+            mib = mib.round(), "model loaded and kept warm");
         let engine = Arc::new(Engine::new(inference));
-        self.warm.lock().expect("warm list").push(model.to_string());
         fleet_common::metrics::MODEL_LOADS.inc();
-        engines.insert(model, engine.clone());
+        entries.by_model.insert(model, Entry { engine: engine.clone(), mib, last_used: now });
+        self.publish_warm(&entries);
         Ok(engine)
+    }
+
+    /// Evicts least recently used models until `mib` more fits in `budget`.
+    fn evict_for(&self, entries: &mut Entries, mib: f64, budget: f64) {
+        loop {
+            let used: f64 = entries.by_model.values().map(|e| e.mib).sum();
+            if used + mib <= budget {
+                return;
+            }
+            let Some(oldest) = entries.by_model.iter().min_by_key(|(_, e)| e.last_used).map(|(m, _)| m.clone()) else {
+                return;
+            };
+            let evicted = entries.by_model.remove(&oldest).expect("the oldest entry exists");
+            tracing::info!(model = %oldest, freed_mib = evicted.mib.round(), budget_mib = budget.round(),
+                "model evicted (least recently used) to make room");
+            fleet_common::metrics::MODEL_EVICTIONS.inc();
+        }
+    }
+
+    fn publish_warm(&self, entries: &Entries) {
+        let mut by_use: Vec<(&ModelRef, u64)> = entries.by_model.iter().map(|(m, e)| (m, e.last_used)).collect();
+        by_use.sort_by_key(|(_, t)| *t);
+        *self.warm.lock().expect("warm list") = by_use.into_iter().map(|(m, _)| m.to_string()).collect();
     }
 }
