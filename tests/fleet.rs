@@ -11,7 +11,7 @@ use fleet_client::{Client, Submitted};
 use fleet_common::keys::{output_keys, results_prefix};
 use fleet_common::protocol::{trace_id, JobEventMessage};
 use fleet_common::state::JobState;
-use fleet_common::store::ObjectStore;
+use fleet_common::store::{list_all, ObjectStore};
 use fleet_synth::CatalogSpec;
 use fleet_tests::fleet::{client, Fleet};
 use fleet_tests::unique;
@@ -60,28 +60,20 @@ async fn wait_tasks_done(client: &Client, id: &str, tasks: u64, timeout: Duratio
 
 /// Counts the job's result objects by kind: results, mattes, embeddings, task manifests.
 async fn outputs(client: &Client, id: &str) -> BTreeMap<&'static str, usize> {
-    let prefix = results_prefix(client.tenant(), id);
     let mut counts = BTreeMap::new();
-    let mut token = None;
-    loop {
-        let page = client.s3.list_page(&prefix, token, 1000).await.unwrap();
-        for key in &page.keys {
-            let kind = if key.ends_with(".matte.png") {
-                "matte"
-            } else if key.ends_with(".embedding.npy") {
-                "embedding"
-            } else if key.contains("/tasks/") {
-                "task manifest"
-            } else {
-                "result"
-            };
-            *counts.entry(kind).or_insert(0) += 1;
-        }
-        match page.next {
-            Some(next) => token = Some(next),
-            None => return counts,
-        }
+    for key in list_all(&client.s3, &results_prefix(client.tenant(), id)).await.unwrap() {
+        let kind = if key.ends_with(".matte.png") {
+            "matte"
+        } else if key.ends_with(".embedding.npy") {
+            "embedding"
+        } else if key.contains("/tasks/") {
+            "task manifest"
+        } else {
+            "result"
+        };
+        *counts.entry(kind).or_insert(0) += 1;
     }
+    counts
 }
 
 fn iou(matte: &image::GrayImage, mask: &image::GrayImage) -> f64 {

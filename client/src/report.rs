@@ -43,17 +43,7 @@ pub struct TaskManifest {
 
 /// Every task manifest of a job, by task number.
 pub async fn task_manifests<S: ObjectStore>(s3: &S, tenant: &TenantId, job: &str) -> anyhow::Result<Vec<TaskManifest>> {
-    let prefix = format!("{}tasks/", results_prefix(tenant, job));
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let page = s3.list_page(&prefix, token, 1000).await?;
-        keys.extend(page.keys);
-        match page.next {
-            Some(next) => token = Some(next),
-            None => break,
-        }
-    }
+    let keys = fleet_common::store::list_all(s3, &format!("{}tasks/", results_prefix(tenant, job))).await?;
     let mut manifests: Vec<TaskManifest> = stream::iter(keys)
         .map(|key| async move {
             let bytes = s3.get(&key).await?;

@@ -250,15 +250,7 @@ fn bench_prefix(model: &ModelArgs, prefix: &str, batch: usize) -> anyhow::Result
         &fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?,
     );
     let items = runtime()?.block_on(async {
-        let (mut keys, mut token) = (Vec::new(), None);
-        loop {
-            let page = s3.list_page(prefix, token, 1000).await?;
-            keys.extend(page.keys);
-            match page.next {
-                Some(next) => token = Some(next),
-                None => break,
-            }
-        }
+        let keys = fleet_common::store::list_all(&s3, prefix).await?;
         let mut items = Vec::with_capacity(keys.len());
         for key in keys {
             items.push(crate::engine::InputItem { bytes: s3.get(&key).await?, id: key });

@@ -85,3 +85,17 @@ pub fn content_type(key: &str) -> &'static str {
         _ => "application/octet-stream",
     }
 }
+
+/// Every key under `prefix`, page by page. For listings a caller needs whole (a job's task
+/// manifests, a benchmark's inputs); a catalog is split page by page instead.
+pub async fn list_all<S: ObjectStore>(store: &S, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let (mut keys, mut token) = (Vec::new(), None);
+    loop {
+        let page = store.list_page(prefix, token, 1000).await?;
+        keys.extend(page.keys);
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return Ok(keys),
+        }
+    }
+}

@@ -85,6 +85,17 @@ where
     StoreError::Backend { op, key: key.to_string(), reason, retryable }
 }
 
+/// The bytes of a get's response body; a body cut off midway is worth retrying.
+async fn read_body(key: &str, out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> Result<Vec<u8>, StoreError> {
+    let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+        op: "get",
+        key: key.to_string(),
+        reason: e.to_string(),
+        retryable: true,
+    })?;
+    Ok(body.into_bytes().to_vec())
+}
+
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         check_key(key)?;
@@ -95,13 +106,7 @@ impl ObjectStore for S3Store {
                 backend("get", key, e)
             }
         })?;
-        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
-            op: "get",
-            key: key.to_string(),
-            reason: e.to_string(),
-            retryable: true,
-        })?;
-        Ok(body.into_bytes().to_vec())
+        read_body(key, out).await
     }
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
@@ -119,13 +124,7 @@ impl ObjectStore for S3Store {
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => return Ok(Vec::new()),
             Err(e) => return Err(backend("get", key, e)),
         };
-        let body = out.body.collect().await.map_err(|e| StoreError::Backend {
-            op: "get",
-            key: key.to_string(),
-            reason: e.to_string(),
-            retryable: true,
-        })?;
-        Ok(body.into_bytes().to_vec())
+        read_body(key, out).await
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
