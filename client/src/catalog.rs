@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use fleet_common::store::{content_type, ObjectStore};
+use fleet_imaging::encode::png_header_only;
 use fleet_synth::{write_catalog, CatalogEntry, CatalogSpec};
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -116,48 +117,11 @@ fn broken_uploads(jpeg: Option<&Path>) -> anyhow::Result<Vec<(&'static str, &'st
     let mut out = vec![
         ("broken-notes.jpg", "unsupported_format", b"not a photo, a note someone saved as .jpg\n".to_vec()),
         ("broken-empty.png", "empty", Vec::new()),
-        ("broken-huge.png", "too_many_pixels", png_header(100_000, 100_000)),
+        ("broken-huge.png", "too_many_pixels", png_header_only(100_000, 100_000)),
     ];
     if let Some(path) = jpeg {
         let bytes = std::fs::read(path)?;
         out.push(("broken-truncated.jpg", "corrupt", bytes[..bytes.len().min(3000)].to_vec()));
     }
     Ok(out)
-}
-
-/// A PNG signature and IHDR chunk declaring `width` x `height` RGB pixels, with no pixel data.
-fn png_header(width: u32, height: u32) -> Vec<u8> {
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    out.extend_from_slice(&13u32.to_be_bytes());
-    out.extend_from_slice(&ihdr);
-    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    out
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc_matches_the_png_reference_value() {
-        // The CRC of an IEND chunk type is fixed by the PNG specification.
-        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
-        let header = png_header(7, 9);
-        assert_eq!(&header[16..24], &[0, 0, 0, 7, 0, 0, 0, 9]);
-    }
 }

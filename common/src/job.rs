@@ -204,11 +204,16 @@ pub fn validate(body: &[u8], tenant: &TenantId) -> Result<ValidJob, Rejection> {
     Ok(ValidJob { tenant: tenant.clone(), request, work: JobKind::BackgroundReplace(spec), model })
 }
 
-fn check_id(id: &str) -> Result<(), Rejection> {
-    let ok = (1..=128).contains(&id.len())
+/// Whether `id` is usable as a job id: 1 to 128 letters, digits, `-`, `_` or `.`, not
+/// starting with `.`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && !id.starts_with('.');
-    if ok {
+        && !id.starts_with('.')
+}
+
+fn check_id(id: &str) -> Result<(), Rejection> {
+    if is_valid_id(id) {
         Ok(())
     } else {
         Err(Rejection::new("invalid", "id must be 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'"))

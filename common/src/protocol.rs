@@ -201,6 +201,14 @@ pub struct JobEventMessage {
     pub failures: Vec<ItemFailureReport>,
 }
 
+impl JobEventMessage {
+    /// The event with counts attached.
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
 /// Most failed items listed in one event.
 pub const EVENT_FAILURES_MAX: usize = 100;
 

@@ -103,6 +103,33 @@ fn encode_jpeg(raw: &[u8], width: u32, height: u32, quality: u8) -> Result<Vec<u
     Ok(out)
 }
 
+/// A PNG signature and an IHDR chunk declaring `width` x `height` 8-bit RGB pixels, with a
+/// valid CRC and no pixel data: the shape of a decompression bomb or a cut-off upload, which the
+/// decoder must refuse from the header alone.
+pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&13u32.to_be_bytes());
+    out.extend_from_slice(&ihdr);
+    out.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    out
+}
+
+/// CRC-32 (IEEE) as PNG chunks use it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
 #[cfg(test)]
 mod tests {
     use image::{ColorType, GrayImage, Luma, Rgb, RgbImage, Rgba, RgbaImage};
@@ -111,6 +138,15 @@ mod tests {
 
     fn decoded(bytes: &[u8]) -> image::DynamicImage {
         image::load_from_memory(bytes).expect("output decodes")
+    }
+
+    #[test]
+    fn a_header_only_png_declares_its_size_with_a_valid_crc() {
+        // The CRC of an IEND chunk type is fixed by the PNG specification.
+        assert_eq!(crc32(b"IEND"), 0xAE42_6082);
+        let header = png_header_only(7, 9);
+        assert_eq!(&header[16..24], &[0, 0, 0, 7, 0, 0, 0, 9]);
+        assert!(image::load_from_memory(&header).is_err(), "no pixel data follows the header");
     }
 
     #[test]

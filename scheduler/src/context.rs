@@ -190,19 +190,6 @@ pub fn event(tenant: &str, job: &str, kind: &str) -> JobEventMessage {
     }
 }
 
-/// Builder helpers on events.
-pub trait EventExt {
-    /// Attaches counts.
-    fn with_progress(self, progress: Progress) -> Self;
-}
-
-impl EventExt for JobEventMessage {
-    fn with_progress(mut self, progress: Progress) -> Self {
-        self.progress = Some(progress);
-        self
-    }
-}
-
 /// The snake_case name of a job state, as events and the CLI show it.
 pub fn state_name(state: JobState) -> &'static str {
     match state {

@@ -4,7 +4,7 @@
 //! bad message never stops the consumer.
 
 use fleet_common::amqp::header_str;
-use fleet_common::job::{validate, JobKind, Rejection, ValidJob};
+use fleet_common::job::{is_valid_id, validate, JobKind, Rejection, ValidJob};
 use fleet_common::jobstore::{Created, JobRecord};
 use fleet_common::keys::TenantId;
 use fleet_common::metrics;
@@ -196,18 +196,15 @@ async fn cancel(sched: &Scheduler, events: &Channel, tenant: &TenantId, body: &[
 /// The id a rejected submission is filed under: the message id the submitter set (clients
 /// set it to the job id and follow it), else the body's `id`, else `unknown`.
 fn submitted_id(body: &[u8], props: &BasicProperties) -> String {
-    let usable = |s: &str| {
-        (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    };
     let from_body = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_string))
-        .filter(|id| usable(id));
+        .filter(|id| is_valid_id(id));
     props
         .message_id()
         .as_ref()
         .map(|m| m.to_string())
-        .filter(|id| usable(id))
+        .filter(|id| is_valid_id(id))
         .or(from_body)
         .unwrap_or_else(|| "unknown".to_string())
 }

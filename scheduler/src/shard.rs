@@ -17,7 +17,7 @@ use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
-use crate::context::{event, EventExt, Scheduler};
+use crate::context::{event, Scheduler};
 
 /// Confirm-mode channels for publishing tasks, one per priority: confirms come back in order
 /// per channel, so an interactive task never waits for a batch page's confirms.

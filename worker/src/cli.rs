@@ -309,7 +309,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    let host = crate::service::host_name();
     let config = crate::service::WorkerConfig {
         id: args.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         amqp_url: args.amqp_url,

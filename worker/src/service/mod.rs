@@ -132,7 +132,7 @@ async fn beat_until(
     mut exited: watch::Receiver<bool>,
 ) {
     let gpus = crate::telemetry::Gpus::probe();
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = host_name();
     let base = fleet_common::heartbeat::Heartbeat {
         id: worker.config.id.clone(),
         host,
@@ -436,4 +436,9 @@ async fn report_to(reports: &Reports, priority: Priority, report: &Report) -> Re
     publish_confirmed(channel, "", reports_queue(priority), &body, props)
         .await
         .map_err(|e| Handback::BrokerLost(e.to_string()))
+}
+
+/// This host's name (from `/etc/hostname`; `host` when unreadable).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
 }
