@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fleet_client::catalog::{seed, SeededCatalog};
 use fleet_client::{Client, Submitted};
-use fleet_common::keys::{output_keys, results_prefix};
+use fleet_common::keys::{output_keys, results_prefix, TenantId};
 use fleet_common::protocol::{trace_id, JobEventMessage};
 use fleet_common::state::JobState;
 use fleet_common::store::{list_all, ObjectStore};
@@ -281,29 +281,87 @@ async fn the_same_id_twice_is_one_job_and_bad_submissions_are_rejected_with_reas
     );
 }
 
+/// Leases a worker holds now, over all its devices and lanes.
+async fn leases_of(client: &Client, worker: &str) -> u32 {
+    let load = client.jobs.load().await.unwrap();
+    load.iter().filter(|((w, _, _), _)| w == worker).map(|(_, n)| *n).sum()
+}
+
+/// Waits until `check` holds for the worker's lease count; how long it took.
+async fn wait_leases(client: &Client, worker: &str, timeout: Duration, check: impl Fn(u32) -> bool) -> Duration {
+    let started = Instant::now();
+    while !check(leases_of(client, worker).await) {
+        assert!(started.elapsed() < timeout, "{worker}'s leases never reached the expected count");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Longest a dead worker's tasks may stay with it: three heartbeat periods (the lease TTL),
+/// one recovery sweep, and a margin for a loaded test machine.
+const DETECTION_WINDOW: Duration = Duration::from_millis(3_000 + 250 + 750);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_worker_killed_mid_job_loses_nothing_and_nothing_counts_twice() {
+async fn a_dead_worker_s_tasks_move_within_the_detection_window_and_a_stale_worker_is_fenced_out() {
     let _turn = SERIAL.lock().await;
     let mut fleet = Fleet::default();
-    fleet.scheduler("scheduler").worker("w1", 1).worker("w2", 1);
+    let (a, b, c) = (unique("lease-a"), unique("lease-b"), unique("lease-c"));
+    fleet.scheduler("scheduler").worker(&a, 1).worker(&b, 1);
     let client = client(TENANT).await;
     let (prefix, _) = catalog(&client, 40).await;
-    let id = unique("kill9");
-    assert_eq!(
-        submit(&client, &id, &job(&id, json!({"prefix": format!("{prefix}images/")}), 2)).await,
-        Submitted::Accepted
-    );
-    wait_tasks_done(&client, &id, 3, Duration::from_secs(120)).await;
-    fleet.kill9("w1");
-    let view = client.wait(&id, Duration::from_secs(300), |_| {}).await.unwrap();
+    let input = json!({"prefix": format!("{prefix}images/")});
+
+    // kill -9 one of two workers mid-job: its leases are taken over within the window and
+    // the job completes on the other, every item counted and written once.
+    let first = unique("kill9");
+    assert_eq!(submit(&client, &first, &job(&first, input.clone(), 2)).await, Submitted::Accepted);
+    wait_leases(&client, &a, Duration::from_secs(60), |n| n > 0).await;
+    fleet.kill9(&a);
+    let detected = wait_leases(&client, &a, Duration::from_secs(30), |n| n == 0).await;
+    eprintln!("kill -9: the dead worker's leases were taken over {} ms after the kill", detected.as_millis());
+    assert!(detected <= DETECTION_WINDOW, "took {detected:?}");
+    let view = client.wait(&first, Duration::from_secs(300), |_| {}).await.unwrap();
     let p = view.progress;
     assert_eq!((p.items_total, p.items_succeeded, p.items_failed), (44, 40, 4), "each item counted once");
     assert_eq!((p.tasks_total, p.tasks_done), (22, 22));
-    let counts = outputs(&client, &id).await;
+    let counts = outputs(&client, &first).await;
     assert_eq!(counts.get("result"), Some(&40));
     assert_eq!(counts.get("matte"), Some(&40));
     assert_eq!(counts.get("embedding"), Some(&40));
     assert_eq!(counts.get("task manifest"), Some(&22));
+    let log = fleet.log("scheduler");
+    assert!(log.contains("lease taken over") && log.contains(&a), "{log}");
+
+    // A worker that froze mid-job (SIGSTOP) loses its leases the same way; when it wakes up
+    // after the job finished elsewhere, its results are ignored and nothing changes.
+    let second = unique("stale");
+    assert_eq!(submit(&client, &second, &job(&second, input, 2)).await, Submitted::Accepted);
+    wait_leases(&client, &b, Duration::from_secs(60), |n| n > 0).await;
+    fleet.signal(&b, "STOP");
+    let detected = wait_leases(&client, &b, Duration::from_secs(30), |n| n == 0).await;
+    eprintln!("SIGSTOP: the silent worker's leases were taken over {} ms after it froze", detected.as_millis());
+    // Until its heartbeat is two periods old the frozen worker may still be granted tasks,
+    // whose leases then run their own three periods.
+    assert!(detected <= DETECTION_WINDOW + Duration::from_secs(2), "took {detected:?}");
+    fleet.worker(&c, 1);
+    let view = client.wait(&second, Duration::from_secs(300), |_| {}).await.unwrap();
+    let done = view.progress;
+    assert_eq!((done.items_succeeded, done.items_failed, done.tasks_done), (40, 4, 22));
+    fleet.signal(&b, "CONT");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fleet.log(&b).contains("lease lost") && !fleet.log("scheduler").contains("stale token") {
+        assert!(Instant::now() < deadline, "the stale worker never noticed:\n{}", fleet.log(&b));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = client.job(&second).await.unwrap().unwrap();
+    assert_eq!(after.progress, done, "the stale worker's late results changed nothing");
+    assert_eq!(after.record.state, view.record.state);
+    let counts = outputs(&client, &second).await;
+    assert_eq!((counts.get("result"), counts.get("task manifest")), (Some(&40), Some(&22)));
+    for (n, task) in client.jobs.tasks(&TenantId::new(TENANT).unwrap(), &second).await.unwrap() {
+        assert!(task.state.is_terminal(), "task {n}: {task:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -514,7 +572,8 @@ async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() 
     let mut fleet = Fleet::default();
     let worker = unique("lru");
     // One reference model holds about 94 MiB (weights + a batch of activations): 150 fits one.
-    fleet.scheduler("scheduler");
+    // No headroom on top, so the dispatcher places against that budget as it is.
+    fleet.spawn_with_env("scheduler", "fleet-scheduler", &[], ("FLEET_HEADROOM_MIB", "0"));
     fleet.spawn_with_env(
         &worker,
         "fleet-worker",

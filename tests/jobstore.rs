@@ -2,8 +2,12 @@
 //! changes only through the state machine, and no update lost when schedulers race.
 
 use fleet_common::job::Priority;
-use fleet_common::jobstore::{Created, JobRecord, JobStoreError, RedisJobStore};
+use fleet_common::jobstore::{
+    Created, JobRecord, JobStoreError, LeaseOp, RedisJobStore, TaskNote, TaskOutcome, TaskUpdate,
+};
 use fleet_common::keys::TenantId;
+use fleet_common::lease::Grant;
+use fleet_common::state::TaskEvent;
 use fleet_common::state::{JobEvent, JobState};
 use fleet_tests::unique;
 
@@ -89,9 +93,8 @@ async fn racing_schedulers_apply_exactly_one_terminal_transition() {
 
 #[tokio::test]
 async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
-    use fleet_common::jobstore::{TaskNote, TaskOutcome, TaskUpdate};
     use fleet_common::protocol::ItemFailureReport;
-    use fleet_common::state::{TaskEvent, TaskState};
+    use fleet_common::state::TaskState;
     let note = |worker| TaskNote { worker: Some(worker), ..Default::default() };
     let store = store().await;
     let tenant = TenantId::new("tenant-a").unwrap();
@@ -106,15 +109,17 @@ async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
     let start = TaskEvent::Start { attempt: 1 };
     let none = TaskOutcome::default();
     assert!(matches!(
-        store.update_task(&tenant, &job, 0, start, &none, note("w1")).await.unwrap(),
+        store.update_task(&tenant, &job, 0, start, &none, note("w1"), LeaseOp::None).await.unwrap(),
         TaskUpdate::Applied { ended: false, .. }
     ));
-    let first = store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note("w1")).await.unwrap();
+    let first =
+        store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note("w1"), LeaseOp::None).await.unwrap();
     let TaskUpdate::Applied { ended: true, progress, .. } = first else { panic!("{first:?}") };
     assert_eq!((progress.tasks_total, progress.tasks_done, progress.items_total), (2, 1, 5));
     assert_eq!((progress.items_succeeded, progress.items_failed), (2, 1));
     // The redelivered task completes again: refused, nothing counted.
-    let second = store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note("w2")).await.unwrap();
+    let second =
+        store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note("w2"), LeaseOp::None).await.unwrap();
     assert!(matches!(second, TaskUpdate::Refused(_)), "{second:?}");
     let progress = store.progress(&tenant, &job).await.unwrap();
     assert_eq!((progress.tasks_done, progress.items_succeeded, progress.items_failed), (1, 2, 1));
@@ -129,10 +134,88 @@ async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
             TaskEvent::DeadLetter,
             &dead,
             TaskNote { error: Some("boom"), ..Default::default() },
+            LeaseOp::None,
         )
         .await
         .unwrap();
     let progress = store.finish_sharding(&tenant, &job).await.unwrap();
     assert!(progress.all_done());
     assert_eq!(store.task(&tenant, &job, 1).await.unwrap().unwrap().last_error.as_deref(), Some("boom"));
+}
+
+#[tokio::test]
+async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
+    let store = store().await;
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let job = unique("leases");
+    store.create_task(&tenant, &job, 0, 4).await.unwrap();
+    let id = fleet_common::protocol::task_id("tenant-a", &job, 0);
+    let (w1, w2, w3) = (unique("w1"), unique("w2"), unique("w3"));
+    let (w1, w2, w3) = (w1.as_str(), w2.as_str(), w3.as_str());
+    let now = fleet_common::protocol::now_ms();
+    let body = br#"{"placeholder":true}"#;
+    let Grant::Granted { token: first, grants: 1 } =
+        store.grant_lease(&tenant, &job, 0, w1, 0, "batch", now, body).await.unwrap()
+    else {
+        panic!("the first grant is granted")
+    };
+    assert_eq!(
+        store.grant_lease(&tenant, &job, 0, w2, 0, "batch", now, body).await.unwrap(),
+        Grant::Held,
+        "a second copy of a task a live worker holds is not granted again"
+    );
+    assert_eq!(store.load().await.unwrap().get(&(w1.to_string(), 0, "batch".to_string())), Some(&1));
+    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], now).await.unwrap(), Vec::<String>::new());
+    assert_eq!(store.renew_leases(w2, &[(id.clone(), first)], now).await.unwrap(), vec![id.clone()]);
+    let start = TaskEvent::Start { attempt: 1 };
+    let none = TaskOutcome::default();
+    let started =
+        store.update_task(&tenant, &job, 0, start, &none, TaskNote::default(), LeaseOp::Check { token: first });
+    assert!(matches!(started.await.unwrap(), TaskUpdate::Applied { .. }));
+    // w1 goes silent: its lease expires and the scheduler takes the task over.
+    let later = now + fleet_common::lease::LEASE_TTL.as_millis() as u64 + 1;
+    let expired = store.expired_leases(later, 1000).await.unwrap();
+    let lease = expired.iter().find(|l| l.id == id).expect("the silent worker's lease has expired");
+    assert_eq!((lease.worker.as_str(), lease.token, lease.grants), (w1, first, 1));
+    let takeover = LeaseOp::Requeue { token: first, not_before_ms: 0 };
+    let taken = store.update_task(&tenant, &job, 0, TaskEvent::LeaseLost, &none, TaskNote::default(), takeover);
+    assert!(matches!(taken.await.unwrap(), TaskUpdate::Applied { ended: false, .. }));
+    assert!(store.requeue_due(later).await.unwrap().iter().any(|l| l.id == id), "queued for dispatch again");
+    assert_eq!(
+        store.load().await.unwrap().get(&(w1.to_string(), 0, "batch".to_string())),
+        None,
+        "w1 no longer counts it"
+    );
+    let Grant::Granted { token: second, grants: 2 } =
+        store.grant_lease(&tenant, &job, 0, w2, 1, "batch", later, body).await.unwrap()
+    else {
+        panic!("the task is granted to the next worker")
+    };
+    assert!(second > first, "tokens increase");
+    assert!(!store.requeue_due(later).await.unwrap().iter().any(|l| l.id == id), "granted: no longer waiting");
+    let start = TaskEvent::Start { attempt: 2 };
+    let started =
+        store.update_task(&tenant, &job, 0, start, &none, TaskNote::default(), LeaseOp::Check { token: second });
+    assert!(matches!(started.await.unwrap(), TaskUpdate::Applied { .. }));
+    // w1 comes back and reports: its token is stale, nothing is counted and its renewal fails.
+    let outcome = TaskOutcome { succeeded: 4, failures: vec![] };
+    let note = TaskNote { worker: Some(w1), ..Default::default() };
+    let stale =
+        store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note, LeaseOp::End { token: Some(first) });
+    assert_eq!(stale.await.unwrap(), TaskUpdate::Fenced);
+    assert_eq!(store.progress(&tenant, &job).await.unwrap().items_succeeded, 0);
+    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap(), vec![id.clone()]);
+    // w2 completes under the current token: counted once, lease gone.
+    let note = TaskNote { worker: Some(w2), ..Default::default() };
+    let done =
+        store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note, LeaseOp::End { token: Some(second) });
+    assert!(matches!(done.await.unwrap(), TaskUpdate::Applied { ended: true, .. }));
+    assert_eq!(store.progress(&tenant, &job).await.unwrap().items_succeeded, 4);
+    assert_eq!(store.lease(&id).await.unwrap(), None);
+    assert_eq!(store.load().await.unwrap().get(&(w2.to_string(), 1, "batch".to_string())), None);
+    assert_eq!(
+        store.grant_lease(&tenant, &job, 0, w3, 0, "batch", later, body).await.unwrap(),
+        Grant::Ended,
+        "a duplicate copy of an ended task is dropped"
+    );
 }

@@ -150,6 +150,14 @@ pub mod fleet {
             child.wait().expect("reaped");
         }
 
+        /// Sends a signal (`STOP`, `CONT`, ...) to a process.
+        pub fn signal(&mut self, name: &str, signal: &str) {
+            let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");
+            let pid = child.id().to_string();
+            let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("kill");
+            assert!(status.success(), "kill -{signal} {name}");
+        }
+
         /// Sends SIGTERM and waits up to `timeout` for the process to exit; its exit success.
         pub fn terminate(&mut self, name: &str, timeout: Duration) -> bool {
             let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");

@@ -5,7 +5,9 @@
 //! client (broker user = tenant) --publish, user_id=tenant, mandatory, confirmed-->
 //!   fleet.jobs (direct) --"submit" | "cancel"--> fleet.jobs.intake (quorum)   scheduler consumes
 //! scheduler --> fleet.tasks (direct) --"interactive"--> fleet.tasks.interactive (quorum)
-//!                                    --"batch"--------> fleet.tasks.batch (quorum)   workers consume
+//!                                    --"batch"--------> fleet.tasks.batch (quorum)
+//!                                    scheduler's dispatcher consumes both, places each task, grants a lease
+//! dispatcher --> default exchange --"fleet.worker.<id>"--> the worker's exclusive queue
 //! worker --> default exchange --"fleet.reports.{interactive,batch}"--> same-named queues  scheduler consumes
 //! scheduler --> fleet.events (topic) --"job.<tenant>.<job>.<event>"--> clients bind their own queues
 //! task queues: delivery limit exceeded --> fleet.tasks.dlx --> fleet.tasks.dead   scheduler consumes,
@@ -214,6 +216,38 @@ pub async fn publish_all(channel: &Channel, exchange: &str, messages: Vec<Outgoi
     Ok(())
 }
 
+/// Like [`publish_all`], but every message gets its own outcome, so one unroutable message
+/// (a worker's queue that is gone) does not hide that the others were taken.
+pub async fn publish_each(channel: &Channel, exchange: &str, messages: Vec<Outgoing>) -> Vec<Result<(), AmqpError>> {
+    let mut pending = Vec::with_capacity(messages.len());
+    for (routing_key, payload, properties) in messages {
+        let sent = channel
+            .basic_publish(
+                exchange,
+                &routing_key,
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                &payload,
+                properties.with_delivery_mode(2),
+            )
+            .await;
+        pending.push((routing_key, sent));
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for (routing_key, sent) in pending {
+        let exchange = exchange.to_string();
+        out.push(match sent {
+            Err(e) => Err(AmqpError::Broker(e)),
+            Ok(confirm) => match confirm.await {
+                Err(e) => Err(AmqpError::Broker(e)),
+                Ok(Confirmation::Ack(None) | Confirmation::NotRequested) => Ok(()),
+                Ok(Confirmation::Ack(Some(_))) => Err(AmqpError::Unroutable { exchange, routing_key }),
+                Ok(Confirmation::Nack(_)) => Err(AmqpError::Nacked { exchange, routing_key }),
+            },
+        });
+    }
+    out
+}
+
 /// Properties of a job message published by `tenant` (RabbitMQ rejects a `user_id` that is
 /// not the connection's user).
 pub fn job_properties(tenant: &str, message_id: &str) -> BasicProperties {
@@ -229,6 +263,24 @@ pub fn task_queue(priority: crate::job::Priority) -> (&'static str, &'static str
         crate::job::Priority::Interactive => (INTERACTIVE_QUEUE, "interactive"),
         crate::job::Priority::Batch => (BATCH_QUEUE, "batch"),
     }
+}
+
+/// Prefix of a worker's own queue, `fleet.worker.<id>`: the dispatcher sends a task there
+/// with its lease. The worker declares it exclusive and auto-deleted, so it vanishes with the
+/// worker; what it held is re-dispatched when its leases expire.
+pub const WORKER_QUEUE_PREFIX: &str = "fleet.worker.";
+
+/// The queue of worker `id`.
+pub fn worker_queue(id: &str) -> String {
+    format!("{WORKER_QUEUE_PREFIX}{id}")
+}
+
+/// Declares worker `id`'s own queue on `channel` (exclusive to the declaring connection).
+pub async fn declare_worker_queue(channel: &Channel, id: &str) -> Result<String, AmqpError> {
+    let name = worker_queue(id);
+    let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    channel.queue_declare(&name, opts, FieldTable::default()).await?;
+    Ok(name)
 }
 
 /// The report queue of a priority.

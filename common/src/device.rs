@@ -53,9 +53,56 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// The devices a worker drives. `requested` is `auto` (every CUDA device the host has, or
+/// the CPU without one) or a comma-separated list of `cpu` / `cuda:N` / `auto`; `exclude`
+/// is a comma-separated list taken out of it (a device under repair, one kept for another
+/// service). `cuda_devices` is how many CUDA devices libtorch sees. Repeats count once.
+pub fn select_devices(requested: &str, exclude: &str, cuda_devices: usize) -> Result<Vec<DeviceSpec>, String> {
+    let parse = |list: &str| -> Result<Vec<DeviceSpec>, String> {
+        list.split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse().map_err(|e: DeviceSpecError| e.to_string()))
+            .collect()
+    };
+    let mut chosen = Vec::new();
+    for spec in parse(requested)? {
+        let expanded = match spec {
+            DeviceSpec::Auto if cuda_devices > 0 => (0..cuda_devices).map(DeviceSpec::Cuda).collect(),
+            DeviceSpec::Auto => vec![DeviceSpec::Cpu],
+            DeviceSpec::Cuda(n) if n >= cuda_devices => {
+                return Err(format!("{spec} was asked for but this host has {cuda_devices} CUDA device(s)"))
+            }
+            other => vec![other],
+        };
+        for d in expanded {
+            if !chosen.contains(&d) {
+                chosen.push(d);
+            }
+        }
+    }
+    let excluded = parse(exclude)?;
+    chosen.retain(|d| !excluded.contains(d));
+    if chosen.is_empty() {
+        return Err(format!("no device left to run on (asked for {requested:?}, excluded {exclude:?})"));
+    }
+    Ok(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_drives_every_gpu_it_is_given_less_the_excluded_ones() {
+        use DeviceSpec::*;
+        assert_eq!(select_devices("auto", "", 0), Ok(vec![Cpu]));
+        assert_eq!(select_devices("auto", "", 4), Ok(vec![Cuda(0), Cuda(1), Cuda(2), Cuda(3)]));
+        assert_eq!(select_devices("auto", "cuda:1, cuda:3", 4), Ok(vec![Cuda(0), Cuda(2)]));
+        assert_eq!(select_devices("cuda:1,cuda:1,cpu", "", 2), Ok(vec![Cuda(1), Cpu]));
+        assert!(select_devices("cuda:2", "", 2).unwrap_err().contains("2 CUDA device"));
+        assert!(select_devices("auto", "cpu", 0).unwrap_err().contains("no device left"));
+        assert!(select_devices("cuda:0", "tpu", 1).is_err(), "an unknown exclusion is an error, not ignored");
+    }
 
     #[test]
     fn parses_every_documented_form() {

@@ -43,6 +43,30 @@ pub struct DeviceSample {
     pub processes: Vec<(u32, Option<u64>)>,
 }
 
+/// One device a worker drives, as the dispatcher places work on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerDevice {
+    /// Position in the worker's device list: what a task's lease names.
+    pub index: u32,
+    /// The libtorch device (`cpu`, `cuda:0`, ...).
+    pub spec: String,
+    /// Memory the worker may use on it, MiB: the GPU's total from NVML, or the declared
+    /// capacity of a CPU device.
+    pub memory_total_mib: u64,
+    /// Of which free now, MiB (NVML's free memory; on a CPU device, the total less the warm
+    /// models' footprint).
+    pub memory_free_mib: u64,
+    /// Models warm on it (`name@version`), least recently used first.
+    pub warm_models: Vec<String>,
+    /// Memory those models hold, MiB: the worker evicts them to load another.
+    #[serde(default)]
+    pub warm_mib: u64,
+    /// Tasks it is running now.
+    pub running: u32,
+    /// Task slots per priority lane.
+    pub slots: usize,
+}
+
 /// How often a worker beats.
 pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(1);
 /// How long a heartbeat stays readable: three periods.
@@ -71,8 +95,11 @@ pub struct Heartbeat {
     /// Why there are no GPU readings, when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry_absent: Option<String>,
-    /// Task slots per priority lane: the declared capacity.
+    /// Task slots per priority lane and device: the declared capacity.
     pub slots: usize,
+    /// The devices it drives (excluded devices are not listed).
+    #[serde(default)]
+    pub devices: Vec<WorkerDevice>,
     /// Models loaded and kept warm (`name@version`).
     pub warm_models: Vec<String>,
     /// Tasks in hand (`<tenant>/<job>/<task>`).

@@ -9,6 +9,7 @@
 //! fleet:sharding                 hash "<tenant>/<id>" -> sharding cursor of jobs still being split
 //! fleet:rejected:<tenant>:<id>   JSON Rejection, kept 7 days
 //! fleet:eventseq:<tenant>:<id>   counter numbering the job's events
+//! fleet:lease:* fleet:leases fleet:load fleet:requeue   task leases (see crate::lease)
 //! ```
 //!
 //! Every job and task state change goes through [`JobState::apply`] / [`TaskState::apply`]
@@ -120,6 +121,35 @@ pub enum TaskUpdate {
     },
     /// The state machine refused it (a repeated or stale report); nothing changed.
     Refused(InvalidTransition),
+    /// The report was made under a lease that has since been taken over (its token is
+    /// stale); nothing changed.
+    Fenced,
+}
+
+/// What a task update does to the task's lease (see [`crate::lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseOp {
+    /// Nothing, and no fencing.
+    #[default]
+    None,
+    /// Apply only while the lease carries `token`; keep the lease.
+    Check {
+        /// The reporter's token.
+        token: u64,
+    },
+    /// Apply only while the lease carries `token` (any lease when `None`); then delete it.
+    End {
+        /// The reporter's token.
+        token: Option<u64>,
+    },
+    /// Apply only while the lease carries `token`; then take the task from its worker and
+    /// queue it for dispatch again, not before `not_before_ms`.
+    Requeue {
+        /// The token being taken over.
+        token: u64,
+        /// Earliest re-dispatch (ms since the epoch).
+        not_before_ms: u64,
+    },
 }
 
 /// Whether a create made a new job.
@@ -183,22 +213,48 @@ return redis.call('HGET', KEYS[1], ARGV[1])
 ";
 
 /// Moves a task from `ARGV[2]` to `ARGV[3]`; when `ARGV[4]` is 1 the task ended, and its
-/// counts and failures are added in the same step. Returns the job's counters, or nil if the
-/// task changed under us.
+/// counts and failures are added in the same step. With a token (`ARGV[7]`), the update is
+/// fenced: it applies only while the task's lease still carries that token. `ARGV[8]` says
+/// what happens to the lease: `end` deletes it, `requeue` takes it from its worker (a new
+/// token makes the old one stale) and queues the task for dispatch again after
+/// `ARGV[10]` ms since the epoch. Returns `{'ok', counters...}`, `{'stale'}` when fenced out,
+/// or `{}` if the task changed under us.
 const UPDATE_TASK: &str = r"
+if ARGV[7] ~= '' and redis.call('HGET', KEYS[4], 'token') ~= ARGV[7] then
+  return {'stale'}
+end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
-  return false
+  return {}
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] == '1' then
   redis.call('HINCRBY', KEYS[2], 'tasks_done', 1)
   redis.call('HINCRBY', KEYS[2], 'items_succeeded', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'items_failed', ARGV[6])
-  for i = 7, #ARGV do
+  for i = 11, #ARGV do
     redis.call('RPUSH', KEYS[3], ARGV[i])
   end
 end
-return redis.call('HGETALL', KEYS[2])
+if ARGV[8] == 'end' or ARGV[8] == 'requeue' then
+  local worker = redis.call('HGET', KEYS[4], 'worker')
+  if worker and worker ~= '' then
+    local slot = worker .. '|' .. redis.call('HGET', KEYS[4], 'device') .. '|' .. redis.call('HGET', KEYS[4], 'priority')
+    if redis.call('HINCRBY', KEYS[6], slot, -1) <= 0 then
+      redis.call('HDEL', KEYS[6], slot)
+    end
+  end
+  redis.call('ZREM', KEYS[5], ARGV[9])
+  if ARGV[8] == 'end' then
+    redis.call('DEL', KEYS[4])
+    redis.call('SREM', KEYS[7], ARGV[9])
+  elseif redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('HSET', KEYS[4], 'worker', '', 'token', redis.call('INCR', KEYS[8]), 'not_before_ms', ARGV[10])
+    redis.call('SADD', KEYS[7], ARGV[9])
+  end
+end
+local out = redis.call('HGETALL', KEYS[2])
+table.insert(out, 1, 'ok')
+return out
 ";
 
 /// How long a rejection stays readable.
@@ -209,7 +265,7 @@ const SHARDING_KEY: &str = "fleet:sharding";
 /// Job records in Redis.
 #[derive(Clone)]
 pub struct RedisJobStore {
-    conn: ConnectionManager,
+    pub(crate) conn: ConnectionManager,
     update_task: redis::Script,
     create_task: redis::Script,
 }
@@ -404,7 +460,9 @@ impl RedisJobStore {
 
     /// Applies `event` to a task through the state machine. When the event ends the task,
     /// `outcome` is added to the job's counts in the same atomic step (a task ends once, so
-    /// it is counted once). What `note` carries is recorded on the task.
+    /// it is counted once). What `note` carries is recorded on the task. `lease` fences the
+    /// update by the reporter's token and ends or requeues the lease in the same step.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update_task(
         &self,
         tenant: &TenantId,
@@ -413,8 +471,10 @@ impl RedisJobStore {
         event: TaskEvent,
         outcome: &TaskOutcome,
         note: TaskNote<'_>,
+        lease: LeaseOp,
     ) -> Result<TaskUpdate, JobStoreError> {
         let tasks = job_key("tasks", tenant, job);
+        let id = crate::protocol::task_id(tenant.as_str(), job, task);
         for _ in 0..CAS_ATTEMPTS {
             let mut conn = self.conn.clone();
             let old: Option<String> = redis::cmd("HGET").arg(&tasks).arg(task).query_async(&mut conn).await?;
@@ -437,28 +497,66 @@ impl RedisJobStore {
                 record.started_at_ms = Some(at);
             }
             let ended = record.state.is_terminal();
+            let (token, op, not_before) = match lease {
+                LeaseOp::None => (None, "", 0),
+                LeaseOp::Check { token } => (Some(token), "", 0),
+                LeaseOp::End { token } => (token, "end", 0),
+                // A task that ended has nothing to dispatch again.
+                LeaseOp::Requeue { token, .. } if ended => (Some(token), "end", 0),
+                LeaseOp::Requeue { token, not_before_ms } => (Some(token), "requeue", not_before_ms),
+            };
             let new = serde_json::to_string(&record).expect("a task record serialises");
             let mut invocation = self.update_task.key(&tasks);
             invocation
                 .key(job_key("progress", tenant, job))
                 .key(job_key("failures", tenant, job))
+                .key(crate::lease::lease_key(&id))
+                .key(crate::lease::LEASES_KEY)
+                .key(crate::lease::LOAD_KEY)
+                .key(crate::lease::REQUEUE_KEY)
+                .key(crate::lease::TOKEN_SEQ_KEY)
                 .arg(task)
                 .arg(&old)
                 .arg(&new)
                 .arg(if ended { 1 } else { 0 })
                 .arg(outcome.succeeded)
-                .arg(outcome.failures.len());
+                .arg(outcome.failures.len())
+                .arg(token.map(|t| t.to_string()).unwrap_or_default())
+                .arg(op)
+                .arg(&id)
+                .arg(not_before);
             if ended {
                 for failure in &outcome.failures {
                     invocation.arg(serde_json::to_string(failure).expect("a failure serialises"));
                 }
             }
-            let counters: Option<Vec<(String, String)>> = invocation.invoke_async(&mut conn).await?;
-            if let Some(counters) = counters {
-                return Ok(TaskUpdate::Applied { record, ended, progress: parse_progress(&counters) });
+            let reply: Vec<String> = invocation.invoke_async(&mut conn).await?;
+            match reply.first().map(String::as_str) {
+                Some("stale") => return Ok(TaskUpdate::Fenced),
+                Some("ok") => {
+                    let counters: Vec<(String, String)> = reply[1..]
+                        .chunks(2)
+                        .map(|kv| (kv[0].clone(), kv.get(1).cloned().unwrap_or_default()))
+                        .collect();
+                    return Ok(TaskUpdate::Applied { record, ended, progress: parse_progress(&counters) });
+                }
+                _ => continue,
             }
         }
         Err(JobStoreError::Contended(format!("{tasks} {task}")))
+    }
+
+    /// Writes a short-lived operator note (`key` = `value`, gone after `ttl_s` seconds).
+    pub async fn put_note(&self, key: &str, value: &str, ttl_s: u64) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SET").arg(key).arg(value).arg("EX").arg(ttl_s).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Reads an operator note.
+    pub async fn note(&self, key: &str) -> Result<Option<String>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        Ok(redis::cmd("GET").arg(key).query_async(&mut conn).await?)
     }
 
     /// The job's counts.

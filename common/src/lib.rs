@@ -10,6 +10,7 @@ pub mod heartbeat;
 pub mod job;
 pub mod jobstore;
 pub mod keys;
+pub mod lease;
 pub mod manifest;
 pub mod metrics;
 pub mod protocol;

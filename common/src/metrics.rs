@@ -37,6 +37,16 @@ pub static TASKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
             .expect("valid"),
     )
 });
+/// Tasks placed by the dispatcher, by whether their model was already warm on the device.
+pub static PLACEMENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new("fleet_placements_total", "Tasks placed on a device, by whether the model was warm there"),
+            &["model"],
+        )
+        .expect("valid"),
+    )
+});
 /// Messages waiting per queue, sampled by the scheduler.
 pub static QUEUE_DEPTH: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(IntGaugeVec::new(Opts::new("fleet_queue_depth", "Messages waiting per queue"), &["queue"]).expect("valid"))

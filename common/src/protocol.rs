@@ -2,8 +2,10 @@
 //! never image bytes.
 //!
 //! ```text
-//! scheduler --TaskMessage--> fleet.tasks.{interactive,batch} --> worker
-//! worker    --Report (started | completed | attempt_failed | skipped)--> fleet.reports.<priority> --> scheduler
+//! scheduler --TaskMessage--> fleet.tasks.{interactive,batch} --> scheduler's dispatcher
+//! dispatcher --TaskMessage + lease header--> fleet.worker.<id> --> worker
+//! worker    --Report (started | completed | attempt_failed | skipped | released), with the
+//!             lease token--> fleet.reports.<priority> --> scheduler
 //! scheduler --JobEventMessage--> fleet.events "job.<tenant>.<job>.<kind>" --> anyone bound
 //! client    --CancelRequest (type "cancel")--> fleet.jobs "cancel" --> scheduler
 //! ```
@@ -16,6 +18,34 @@ use crate::job::{BackgroundSpec, OutputSpec, Priority};
 pub const CANCEL_TYPE: &str = "cancel";
 /// Header that carries the W3C trace context (`00-<trace>-<span>-01`).
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+/// Header of a dispatched task that carries its lease: `<token>:<attempt>:<device>`.
+pub const LEASE_HEADER: &str = "x-fleet-lease";
+
+/// The lease a dispatched task carries: who may report on it, and on which device it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Fencing token: increases with every grant fleet-wide; a report with an older token
+    /// than the task's lease is ignored.
+    pub token: u64,
+    /// Attempt number (grants of this task so far, from 1).
+    pub attempt: u32,
+    /// Index of the worker's device the task was placed on.
+    pub device: u32,
+}
+
+impl LeaseGrant {
+    /// The header value.
+    pub fn header(&self) -> String {
+        format!("{}:{}:{}", self.token, self.attempt, self.device)
+    }
+
+    /// Parses a header value.
+    pub fn parse(value: &str) -> Option<LeaseGrant> {
+        let mut parts = value.split(':').map(str::parse::<u64>);
+        let (token, attempt, device) = (parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?);
+        (parts.next().is_none()).then_some(LeaseGrant { token, attempt: attempt as u32, device: device as u32 })
+    }
+}
 
 /// One shard of a job, as a worker receives it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,8 +107,10 @@ pub enum Report {
         job: String,
         /// Task number.
         task: u32,
-        /// Attempt number (broker delivery count + 1).
+        /// Attempt number (lease grants of the task so far).
         attempt: u32,
+        /// The lease's fencing token.
+        token: u64,
         /// Worker id.
         worker: String,
         /// When (ms since the epoch).
@@ -94,6 +126,8 @@ pub enum Report {
         task: u32,
         /// Attempt number.
         attempt: u32,
+        /// The lease's fencing token.
+        token: u64,
         /// Worker id.
         worker: String,
         /// Items with outputs.
@@ -107,8 +141,8 @@ pub enum Report {
         /// When it ended.
         finished_at_ms: u64,
     },
-    /// The attempt failed as a whole (store or model trouble); the task goes back to the
-    /// broker and is retried until its delivery limit.
+    /// The attempt failed as a whole (store or model trouble); the scheduler dispatches the
+    /// task again after a backoff until its attempts run out.
     AttemptFailed {
         /// Tenant.
         tenant: String,
@@ -118,6 +152,8 @@ pub enum Report {
         task: u32,
         /// Attempt number.
         attempt: u32,
+        /// The lease's fencing token.
+        token: u64,
         /// Worker id.
         worker: String,
         /// Why.
@@ -131,6 +167,22 @@ pub enum Report {
         job: String,
         /// Task number.
         task: u32,
+        /// The lease's fencing token.
+        token: u64,
+    },
+    /// The worker gives the task back unstarted (it is draining): dispatch it elsewhere now,
+    /// without counting an attempt against it.
+    Released {
+        /// Tenant.
+        tenant: String,
+        /// Job id.
+        job: String,
+        /// Task number.
+        task: u32,
+        /// The lease's fencing token.
+        token: u64,
+        /// Worker id.
+        worker: String,
     },
 }
 
@@ -141,7 +193,30 @@ impl Report {
             Report::Started { tenant, job, task, .. }
             | Report::Completed { tenant, job, task, .. }
             | Report::AttemptFailed { tenant, job, task, .. }
-            | Report::Skipped { tenant, job, task } => (tenant, job, *task),
+            | Report::Skipped { tenant, job, task, .. }
+            | Report::Released { tenant, job, task, .. } => (tenant, job, *task),
+        }
+    }
+
+    /// The report's kind, as serialised.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Report::Started { .. } => "started",
+            Report::Completed { .. } => "completed",
+            Report::AttemptFailed { .. } => "attempt_failed",
+            Report::Skipped { .. } => "skipped",
+            Report::Released { .. } => "released",
+        }
+    }
+
+    /// The fencing token of the lease the report was made under.
+    pub fn token(&self) -> u64 {
+        match self {
+            Report::Started { token, .. }
+            | Report::Completed { token, .. }
+            | Report::AttemptFailed { token, .. }
+            | Report::Skipped { token, .. }
+            | Report::Released { token, .. } => *token,
         }
     }
 }
@@ -289,10 +364,19 @@ mod tests {
 
     #[test]
     fn reports_round_trip_with_their_tag() {
-        let report = Report::Skipped { tenant: "t".into(), job: "j".into(), task: 3 };
+        let report = Report::Skipped { tenant: "t".into(), job: "j".into(), task: 3, token: 9 };
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains("\"report\":\"skipped\""), "{json}");
         assert_eq!(serde_json::from_str::<Report>(&json).unwrap().task_ref(), ("t", "j", 3));
         assert!(serde_json::from_str::<CancelRequest>(r#"{"cancel":"x","extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn lease_headers_round_trip_and_refuse_garbage() {
+        let grant = LeaseGrant { token: 123_456_789_012, attempt: 3, device: 1 };
+        assert_eq!(LeaseGrant::parse(&grant.header()), Some(grant));
+        for bad in ["", "1:2", "1:2:3:4", "a:1:1", "-1:1:1"] {
+            assert_eq!(LeaseGrant::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -184,8 +184,10 @@ impl TaskState {
             }
             // A lost lease is the worker's fault, not the task's: the attempt is not counted.
             (Dispatched { attempt } | Running { attempt }, TaskEvent::LeaseLost) => {
-                Some(Pending { attempts: attempt - 1 })
+                Some(Pending { attempts: attempt.saturating_sub(1) })
             }
+            // Granted again after a failure, lost before its start was reported.
+            (Pending { attempts }, TaskEvent::LeaseLost) => Some(Pending { attempts }),
             (_, TaskEvent::DeadLetter) => Some(DeadLettered),
             (_, TaskEvent::Cancel) => Some(Cancelled),
             _ => None,

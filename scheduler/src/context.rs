@@ -21,6 +21,15 @@ use lapin::{BasicProperties, Channel};
 /// How long a resolved model stays trusted without asking the registry again.
 const MODEL_CACHE_TTL: Duration = Duration::from_secs(30);
 
+/// Device memory a model needs, from its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelNeed {
+    /// Weights, MiB.
+    pub weights_mib: u64,
+    /// Activations per image in a forward pass, MiB.
+    pub memory_per_image_mib: u64,
+}
+
 /// Scheduler settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,6 +45,8 @@ pub struct Config {
     pub progress_interval: Duration,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How the dispatcher places tasks on devices.
+    pub placement: crate::placement::Policy,
 }
 
 /// The scheduler's shared state. Job state lives in Redis; what is kept here is only caches
@@ -47,7 +58,9 @@ pub struct Scheduler {
     pub store: RedisJobStore,
     /// Inputs and the model registry.
     pub s3: S3Store,
-    models: Mutex<HashMap<ModelRef, Instant>>,
+    models: Mutex<HashMap<ModelRef, (Instant, ModelNeed)>>,
+    /// Woken whenever a lease ends, so the dispatcher places waiting tasks at once.
+    pub capacity_freed: tokio::sync::Notify,
     running: Mutex<HashSet<(String, String)>>,
     last_progress: Mutex<HashMap<(String, String), Instant>>,
 }
@@ -62,20 +75,28 @@ impl Scheduler {
             store,
             s3,
             models: Mutex::new(HashMap::new()),
+            capacity_freed: tokio::sync::Notify::new(),
             running: Mutex::new(HashSet::new()),
             last_progress: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Checks that `model` is published; remembered for a short while so a burst of jobs
-    /// does not read the same manifest once each.
-    pub async fn resolve_model(&self, model: &ModelRef) -> Result<(), RegistryError> {
-        let fresh = self.models.lock().expect("model cache").get(model).is_some_and(|t| t.elapsed() < MODEL_CACHE_TTL);
-        if !fresh {
-            registry::resolve(&self.s3, model).await?;
-            self.models.lock().expect("model cache").insert(model.clone(), Instant::now());
+    /// Checks that `model` is published and returns the device memory it needs; remembered
+    /// for a short while so a burst of jobs does not read the same manifest once each.
+    pub async fn resolve_model(&self, model: &ModelRef) -> Result<ModelNeed, RegistryError> {
+        let cached = self.models.lock().expect("model cache").get(model).copied();
+        match cached {
+            Some((at, need)) if at.elapsed() < MODEL_CACHE_TTL => Ok(need),
+            _ => {
+                let manifest = registry::resolve(&self.s3, model).await?;
+                let need = ModelNeed {
+                    weights_mib: manifest.weights_mib.ceil() as u64,
+                    memory_per_image_mib: manifest.memory_per_image_mib.ceil() as u64,
+                };
+                self.models.lock().expect("model cache").insert(model.clone(), (Instant::now(), need));
+                Ok(need)
+            }
         }
-        Ok(())
     }
 
     /// Publishes a job event. Events are best effort for listeners (the job store is the

@@ -85,7 +85,7 @@ async fn accept(
 ) -> (Disposition, Intake) {
     let id = valid.request.id.clone();
     match sched.resolve_model(&valid.model).await {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(RegistryError::UnknownModel { model }) => {
             let rejection = Rejection {
                 code: "unknown_model".into(),

@@ -7,16 +7,20 @@
 //! ```text
 //! fleet.jobs.intake --> intake (validate, resolve model, record, ack) --> shard (page by page)
 //!                                                                          --> fleet.tasks.*
-//! fleet.reports.*   --> reports (task state machine, counts once) --> finalize --> fleet.events
+//! fleet.tasks.*     --> dispatch (placement on heartbeating devices, lease) --> fleet.worker.<id>
+//! fleet.reports.*   --> reports (fenced by lease token, counts once) --> finalize --> fleet.events
+//! fleet:leases      --> recovery (expired: take over, re-dispatch; failed: retry after backoff)
 //! fleet.tasks.dead  --> dead letters (items failed with the last error) --> fleet.dead
 //! ```
 //!
 //! It holds no job state of its own: a restarted scheduler resumes splitting from the
-//! cursors in Redis, and tasks in flight keep going through RabbitMQ.
+//! cursors in Redis, and tasks in flight keep running under their leases in Redis.
 
 pub mod context;
+pub mod dispatch;
 pub mod intake;
 pub mod placement;
+pub mod recovery;
 pub mod reports;
 pub mod service;
 pub mod shard;

@@ -8,8 +8,11 @@
 //!    heartbeat is fresh, it is under the temperature limit and its uncorrected ECC count is
 //!    not growing;
 //! 3. a task fits where `weights (unless warm) + memory per image x batch + headroom` is at
-//!    most the device's free memory minus what this round already placed there: memory is
-//!    never over-committed;
+//!    most the device's free memory (plus, for a model not warm there, what its warm models
+//!    hold: the worker evicts them to make room) minus what this round already placed there
+//!    (memory is never over-committed), and where the device has a free task slot: at most `capacity`
+//!    tasks in all, of which at most `batch_capacity` batch ones, so interactive work always
+//!    finds room that batch work cannot take;
 //! 4. among fitting devices, one where the model is already warm (as its worker reported)
 //!    wins; a model this round sends to a cold device does not count as warm there, so tasks
 //!    of one model still spread, and each reserves the model's weights (never too little);
@@ -40,8 +43,17 @@ pub struct DeviceView {
     pub state: WorkerState,
     /// Free device memory at the last heartbeat, MiB.
     pub free_mib: u64,
-    /// Tasks running on it.
+    /// Memory held by warm models that the worker evicts (least recently used first) to load
+    /// a model that is not warm there, MiB.
+    pub evictable_mib: u64,
+    /// Tasks it holds (leases), all priorities.
     pub load: u32,
+    /// Batch tasks it holds.
+    pub batch_load: u32,
+    /// Most tasks it may hold.
+    pub capacity: u32,
+    /// Most batch tasks it may hold.
+    pub batch_capacity: u32,
     /// Models loaded on it (`name@version`).
     pub warm: BTreeSet<String>,
     /// Core temperature, Celsius, where known.
@@ -93,7 +105,7 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { headroom_mib: 1024, max_temperature_c: 87, heartbeat_timeout_ms: 3_000, strategy: Strategy::Spread }
+        Policy { headroom_mib: 1024, max_temperature_c: 87, heartbeat_timeout_ms: 2_000, strategy: Strategy::Spread }
     }
 }
 
@@ -141,12 +153,23 @@ pub fn need_mib(policy: &Policy, task: &TaskNeed, warm: bool) -> u64 {
     weights + task.memory_per_image_mib * task.batch.max(1) as u64 + policy.headroom_mib
 }
 
+/// Memory a task may use on `d`: its free memory, plus its warm models' when the task's
+/// model is not among them (loading it evicts them).
+pub fn room(d: &DeviceView, warm: bool) -> u64 {
+    if warm {
+        d.free_mib
+    } else {
+        d.free_mib + d.evictable_mib
+    }
+}
+
 /// Places `tasks` on `devices`; returns `(task index, decision)` in the order they were
 /// decided (interactive first). `devices` is not changed: this round's reservations are kept
 /// on the side.
 pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec<(usize, Decision)> {
     let mut reserved = vec![0u64; devices.len()];
     let mut load: Vec<u32> = devices.iter().map(|d| d.load).collect();
+    let mut batch_load: Vec<u32> = devices.iter().map(|d| d.batch_load).collect();
     let blocked: Vec<Option<String>> = devices.iter().map(|d| unhealthy(policy, d)).collect();
     let mut order: Vec<usize> = (0..tasks.len()).collect();
     order.sort_by_key(|&i| !tasks[i].interactive);
@@ -161,9 +184,15 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                     reasons.push(format!("{}/{}: {reason}", d.worker, d.device));
                     continue;
                 }
+                if load[i] >= d.capacity || (!task.interactive && batch_load[i] >= d.batch_capacity) {
+                    let (held, cap) =
+                        if task.interactive { (load[i], d.capacity) } else { (batch_load[i], d.batch_capacity) };
+                    reasons.push(format!("{}/{}: all {cap} slots taken ({held} held)", d.worker, d.device));
+                    continue;
+                }
                 let is_warm = d.warm.contains(&task.model);
                 let need = need_mib(policy, task, is_warm);
-                let free = d.free_mib.saturating_sub(reserved[i]);
+                let free = room(d, is_warm).saturating_sub(reserved[i]);
                 if need > free {
                     reasons.push(format!("{}/{}: needs {need} MiB, {free} MiB free", d.worker, d.device));
                     continue;
@@ -172,7 +201,9 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                     None => true,
                     Some((_, _, b_warm)) if is_warm != b_warm => is_warm,
                     Some((b, _, _)) => {
-                        let (free_b, free_i) = (devices[b].free_mib.saturating_sub(reserved[b]), free);
+                        let free_b =
+                            room(&devices[b], devices[b].warm.contains(&task.model)).saturating_sub(reserved[b]);
+                        let free_i = free;
                         match policy.strategy {
                             Strategy::Spread => {
                                 (load[i], std::cmp::Reverse(free_i)) < (load[b], std::cmp::Reverse(free_b))
@@ -191,6 +222,9 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                 Some((index, need, was_warm)) => {
                     reserved[index] += need;
                     load[index] += 1;
+                    if !task.interactive {
+                        batch_load[index] += 1;
+                    }
                     (t, Decision::Placed { index, need_mib: need, warm: was_warm })
                 }
                 None => (t, Decision::Unplaced { reasons }),

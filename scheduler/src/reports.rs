@@ -1,15 +1,19 @@
-//! What workers report, applied to the task state machine. A report the state machine
-//! refuses (a repeated completion from a redelivered task, a start for an attempt already
+//! What workers report, applied to the task state machine under the task's lease. A report
+//! made under a lease that was since taken over (a stale fencing token) changes nothing, and
+//! a report the state machine refuses (a repeated completion, a start for an attempt already
 //! superseded) changes nothing, so every task is counted once.
 
 use fleet_common::amqp::MAX_ATTEMPTS;
-use fleet_common::jobstore::{JobStoreError, TaskNote, TaskOutcome, TaskUpdate};
+use fleet_common::jobstore::{JobStoreError, LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
 use fleet_common::keys::TenantId;
-use fleet_common::protocol::{ItemFailureReport, Report, TaskMessage};
+use fleet_common::protocol::{now_ms, ItemFailureReport, Report, TaskMessage};
 use fleet_common::state::TaskEvent;
 use lapin::Channel;
 
 use crate::context::Scheduler;
+
+/// Base of the wait before a failed task is dispatched again (times the attempt number).
+const RETRY_BACKOFF_MS: u64 = 250;
 
 /// Applies one report; `Err` means try again later (Redis trouble).
 pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Result<(), JobStoreError> {
@@ -19,12 +23,14 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         return Ok(());
     };
     let job = job.to_string();
+    let token = report.token();
+    let none = TaskOutcome::default();
     let update = match &report {
         Report::Started { attempt, worker, at_ms, .. } => {
             let event = TaskEvent::Start { attempt: *attempt };
-            let none = TaskOutcome::default();
             let note = TaskNote { worker: Some(worker), started_at_ms: Some(*at_ms), ..Default::default() };
-            let update = sched.store.update_task(&tenant, &job, task, event, &none, note).await?;
+            let update =
+                sched.store.update_task(&tenant, &job, task, event, &none, note, LeaseOp::Check { token }).await?;
             if matches!(update, TaskUpdate::Applied { .. }) {
                 sched.job_started(&tenant, &job).await;
             }
@@ -33,60 +39,94 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         Report::Completed { succeeded, failures, worker, .. } => {
             let outcome = TaskOutcome { succeeded: *succeeded, failures: failures.clone() };
             let note = TaskNote { worker: Some(worker), ..Default::default() };
-            sched.store.update_task(&tenant, &job, task, TaskEvent::Complete, &outcome, note).await?
+            let lease = LeaseOp::End { token: Some(token) };
+            sched.store.update_task(&tenant, &job, task, TaskEvent::Complete, &outcome, note, lease).await?
         }
         Report::AttemptFailed { worker, reason, attempt, .. } => {
             tracing::warn!(job = %job, task, attempt, worker = %worker, reason = %reason, "task attempt failed");
-            // The broker redelivers until its limit, then dead-letters: the scheduler only
-            // records the reason here and never ends the task on a report alone.
-            let event = TaskEvent::Error { max_attempts: u32::MAX };
-            let none = TaskOutcome::default();
+            let event = TaskEvent::Error { max_attempts: MAX_ATTEMPTS };
             let note = TaskNote { worker: Some(worker), error: Some(reason), ..Default::default() };
-            sched.store.update_task(&tenant, &job, task, event, &none, note).await?
+            // The last allowed attempt fails every item of the task with its reason.
+            let outcome = if *attempt >= MAX_ATTEMPTS {
+                let id = fleet_common::protocol::task_id(tenant.as_str(), &job, task);
+                let keys = match sched.store.lease(&id).await? {
+                    Some(lease) => serde_json::from_str::<TaskMessage>(&lease.body).map(|m| m.keys).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let reason = format!("task failed {MAX_ATTEMPTS} attempts; last error: {reason}");
+                failed_items(&keys, &reason)
+            } else {
+                none.clone()
+            };
+            let not_before_ms = now_ms() + RETRY_BACKOFF_MS * u64::from((*attempt).min(8));
+            let lease = LeaseOp::Requeue { token, not_before_ms };
+            sched.store.update_task(&tenant, &job, task, event, &outcome, note, lease).await?
         }
         Report::Skipped { .. } => {
-            let none = TaskOutcome::default();
-            sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &none, TaskNote::default()).await?
+            let lease = LeaseOp::End { token: Some(token) };
+            sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &none, TaskNote::default(), lease).await?
+        }
+        Report::Released { worker, .. } => {
+            tracing::info!(job = %job, task, worker = %worker, "task given back unstarted; dispatching it elsewhere");
+            let lease = LeaseOp::Requeue { token, not_before_ms: 0 };
+            let note = TaskNote { worker: Some(worker), ..Default::default() };
+            sched.store.update_task(&tenant, &job, task, TaskEvent::LeaseLost, &none, note, lease).await?
         }
     };
     let event = match (&report, &update) {
+        (_, TaskUpdate::Fenced) => "stale_report",
         (_, TaskUpdate::Refused(_)) => "stale_report",
         (Report::Started { .. }, _) => "started",
         (Report::Completed { .. }, _) => "completed",
+        (Report::AttemptFailed { .. }, TaskUpdate::Applied { ended: true, .. }) => "dead_lettered",
         (Report::AttemptFailed { .. }, _) => "retried",
         (Report::Skipped { .. }, _) => "skipped",
+        (Report::Released { .. }, _) => "released",
     };
     fleet_common::metrics::TASKS.with_label_values(&[event]).inc();
+    if matches!(update, TaskUpdate::Fenced) {
+        tracing::info!(job = %job, task, token, report = report.kind(),
+            "report under a lease that was taken over ignored (stale token)");
+    }
+    if !matches!(report, Report::Started { .. }) && matches!(update, TaskUpdate::Applied { .. }) {
+        sched.capacity_freed.notify_one();
+    }
     after_update(sched, events, &tenant, &job, task, update).await;
     Ok(())
 }
 
-/// Records a task the broker dead-lettered after [`MAX_ATTEMPTS`] attempts: every item of it
-/// fails with the last attempt's error.
+/// Every key of a task failed with `reason`.
+pub fn failed_items(keys: &[String], reason: &str) -> TaskOutcome {
+    let failures = keys
+        .iter()
+        .map(|key| ItemFailureReport { key: key.clone(), code: "task_failed".into(), reason: reason.to_string() })
+        .collect();
+    TaskOutcome { succeeded: 0, failures }
+}
+
+/// Records a task the broker dead-lettered from its queue (past the delivery limit before
+/// it could be dispatched): every item of it fails with the last error.
 pub async fn dead_lettered(sched: &Scheduler, events: &Channel, message: &TaskMessage) -> Result<(), JobStoreError> {
     let Ok(tenant) = TenantId::new(&message.tenant) else { return Ok(()) };
     let last = sched.store.task(&tenant, &message.job, message.task).await?.and_then(|t| t.last_error);
     let reason = format!(
-        "task failed {MAX_ATTEMPTS} attempts; last error: {}",
-        last.as_deref().unwrap_or("worker stopped or crashed during the attempt")
+        "task dead-lettered by the broker; last error: {}",
+        last.as_deref().unwrap_or("the task was returned to its queue too many times")
     );
     tracing::warn!(job = %message.job, task = message.task, %reason, "task dead-lettered");
-    let failures = message
-        .keys
-        .iter()
-        .map(|key| ItemFailureReport { key: key.clone(), code: "task_failed".into(), reason: reason.clone() })
-        .collect();
-    let outcome = TaskOutcome { succeeded: 0, failures };
+    let outcome = failed_items(&message.keys, &reason);
     fleet_common::metrics::TASKS.with_label_values(&["dead_lettered"]).inc();
+    let lease = LeaseOp::End { token: None };
     let update = sched
         .store
-        .update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, TaskNote::default())
+        .update_task(&tenant, &message.job, message.task, TaskEvent::DeadLetter, &outcome, TaskNote::default(), lease)
         .await?;
     after_update(sched, events, &tenant, &message.job, message.task, update).await;
     Ok(())
 }
 
-async fn after_update(
+/// Publishes progress after an update, and the job's terminal event once its last task ended.
+pub async fn after_update(
     sched: &Scheduler,
     events: &Channel,
     tenant: &TenantId,
@@ -103,5 +143,6 @@ async fn after_update(
         TaskUpdate::Refused(refused) => {
             tracing::debug!(job, task, %refused, "stale or repeated report ignored");
         }
+        TaskUpdate::Fenced => {}
     }
 }

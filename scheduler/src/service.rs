@@ -1,6 +1,7 @@
 //! The scheduler process: one broker session at a time, reconnecting with backoff when
 //! RabbitMQ goes away. A session declares the topology, resumes splitting every job whose
-//! cursor is in Redis, and runs three consumers (intake, reports, dead-lettered tasks) until
+//! cursor is in Redis, and runs the intake, reports and dead-lettered-task consumers, the
+//! dispatcher (placement and leases) and the recovery sweep (expired leases, retries) until
 //! the connection drops or shutdown is asked for.
 
 use std::future::Future;
@@ -145,10 +146,18 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     };
+    let dispatch_done = crate::dispatch::run(sched.clone(), &session.connection);
+    let recovery_done = crate::recovery::run(
+        sched.clone(),
+        confirmed_channel(&session.connection).await?,
+        session.connection.create_channel().await?,
+    );
     tokio::select! {
         r = intake_done => r?,
         _ = reports_done => {}
         _ = dead_done => {}
+        r = dispatch_done => r?,
+        r = recovery_done => r?,
     }
     anyhow::bail!("a consumer stopped: the connection to the broker was lost")
 }

@@ -115,17 +115,22 @@ struct ServeArgs {
     /// Local cache of registry models.
     #[arg(long, env = "FLEET_MODEL_DIR")]
     models: PathBuf,
-    /// cpu | cuda:N | auto
-    #[arg(long, default_value = "auto", env = "FLEET_DEVICE")]
+    /// Devices to drive: `auto` (every CUDA device, or the CPU without one) or a list such
+    /// as `cuda:0,cuda:1` or `cpu`.
+    #[arg(long, alias = "devices", default_value = "auto", env = "FLEET_DEVICE")]
     device: String,
-    /// Tasks run at once (and prefetched per queue).
+    /// Devices left alone, e.g. `cuda:1` (under repair, or kept for another service).
+    #[arg(long, default_value = "", env = "FLEET_EXCLUDE_DEVICES")]
+    exclude_devices: String,
+    /// Tasks run at once per device and priority lane.
     #[arg(long, default_value_t = 2, env = "FLEET_WORKER_SLOTS")]
     slots: usize,
     /// engine: the real work; noop: report items done without work (dispatch benchmark).
     #[arg(long, value_enum, default_value = "engine")]
     executor: crate::service::Executor,
-    /// Device memory the warm models may hold, MiB; least recently used models are evicted
-    /// past it. Default: the GPU's memory less 2 GiB as NVML reports it; unbounded on a CPU.
+    /// Device memory the warm models may hold per device, MiB; least recently used models are
+    /// evicted past it, and the dispatcher places work against it. Default: each GPU's memory
+    /// less 2 GiB as NVML reports it; on a CPU, half the host's memory.
     #[arg(long, env = "FLEET_MODEL_MEMORY_MIB")]
     model_memory_mib: Option<f64>,
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9461.
@@ -293,22 +298,32 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.threads {
         set_cpu_threads(threads)?;
     }
-    let device: fleet_common::DeviceSpec = args.device.parse()?;
-    let mut gpu_memory_mib = None;
+    let cuda_devices = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as usize } else { 0 };
+    let specs = fleet_common::device::select_devices(&args.device, &args.exclude_devices, cuda_devices)
+        .map_err(anyhow::Error::msg)?;
+    let mut gpu_memory_mib = std::collections::HashMap::new();
     match crate::telemetry::Gpus::probe() {
         crate::telemetry::Gpus::Absent(reason) => tracing::warn!(%reason, "no GPU telemetry"),
         gpus => {
             for d in gpus.sample().map_err(anyhow::Error::msg)? {
                 tracing::info!(index = d.index, name = %d.name, memory_total_mib = d.memory_total_mib,
                     memory_free_mib = d.memory_free_mib, temperature_c = ?d.temperature_c, "GPU seen through NVML");
-                let ours = matches!(device, fleet_common::DeviceSpec::Cuda(n) if n == d.index as usize)
-                    || (device == fleet_common::DeviceSpec::Auto && d.index == 0);
-                if ours {
-                    gpu_memory_mib = Some(d.memory_total_mib.saturating_sub(2048) as f64);
-                }
+                gpu_memory_mib.insert(d.index as usize, d.memory_total_mib.saturating_sub(2048) as f64);
             }
         }
     }
+    let host_mib = host_memory_mib().unwrap_or(8192.0);
+    let devices: Vec<crate::service::DeviceConfig> = specs
+        .into_iter()
+        .map(|spec| {
+            let memory_mib = args.model_memory_mib.unwrap_or(match spec {
+                fleet_common::DeviceSpec::Cuda(n) => gpu_memory_mib.get(&n).copied().unwrap_or(host_mib / 2.0),
+                _ => host_mib / 2.0,
+            });
+            tracing::info!(device = %spec, memory_mib = memory_mib.round(), "driving device");
+            crate::service::DeviceConfig { spec, memory_mib }
+        })
+        .collect();
     let host = crate::service::host_name();
     let config = crate::service::WorkerConfig {
         id: args.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
@@ -316,12 +331,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         redis_url: args.redis_url,
         s3: fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?,
         model_cache: args.models,
-        device,
+        devices,
         slots: args.slots,
         executor: args.executor,
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
         metrics_addr: args.metrics_addr,
-        model_memory_mib: args.model_memory_mib.or(gpu_memory_mib),
     };
     runtime()?.block_on(crate::service::run(config, async {
         let mut term =
@@ -332,6 +346,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         tracing::info!("stop signal: draining");
     }))
+}
+
+/// The host's memory from `/proc/meminfo`, MiB.
+fn host_memory_mib() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn device_info() {

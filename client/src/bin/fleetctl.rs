@@ -434,41 +434,44 @@ async fn summary(client: &Client, id: &str, sheet: Option<PathBuf>, rows: usize)
 
 async fn workers(client: &Client) -> anyhow::Result<()> {
     let beats = client.jobs.heartbeats().await?;
+    let load = client.jobs.load().await?;
     println!(
-        "{:<20} {:<9} {:<7} {:<26} {:>5} {:>13} {:>5} {:>6} {:<24}",
-        "worker", "state", "device", "gpu", "util", "memory MiB", "temp", "tasks", "warm models"
+        "{:<20} {:<9} {:<7} {:<26} {:>5} {:>15} {:>5} {:>7} {:>6} {:<24}",
+        "worker", "state", "device", "gpu", "util", "memory MiB", "temp", "running", "leases", "warm models"
     );
     let now = fleet_common::protocol::now_ms();
     for b in &beats {
-        let warm = if b.warm_models.is_empty() { "-".to_string() } else { b.warm_models.join(",") };
         let age = format!("{:.1}s ago", now.saturating_sub(b.at_ms) as f64 / 1e3);
-        if b.gpus.is_empty() {
-            let why = b.telemetry_absent.as_deref().map_or("", |_| "no NVML: CPU");
-            println!(
-                "{:<20} {:<9} {:<7} {:<26} {:>5} {:>13} {:>5} {:>6} {:<24} {age}",
-                b.id,
-                b.state,
-                b.device,
-                why,
-                "-",
-                "-",
-                "-",
-                b.in_flight.len(),
-                warm
-            );
-        }
-        for g in &b.gpus {
+        for d in &b.devices {
+            let gpu = d
+                .spec
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(|n| b.gpus.iter().find(|g| g.index == n));
             let pct = |v: Option<u32>| v.map_or("-".to_string(), |v| format!("{v}%"));
+            let (name, util, temp) = match gpu {
+                Some(g) => (
+                    format!("{}: {}", g.index, g.name),
+                    pct(g.gpu_util_pct),
+                    g.temperature_c.map_or("-".to_string(), |t| format!("{t}C")),
+                ),
+                None if b.telemetry_absent.is_some() => ("no NVML: CPU".to_string(), "-".into(), "-".into()),
+                None => ("-".to_string(), "-".into(), "-".into()),
+            };
+            let leases: u32 =
+                ["interactive", "batch"].iter().filter_map(|p| load.get(&(b.id.clone(), d.index, p.to_string()))).sum();
+            let warm = if d.warm_models.is_empty() { "-".to_string() } else { d.warm_models.join(",") };
             println!(
-                "{:<20} {:<9} {:<7} {:<26} {:>5} {:>13} {:>5} {:>6} {:<24} {age}",
+                "{:<20} {:<9} {:<7} {:<26} {:>5} {:>15} {:>5} {:>7} {:>6} {:<24} {age}",
                 b.id,
                 b.state,
-                b.device,
-                format!("{}: {}", g.index, g.name),
-                pct(g.gpu_util_pct),
-                format!("{}/{}", g.memory_used_mib, g.memory_total_mib),
-                g.temperature_c.map_or("-".to_string(), |t| format!("{t}C")),
-                b.in_flight.len(),
+                d.spec,
+                name,
+                util,
+                format!("{} free/{}", d.memory_free_mib, d.memory_total_mib),
+                temp,
+                d.running,
+                leases,
                 warm
             );
         }
@@ -515,6 +518,16 @@ async fn queue(client: &Client, window: u64) -> anyhow::Result<()> {
         println!("fleet rate 0 tasks/s over {window} s: the queue is not draining (no live workers?)");
     } else {
         println!("queue empty");
+    }
+    if let Some(blocked) = client.jobs.note(fleet_common::lease::BLOCKED_KEY).await? {
+        let blocked: serde_json::Value = serde_json::from_str(&blocked)?;
+        println!(
+            "waiting for a device: {} interactive, {} batch tasks; why:",
+            blocked["interactive"], blocked["batch"]
+        );
+        for reason in blocked["reasons"].as_array().into_iter().flatten() {
+            println!("  {}", reason.as_str().unwrap_or_default());
+        }
     }
     Ok(())
 }

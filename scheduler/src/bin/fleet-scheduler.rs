@@ -22,6 +22,15 @@ struct Cli {
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9460.
     #[arg(long, env = "FLEET_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Placement: `spread` (least loaded device first) or `pack` (fill a device before the next).
+    #[arg(long, env = "FLEET_PLACEMENT", default_value = "spread", value_parser = ["spread", "pack"])]
+    placement: String,
+    /// Device memory kept free on every device, MiB.
+    #[arg(long, env = "FLEET_HEADROOM_MIB", default_value_t = 1024)]
+    headroom_mib: u64,
+    /// Devices at or over this temperature get no new tasks, Celsius.
+    #[arg(long, env = "FLEET_MAX_TEMPERATURE_C", default_value_t = 87)]
+    max_temperature_c: u32,
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +49,16 @@ fn main() -> std::process::ExitCode {
             default_shard_size: cli.shard_size,
             progress_interval: std::time::Duration::from_millis(cli.progress_interval_ms),
             metrics_addr: cli.metrics_addr,
+            placement: fleet_scheduler::placement::Policy {
+                headroom_mib: cli.headroom_mib,
+                max_temperature_c: cli.max_temperature_c,
+                strategy: if cli.placement == "pack" {
+                    fleet_scheduler::placement::Strategy::Pack
+                } else {
+                    fleet_scheduler::placement::Strategy::Spread
+                },
+                ..Default::default()
+            },
         };
         fleet_scheduler::run(config, shutdown_signal()).await
     });

@@ -12,7 +12,11 @@ fn device(worker: &str, free_mib: u64, load: u32, warm: &[&str]) -> DeviceView {
         device: 0,
         state: WorkerState::Active,
         free_mib,
+        evictable_mib: 0,
         load,
+        batch_load: 0,
+        capacity: 16,
+        batch_capacity: 12,
         warm: warm.iter().map(|m| m.to_string()).collect(),
         temperature_c: Some(50),
         ecc_growing: false,
@@ -51,6 +55,36 @@ fn spread_balances_and_pack_fills_one_device_first() {
 }
 
 #[test]
+fn batch_work_leaves_slots_for_interactive_work() {
+    let devices = [device("w", 80_000, 0, &[])];
+    let tasks: Vec<TaskNeed> =
+        (0..20).map(|i| task(&format!("b{i}"), false, "a@1")).chain([task("i", true, "a@1")]).collect();
+    let decisions = place(&Policy { headroom_mib: 0, ..Default::default() }, &devices, &tasks);
+    let placed = |interactive: bool| {
+        decisions
+            .iter()
+            .filter(|(t, d)| tasks[*t].interactive == interactive && matches!(d, Decision::Placed { .. }))
+            .count()
+    };
+    assert_eq!(placed(false), 12, "batch stops at its capacity");
+    assert_eq!(placed(true), 1, "the interactive task still finds a slot");
+    let Some((_, Decision::Unplaced { reasons })) = decisions.last() else { panic!("{decisions:?}") };
+    assert!(reasons[0].contains("slots taken"), "{reasons:?}");
+}
+
+#[test]
+fn a_cold_model_fits_where_idle_warm_models_can_be_evicted() {
+    let mut full = device("full", 500, 0, &["b@1"]);
+    full.evictable_mib = 5_000;
+    let decisions =
+        place(&Policy { headroom_mib: 0, ..Default::default() }, &[full.clone()], &[task("t", false, "a@1")]);
+    assert_eq!(placed_on(&decisions, 0), Some(0), "weights 2000 + 4 x 500 fit in 500 free + 5000 evictable");
+    full.evictable_mib = 1_000;
+    let decisions = place(&Policy { headroom_mib: 0, ..Default::default() }, &[full], &[task("t", false, "a@1")]);
+    assert_eq!(placed_on(&decisions, 0), None, "4000 needed, 1500 to be had");
+}
+
+#[test]
 fn a_warm_device_wins_and_unfit_tasks_say_why_per_device() {
     let devices = [device("cold", 80_000, 0, &[]), device("warm", 10_000, 3, &["a@1"])];
     let decisions = place(&Policy::default(), &devices, &[task("t", false, "a@1")]);
@@ -78,19 +112,27 @@ fn arb_device() -> impl proptest::strategy::Strategy<Value = DeviceView> {
         proptest::collection::btree_set(proptest::sample::select(MODELS.to_vec()), 0..3),
         proptest::option::of(30u32..100),
         proptest::bool::weighted(0.1),
-        0u64..6_000,
+        (0u64..6_000, 1u32..10, 0u32..6),
     )
-        .prop_map(|(n, state, free_mib, load, warm, temperature_c, ecc_growing, heartbeat_age_ms)| DeviceView {
-            worker: format!("w{n}"),
-            device: n % 4,
-            state,
-            free_mib,
-            load,
-            warm: warm.into_iter().map(str::to_string).collect(),
-            temperature_c,
-            ecc_growing,
-            heartbeat_age_ms,
-        })
+        .prop_map(
+            |(n, state, free_mib, load, warm, temperature_c, ecc_growing, (heartbeat_age_ms, capacity, batch_cap))| {
+                DeviceView {
+                    worker: format!("w{n}"),
+                    device: n % 4,
+                    state,
+                    free_mib,
+                    evictable_mib: free_mib / 4,
+                    load,
+                    batch_load: load / 2,
+                    capacity,
+                    batch_capacity: batch_cap.min(capacity),
+                    warm: warm.into_iter().map(str::to_string).collect(),
+                    temperature_c,
+                    ecc_growing,
+                    heartbeat_age_ms,
+                }
+            },
+        )
 }
 
 fn arb_task() -> impl proptest::strategy::Strategy<Value = TaskNeed> {
@@ -124,6 +166,7 @@ proptest! {
         // Replay the round: memory never over-committed, no unhealthy device used, and a cold
         // device is chosen only when no eligible warm device had room.
         let mut reserved = vec![0u64; devices.len()];
+        let mut held: Vec<(u32, u32)> = devices.iter().map(|d| (d.load, d.batch_load)).collect();
         for (t, decision) in &decisions {
             let task = &tasks[*t];
             if let Decision::Placed { index, need_mib: placed, warm: was_warm } = decision {
@@ -133,13 +176,18 @@ proptest! {
                 prop_assert_eq!(*placed, need_mib(&policy, task, *was_warm));
                 if !was_warm {
                     for (i, other) in devices.iter().enumerate() {
-                        let room = other.free_mib.saturating_sub(reserved[i]);
-                        let fits_warm = other.warm.contains(&task.model) && need_mib(&policy, task, true) <= room;
+                        let room = room(other, true).saturating_sub(reserved[i]);
+                        let slot = held[i].0 < other.capacity && (task.interactive || held[i].1 < other.batch_capacity);
+                        let fits_warm = slot && other.warm.contains(&task.model) && need_mib(&policy, task, true) <= room;
                         prop_assert!(!(fits_warm && unhealthy(&policy, other).is_none()), "a warm device had room");
                     }
                 }
                 reserved[*index] += placed;
-                prop_assert!(reserved[*index] <= d.free_mib, "over-committed {:?}", d);
+                prop_assert!(reserved[*index] <= d.free_mib + d.evictable_mib, "over-committed {:?}", d);
+                held[*index].0 += 1;
+                held[*index].1 += u32::from(!task.interactive);
+                prop_assert!(held[*index].0 <= d.capacity.max(d.load), "over capacity {:?}", d);
+                prop_assert!(task.interactive || held[*index].1 <= d.batch_capacity.max(d.batch_load), "batch over capacity {:?}", d);
             }
         }
     }

@@ -1,19 +1,22 @@
-//! The worker process: consumes tasks from RabbitMQ with a bounded prefetch, interactive
-//! before batch, runs each on a warm engine and reports to the scheduler.
+//! The worker process: takes the tasks the scheduler's dispatcher placed on its devices from
+//! its own queue, holds each under a lease it renews on every heartbeat, runs them on warm
+//! engines, interactive before batch, and reports to the scheduler under the lease's token.
 //!
 //! ```text
-//! fleet.tasks.interactive --\
-//!                            >-- biased pick when a slot frees --> task (S3 in, engine, S3 out)
-//! fleet.tasks.batch ---------/        --> report started / completed / attempt_failed --> fleet.reports.<priority>
+//! fleet.worker.<id> --(task + lease: token, attempt, device)--> lease held, delivery acknowledged
+//!    --> device d, lane interactive | batch (own slots) --> task (S3 in, engine, S3 out)
+//!    --> report started / completed / attempt_failed / skipped / released --> fleet.reports.<priority>
+//! heartbeat every second: telemetry, devices, warm models, tasks in hand, leases renewed
 //! ```
 //!
-//! Each priority has its own `slots` task slots (and prefetch), so an interactive task never
-//! waits for a batch task to free a slot. A delivery is acknowledged only after its completion report is confirmed by the broker,
-//! so a worker that dies mid-task leaves the task to RabbitMQ, which redelivers it to
-//! another worker. A failed attempt is handed back (`nack` with requeue) after a short
-//! backoff; the quorum queue's delivery limit dead-letters a task that keeps failing. SIGTERM
-//! drains: no new task is taken, tasks in hand finish and are acknowledged, prefetched ones
-//! go back to the queue when the channel closes.
+//! A delivery is acknowledged on receipt: the lease in Redis, not the delivery, keeps the
+//! task alive, so a task may run for hours. A worker that dies stops renewing; the scheduler
+//! takes its leases over within three heartbeat periods and dispatches the tasks elsewhere. A
+//! worker that was only silent (stopped, partitioned) learns on its next renewal that it lost
+//! the lease; it checks the lease before writing outputs and its late reports carry a stale
+//! token, which the scheduler ignores. Tasks keep running while the broker is away; their
+//! reports wait for the next session. Cordon, drain or SIGTERM: nothing new is taken, tasks
+//! not started are given back at once, tasks in hand finish.
 
 pub mod heartbeat;
 pub mod models;
@@ -21,24 +24,23 @@ pub mod task;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::amqp::{
-    self, attempt_of, confirmed_channel, header_str, publish_confirmed, reports_queue, BATCH_QUEUE, INTERACTIVE_QUEUE,
-};
+use fleet_common::amqp::{self, confirmed_channel, declare_worker_queue, header_str, publish_confirmed, reports_queue};
 use fleet_common::heartbeat::Order;
 use fleet_common::job::Priority;
 use fleet_common::jobstore::RedisJobStore;
 use fleet_common::keys::TenantId;
 use fleet_common::metrics;
-use fleet_common::protocol::{now_ms, trace_id, Report, TaskMessage, TRACEPARENT_HEADER};
+use fleet_common::protocol::{now_ms, trace_id, LeaseGrant, Report, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
 use fleet_common::state::JobState;
 use fleet_common::store::s3::{S3Config, S3Store};
 use fleet_common::DeviceSpec;
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tokio::sync::{watch, Semaphore};
@@ -46,7 +48,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use self::models::ModelCache;
-use self::task::{TaskContext, TaskResult};
+use self::task::{Fence, TaskContext, TaskResult};
 
 /// What a worker does with a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,9 +73,9 @@ pub struct WorkerConfig {
     pub s3: S3Config,
     /// Local cache of registry models.
     pub model_cache: PathBuf,
-    /// Device for the engines.
-    pub device: DeviceSpec,
-    /// Tasks run at once.
+    /// The devices this worker drives, each with its own warm models and lanes.
+    pub devices: Vec<DeviceConfig>,
+    /// Tasks run at once per device and priority lane.
     pub slots: usize,
     /// Engine or no-op.
     pub executor: Executor,
@@ -81,25 +83,67 @@ pub struct WorkerConfig {
     pub noop_task_time: Duration,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Device memory the warm models may hold, MiB (`None`: unbounded).
-    pub model_memory_mib: Option<f64>,
+}
+
+/// One device a worker drives.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    /// The libtorch device.
+    pub spec: DeviceSpec,
+    /// Device memory the warm models may hold, MiB: the GPU's memory less a margin, or the
+    /// declared capacity of a CPU device.
+    pub memory_mib: f64,
+}
+
+/// A device in use: its warm models, its lanes and what runs on it.
+struct Device {
+    config: DeviceConfig,
+    models: ModelCache,
+    interactive: Arc<Semaphore>,
+    batch: Arc<Semaphore>,
+    running: AtomicU32,
+}
+
+impl Device {
+    fn lane(&self, priority: Priority) -> &Arc<Semaphore> {
+        match priority {
+            Priority::Interactive => &self.interactive,
+            Priority::Batch => &self.batch,
+        }
+    }
 }
 
 struct Worker {
     config: WorkerConfig,
     s3: S3Store,
     jobs: RedisJobStore,
-    models: ModelCache,
+    devices: Vec<Device>,
     live: heartbeat::Live,
+    /// The report channels of the current broker session (none between sessions).
+    reports: tokio::sync::RwLock<Option<Arc<Reports>>>,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains.
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    anyhow::ensure!(!config.devices.is_empty(), "a worker needs at least one device");
+    let slots = config.slots.max(1);
+    let devices = config
+        .devices
+        .iter()
+        .map(|d| Device {
+            models: ModelCache::new(config.model_cache.clone(), d.spec, Some(d.memory_mib)),
+            config: d.clone(),
+            interactive: Arc::new(Semaphore::new(slots)),
+            batch: Arc::new(Semaphore::new(slots)),
+            running: AtomicU32::new(0),
+        })
+        .collect();
     let worker = Arc::new(Worker {
         s3: S3Store::new(&config.s3),
         jobs: RedisJobStore::connect(&config.redis_url).await?,
-        models: ModelCache::new(config.model_cache.clone(), config.device, config.model_memory_mib),
+        devices,
         live: heartbeat::Live::default(),
+        reports: tokio::sync::RwLock::new(None),
         config,
     });
     if let Some(addr) = worker.config.metrics_addr {
@@ -138,10 +182,11 @@ async fn beat_until(
         host,
         version: env!("CARGO_PKG_VERSION").to_string(),
         state: "active".into(),
-        device: worker.config.device.to_string(),
+        device: worker.devices.iter().map(|d| d.config.spec.to_string()).collect::<Vec<_>>().join(","),
         gpus: Vec::new(),
         telemetry_absent: None,
         slots: worker.config.slots,
+        devices: Vec::new(),
         warm_models: Vec::new(),
         in_flight: Vec::new(),
         started_at_ms: now_ms(),
@@ -161,7 +206,18 @@ async fn beat_until(
             tracing::info!(order = ?now, "operator order");
             let _ = order.send(now);
         }
-        let beat = heartbeat::beat(&base, &gpus, &worker.live, now, worker.models.warm());
+        let devices: Vec<heartbeat::DeviceState> = worker
+            .devices
+            .iter()
+            .map(|d| heartbeat::DeviceState {
+                spec: d.config.spec,
+                memory_mib: d.config.memory_mib,
+                warm: d.models.warm(),
+                warm_mib: d.models.used_mib(),
+                running: d.running.load(Ordering::Relaxed),
+            })
+            .collect();
+        let beat = heartbeat::beat(&base, &gpus, &worker.live, now, &devices);
         for g in &beat.gpus {
             let gpu = g.index.to_string();
             let readings = [
@@ -180,6 +236,7 @@ async fn beat_until(
         if let Err(e) = worker.jobs.put_heartbeat(&beat).await {
             tracing::warn!(error = %e, "heartbeat not written");
         }
+        renew_leases(&worker).await;
         tokio::select! {
             _ = exited.wait_for(|d| *d) => break,
             _ = stop.wait_for(|s| *s), if !stopped => {}
@@ -191,18 +248,46 @@ async fn beat_until(
     }
 }
 
-/// Runs broker sessions while the order is to run; on cordon or drain the session finishes
-/// what it holds and ends; the worker then waits for the order to change, and exits on
-/// SIGTERM.
+/// Renews every lease the worker holds; a lease it no longer holds (the scheduler took the
+/// task over while the worker was silent) is marked lost, so its task writes nothing more and
+/// reports nothing.
+async fn renew_leases(worker: &Worker) {
+    let held: Vec<(String, u64)> = {
+        let leases = worker.live.leases.lock().expect("lease table");
+        leases.iter().map(|(id, l)| (id.clone(), l.token)).collect()
+    };
+    match worker.jobs.renew_leases(&worker.config.id, &held, now_ms()).await {
+        Ok(lost) => {
+            let leases = worker.live.leases.lock().expect("lease table");
+            for id in lost {
+                if let Some(lease) = leases.get(&id) {
+                    if !lease.lost.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(task = %id, token = lease.token,
+                            "lease lost: the scheduler took the task over; abandoning it");
+                    }
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "leases not renewed; retrying on the next beat"),
+    }
+}
+
+/// Runs broker sessions while the order is to run; on cordon or drain the session stops
+/// taking tasks, gives back those not started and waits for the rest; the worker then waits
+/// for the order to change, and exits on SIGTERM.
 async fn serve_sessions(
     worker: &Arc<Worker>,
     stop_rx: watch::Receiver<bool>,
     mut order: watch::Receiver<Order>,
 ) -> anyhow::Result<()> {
     let mut backoff = Duration::from_millis(200);
+    // Tasks outlive a broker session: they keep running while the worker reconnects.
+    let mut running = JoinSet::new();
     loop {
         if *order.borrow() != Order::Run {
-            worker.live.drained.store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(in_flight = running.len(), "taking nothing new; finishing the tasks in hand");
+            while running.join_next().await.is_some() {}
+            worker.live.drained.store(true, Ordering::Relaxed);
             let mut stop = stop_rx.clone();
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => {
@@ -211,127 +296,181 @@ async fn serve_sessions(
                 }
                 _ = order.wait_for(|o| *o == Order::Run) => {
                     tracing::info!("uncordoned: taking tasks again");
-                    worker.live.drained.store(false, std::sync::atomic::Ordering::Relaxed);
+                    worker.live.drained.store(false, Ordering::Relaxed);
                 }
             }
         }
-        match session(worker, order.clone()).await {
+        match session(worker, order.clone(), &mut running).await {
             Ok(()) => {
-                tracing::info!(worker = %worker.config.id, order = ?*order.borrow(), "took nothing new and finished what it held");
+                backoff = Duration::from_millis(200);
                 continue;
             }
             Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting"),
         }
         let mut stop = stop_rx.clone();
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+            _ = stop.wait_for(|s| *s) => {
+                tracing::info!(in_flight = running.len(), "stopping without a broker; finishing the tasks in hand");
+                while running.join_next().await.is_some() {}
+                return Ok(());
+            }
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
-async fn session(worker: &Arc<Worker>, mut order: watch::Receiver<Order>) -> anyhow::Result<()> {
+async fn session(
+    worker: &Arc<Worker>,
+    mut order: watch::Receiver<Order>,
+    running: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
     let connection = amqp::connect(&worker.config.amqp_url).await?;
     let setup = connection.create_channel().await?;
     amqp::declare_topology(&setup).await?;
     let channel = connection.create_channel().await?;
-    let slots = worker.config.slots.max(1);
-    channel.basic_qos(slots.min(u16::MAX as usize) as u16, BasicQosOptions::default()).await?;
-    let tag = |queue: &str| format!("{}-{queue}", worker.config.id);
-    let consume = BasicConsumeOptions::default();
-    let mut interactive =
-        channel.basic_consume(INTERACTIVE_QUEUE, &tag(INTERACTIVE_QUEUE), consume, FieldTable::default()).await?;
-    let mut batch = channel.basic_consume(BATCH_QUEUE, &tag(BATCH_QUEUE), consume, FieldTable::default()).await?;
+    let queue = declare_worker_queue(&channel, &worker.config.id).await?;
+    let tag = format!("{}-tasks", worker.config.id);
+    // Acknowledged on receipt: from here on the task's lease keeps it alive.
+    let consume = BasicConsumeOptions { no_ack: true, exclusive: true, ..Default::default() };
+    let mut tasks = channel.basic_consume(&queue, &tag, consume, FieldTable::default()).await?;
     let reports = Arc::new(Reports {
         interactive: confirmed_channel(&connection).await?,
         batch: confirmed_channel(&connection).await?,
     });
-    tracing::info!(worker = %worker.config.id, slots, executor = ?worker.config.executor, "connected; taking tasks");
-    // Each priority has its own slots, so an interactive task never waits for a batch slot.
-    let (interactive_slots, batch_slots) = (Arc::new(Semaphore::new(slots)), Arc::new(Semaphore::new(slots)));
-    let mut running = JoinSet::new();
+    *worker.reports.write().await = Some(reports);
+    tracing::info!(worker = %worker.config.id, devices = worker.devices.len(), slots = worker.config.slots,
+        executor = ?worker.config.executor, %queue, "connected; taking tasks");
     let lost = loop {
-        let delivery = tokio::select! {
+        let next = tokio::select! {
             biased;
             _ = order.wait_for(|o| *o != Order::Run) => break None,
-            (permit, d) = take(&interactive_slots, &mut interactive) => (permit, d),
-            (permit, d) = take(&batch_slots, &mut batch) => (permit, d),
+            next = tasks.next() => next,
         };
-        match delivery {
-            (permit, Some(Ok(delivery))) => {
-                let (worker, reports) = (worker.clone(), reports.clone());
-                running.spawn(async move {
-                    handle(&worker, &reports, delivery).await;
-                    drop(permit);
-                });
+        match next {
+            Some(Ok(delivery)) => {
+                if let Some(held) = accept(worker, delivery) {
+                    let (worker, order) = (worker.clone(), order.clone());
+                    running.spawn(async move { held.run(&worker, order).await });
+                }
             }
-            (_, Some(Err(e))) => break Some(e.to_string()),
-            (_, None) => break Some("consumer closed".to_string()),
+            Some(Err(e)) => break Some(e.to_string()),
+            None => break Some("consumer closed".to_string()),
         }
         while running.try_join_next().is_some() {}
     };
     if let Some(reason) = lost {
+        *worker.reports.write().await = None;
         anyhow::bail!("lost the broker: {reason}");
     }
-    tracing::info!(in_flight = running.len(), "draining: no new tasks; finishing those in hand");
-    for queue in [INTERACTIVE_QUEUE, BATCH_QUEUE] {
-        let _ = channel.basic_cancel(&tag(queue), BasicCancelOptions::default()).await;
-    }
+    let _ = channel.basic_cancel(&tag, BasicCancelOptions::default()).await;
+    tracing::info!(in_flight = running.len(), "draining: no new tasks; giving back those not started");
     while running.join_next().await.is_some() {}
-    // Closing returns every prefetched, unstarted delivery to its queue.
+    *worker.reports.write().await = None;
     let _ = channel.close(200, "worker draining").await;
     let _ = connection.close(200, "worker stopped").await;
     Ok(())
 }
 
-async fn handle(worker: &Worker, reports: &Reports, delivery: Delivery) {
-    let attempt = attempt_of(&delivery.properties);
+/// A task received under a lease, waiting for a slot on its device.
+struct Accepted {
+    task: TaskMessage,
+    lease: LeaseGrant,
+    traceparent: String,
+    lost: Arc<AtomicBool>,
+}
+
+/// Reads a delivery and registers its lease, so the next heartbeat renews it.
+fn accept(worker: &Worker, delivery: Delivery) -> Option<Accepted> {
     let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
         Ok(task) => task,
         Err(e) => {
-            tracing::warn!(error = %e, "unreadable task dead-lettered");
-            let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
-            return;
+            tracing::warn!(error = %e, "unreadable task dropped; its lease expires and the scheduler sees to it");
+            return None;
         }
     };
+    let Some(lease) = header_str(&delivery.properties, LEASE_HEADER).as_deref().and_then(LeaseGrant::parse) else {
+        tracing::warn!(task = %task.id(), "task without a lease dropped");
+        return None;
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let held = heartbeat::HeldLease { token: lease.token, lost: lost.clone() };
+    worker.live.leases.lock().expect("lease table").insert(task.id(), held);
     let traceparent = header_str(&delivery.properties, TRACEPARENT_HEADER).unwrap_or_default();
-    let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task, attempt,
-        trace_id = trace_id(&traceparent).unwrap_or(""));
-    let held = InFlight::hold(&worker.live, task.id());
-    let priority = format!("{:?}", task.priority).to_lowercase();
-    let timer = metrics::WORKER_TASK_SECONDS.with_label_values(&[&priority]).start_timer();
-    async {
-        match work(worker, reports, &task, attempt).await {
-            Ok(()) => {
-                metrics::WORKER_TASKS.with_label_values(&[&priority, "ended"]).inc();
-                timer.observe_duration();
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            }
-            Err(Handback::Retry(reason)) => {
-                metrics::WORKER_TASKS.with_label_values(&[&priority, "failed_attempt"]).inc();
-                tracing::warn!(%reason, "attempt failed; handing the task back");
-                let report = Report::AttemptFailed {
+    Some(Accepted { task, lease, traceparent, lost })
+}
+
+impl Accepted {
+    async fn run(self, worker: &Worker, mut order: watch::Receiver<Order>) {
+        let Accepted { task, lease, traceparent, lost } = self;
+        let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task,
+            attempt = lease.attempt, token = lease.token, trace_id = trace_id(&traceparent).unwrap_or(""));
+        async {
+            let Some(device) = worker.devices.get(lease.device as usize) else {
+                let reason = format!("placed on device {} but this worker has {}", lease.device, worker.devices.len());
+                let _ = report(worker, &lost, task.priority, &failed(worker, &task, &lease, reason)).await;
+                return;
+            };
+            // Wait for a slot on the device's lane, unless told to stop taking work.
+            let permit = tokio::select! {
+                biased;
+                _ = order.wait_for(|o| *o != Order::Run) => None,
+                permit = device.lane(task.priority).clone().acquire_owned() => permit.ok(),
+            };
+            let Some(permit) = permit else {
+                let released = Report::Released {
                     tenant: task.tenant.clone(),
                     job: task.job.clone(),
                     task: task.task,
-                    attempt,
+                    token: lease.token,
                     worker: worker.config.id.clone(),
-                    reason,
                 };
-                let _ = report_to(reports, task.priority, &report).await;
-                tokio::time::sleep(Duration::from_millis(250 * attempt.min(8) as u64)).await;
-                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-            }
-            Err(Handback::BrokerLost(reason)) => {
-                // Without the broker the delivery cannot be settled; RabbitMQ redelivers it.
-                tracing::warn!(%reason, "report not confirmed; the broker will redeliver the task");
-            }
+                let _ = report(worker, &lost, task.priority, &released).await;
+                return;
+            };
+            let held = InFlight::hold(&worker.live, task.id());
+            device.running.fetch_add(1, Ordering::Relaxed);
+            handle(worker, device, &task, &lease, &lost).await;
+            device.running.fetch_sub(1, Ordering::Relaxed);
+            drop(held);
+            drop(permit);
+        }
+        .instrument(span)
+        .await;
+        worker.live.leases.lock().expect("lease table").remove(&task.id());
+    }
+}
+
+fn failed(worker: &Worker, task: &TaskMessage, lease: &LeaseGrant, reason: String) -> Report {
+    Report::AttemptFailed {
+        tenant: task.tenant.clone(),
+        job: task.job.clone(),
+        task: task.task,
+        attempt: lease.attempt,
+        token: lease.token,
+        worker: worker.config.id.clone(),
+        reason,
+    }
+}
+
+async fn handle(worker: &Worker, device: &Device, task: &TaskMessage, lease: &LeaseGrant, lost: &Arc<AtomicBool>) {
+    let priority = format!("{:?}", task.priority).to_lowercase();
+    let timer = metrics::WORKER_TASK_SECONDS.with_label_values(&[&priority]).start_timer();
+    match work(worker, device, task, lease, lost).await {
+        Ok(()) => {
+            metrics::WORKER_TASKS.with_label_values(&[&priority, "ended"]).inc();
+            timer.observe_duration();
+        }
+        Err(Handback::Retry(reason)) => {
+            metrics::WORKER_TASKS.with_label_values(&[&priority, "failed_attempt"]).inc();
+            tracing::warn!(%reason, "attempt failed; the scheduler retries it");
+            let _ = report(worker, lost, task.priority, &failed(worker, task, lease, reason)).await;
+        }
+        Err(Handback::Fenced) => {
+            metrics::WORKER_TASKS.with_label_values(&[&priority, "lease_lost"]).inc();
+            tracing::warn!("lease lost mid-task: outputs not written, nothing reported");
         }
     }
-    .instrument(span)
-    .await;
-    drop(held);
 }
 
 /// A task's place in the heartbeat's in-flight list, for as long as the worker holds it.
@@ -353,28 +492,26 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The next delivery of a lane, once one of its slots is free.
-async fn take(
-    slots: &Arc<Semaphore>,
-    consumer: &mut lapin::Consumer,
-) -> (tokio::sync::OwnedSemaphorePermit, Option<Result<Delivery, lapin::Error>>) {
-    let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-    (permit, consumer.next().await)
-}
-
 enum Handback {
     /// The attempt failed; retry it.
     Retry(String),
-    /// The broker is gone.
-    BrokerLost(String),
+    /// The lease was taken over: stop, write and report nothing.
+    Fenced,
 }
 
-async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u32) -> Result<(), Handback> {
+async fn work(
+    worker: &Worker,
+    device: &Device,
+    task: &TaskMessage,
+    lease: &LeaseGrant,
+    lost: &Arc<AtomicBool>,
+) -> Result<(), Handback> {
     let tenant = TenantId::new(&task.tenant).map_err(|e| Handback::Retry(e.to_string()))?;
+    let token = lease.token;
     if matches!(worker.jobs.get(&tenant, &task.job).await, Ok(Some(job)) if job.state == JobState::Cancelled) {
         tracing::info!("job cancelled; task skipped");
-        let skipped = Report::Skipped { tenant: task.tenant.clone(), job: task.job.clone(), task: task.task };
-        return report_to(reports, task.priority, &skipped).await;
+        let skipped = Report::Skipped { tenant: task.tenant.clone(), job: task.job.clone(), task: task.task, token };
+        return report(worker, lost, task.priority, &skipped).await;
     }
     let id = worker.config.id.clone();
     let (tenant_name, job) = (task.tenant.clone(), task.job.clone());
@@ -382,12 +519,14 @@ async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u
         tenant: tenant_name.clone(),
         job: job.clone(),
         task: task.task,
-        attempt,
+        attempt: lease.attempt,
+        token,
         worker: id.clone(),
         at_ms: now_ms(),
     };
-    report_to(reports, task.priority, &started).await?;
+    report(worker, lost, task.priority, &started).await?;
     let started_at_ms = now_ms();
+    let fence = Fence { jobs: &worker.jobs, task_id: task.id(), token, lost };
     let result = match worker.config.executor {
         Executor::Noop => {
             // A stand-in for device time, so the dispatch path can be measured with busy workers.
@@ -396,9 +535,13 @@ async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u
         }
         Executor::Engine => {
             let engine =
-                worker.models.get(&worker.s3, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
-            let ctx = TaskContext { s3: &worker.s3, engine, worker: &id, attempt };
-            task::run(&ctx, task).await.map_err(|e| Handback::Retry(e.0))?
+                device.models.get(&worker.s3, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
+            let ctx = TaskContext { s3: &worker.s3, engine, worker: &id, attempt: lease.attempt, fence: &fence };
+            match task::run(&ctx, task).await {
+                Ok(result) => result,
+                Err(_) if fence.is_lost() => return Err(Handback::Fenced),
+                Err(e) => return Err(Handback::Retry(e.0)),
+            }
         }
     };
     tracing::info!(succeeded = result.succeeded, failed = result.failures.len(), "task done");
@@ -408,7 +551,8 @@ async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u
         tenant: tenant_name,
         job,
         task: task.task,
-        attempt,
+        attempt: lease.attempt,
+        token,
         worker: id,
         succeeded: result.succeeded,
         failures: result.failures,
@@ -416,7 +560,7 @@ async fn work(worker: &Worker, reports: &Reports, task: &TaskMessage, attempt: u
         started_at_ms,
         finished_at_ms: now_ms(),
     };
-    report_to(reports, task.priority, &completed).await
+    report(worker, lost, task.priority, &completed).await
 }
 
 /// Confirm-mode channels for reports, one per priority: confirms come back in order per
@@ -426,16 +570,31 @@ struct Reports {
     batch: Channel,
 }
 
-async fn report_to(reports: &Reports, priority: Priority, report: &Report) -> Result<(), Handback> {
+/// Publishes a report and waits for the broker's confirm; while the broker is away it waits
+/// for the next session (the lease is renewed meanwhile). A task whose lease was lost
+/// reports nothing.
+async fn report(worker: &Worker, lost: &AtomicBool, priority: Priority, report: &Report) -> Result<(), Handback> {
     let body = serde_json::to_vec(report).expect("a report serialises");
-    let props = BasicProperties::default().with_content_type("application/json".into());
-    let channel = match priority {
-        Priority::Interactive => &reports.interactive,
-        Priority::Batch => &reports.batch,
-    };
-    publish_confirmed(channel, "", reports_queue(priority), &body, props)
-        .await
-        .map_err(|e| Handback::BrokerLost(e.to_string()))
+    let mut wait = Duration::from_millis(100);
+    loop {
+        if lost.load(Ordering::Relaxed) {
+            return Err(Handback::Fenced);
+        }
+        let channels = worker.reports.read().await.clone();
+        if let Some(channels) = channels {
+            let channel = match priority {
+                Priority::Interactive => &channels.interactive,
+                Priority::Batch => &channels.batch,
+            };
+            let props = BasicProperties::default().with_content_type("application/json".into());
+            match publish_confirmed(channel, "", reports_queue(priority), &body, props).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, report = report.kind(), "report not confirmed; retrying"),
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+    }
 }
 
 /// This host's name (from `/etc/hostname`; `host` when unreadable).

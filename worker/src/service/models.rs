@@ -44,6 +44,8 @@ pub struct ModelCache {
     entries: Mutex<Entries>,
     /// Names of the loaded models, readable without waiting for a load in progress.
     warm: std::sync::Mutex<Vec<String>>,
+    /// Their footprint, MiB.
+    used: std::sync::Mutex<f64>,
 }
 
 impl ModelCache {
@@ -56,7 +58,13 @@ impl ModelCache {
             budget_mib,
             entries: Mutex::new(Entries::default()),
             warm: std::sync::Mutex::new(Vec::new()),
+            used: std::sync::Mutex::new(0.0),
         }
+    }
+
+    /// Device memory the loaded models take, MiB (what the budget counts).
+    pub fn used_mib(&self) -> f64 {
+        *self.used.lock().expect("used memory")
     }
 
     /// The models loaded now (`name@version`), most recently used last.
@@ -122,5 +130,6 @@ impl ModelCache {
         let mut by_use: Vec<(&ModelRef, u64)> = entries.by_model.iter().map(|(m, e)| (m, e.last_used)).collect();
         by_use.sort_by_key(|(_, t)| *t);
         *self.warm.lock().expect("warm list") = by_use.into_iter().map(|(m, _)| m.to_string()).collect();
+        *self.used.lock().expect("used memory") = entries.by_model.values().map(|e| e.mib).sum();
     }
 }

@@ -1,7 +1,8 @@
 //! One task on a worker: inputs from S3 with bounded concurrency, the engine on a blocking
-//! thread, then per image the result, matte and embedding, and last the task manifest. Output
-//! keys come from the input keys, so a redelivered task rewrites the same objects; the
-//! scheduler counts the task once.
+//! thread, then per image the result, matte and embedding, and last the task manifest. The
+//! lease is checked before the outputs and again before the manifest, so a worker whose task
+//! was taken over writes nothing after it learns so. Output keys come from the input keys, so
+//! a re-dispatched task rewrites the same objects; the scheduler counts the task once.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,38 @@ struct ManifestItem {
     record: ItemRecord,
 }
 
+/// The task's lease, checked before outputs are written: a worker that lost its lease (the
+/// scheduler took the task over while it was silent) writes nothing.
+pub struct Fence<'a> {
+    /// Where leases live.
+    pub jobs: &'a fleet_common::jobstore::RedisJobStore,
+    /// The task's id.
+    pub task_id: String,
+    /// The token the worker was given.
+    pub token: u64,
+    /// Set by the heartbeat when a renewal finds the lease gone.
+    pub lost: &'a std::sync::atomic::AtomicBool,
+}
+
+impl Fence<'_> {
+    /// Whether the lease is known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Fails unless the lease still carries the worker's token.
+    pub async fn check(&self) -> Result<(), AttemptError> {
+        if !self.is_lost() {
+            match self.jobs.lease_token(&self.task_id).await {
+                Ok(Some(token)) if token == self.token => return Ok(()),
+                Ok(_) => self.lost.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(e) => return Err(AttemptError(format!("lease unreadable: {e}"))),
+            }
+        }
+        Err(AttemptError(format!("lease of {} taken over (token {} is stale)", self.task_id, self.token)))
+    }
+}
+
 /// Where a task runs: its store, engine and identity.
 pub struct TaskContext<'a> {
     /// The object store.
@@ -80,6 +113,8 @@ pub struct TaskContext<'a> {
     pub worker: &'a str,
     /// Attempt number.
     pub attempt: u32,
+    /// The task's lease.
+    pub fence: &'a Fence<'a>,
 }
 
 /// Runs the task and writes its outputs; item problems are failures in the result, store or
@@ -131,6 +166,8 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         OutputFormatName::Jpeg => "jpg",
         OutputFormatName::Webp => "webp",
     };
+    // Outputs are written only under a lease that still stands.
+    ctx.fence.check().await?;
     let mut outputs = Vec::new();
     for result in results {
         match result {
@@ -184,6 +221,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         failures: &failures,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("a task manifest serialises");
+    ctx.fence.check().await?;
     put(ctx.s3, &manifest_key, json, "application/json").await?;
     Ok(TaskResult { succeeded, failures, manifest: manifest_key })
 }

@@ -1,0 +1,346 @@
+//! Task leases with fencing tokens, in Redis.
+//!
+//! The scheduler's dispatcher grants a lease when it places a task on a worker's device; the
+//! worker renews its leases on every heartbeat; a lease not renewed for
+//! [`LEASE_TTL`] (three heartbeat periods) has expired, and the scheduler takes the task over
+//! and dispatches it again. Every grant and every takeover draws a new token from one
+//! counter, and every report a worker makes carries the token it was given: a report whose
+//! token is no longer the lease's (the task was taken over while the worker was silent) is
+//! ignored, so a late worker never writes a count twice.
+//!
+//! ```text
+//! fleet:lease:<tenant>/<job>/<task>  hash: token, worker, device, priority, expires_ms,
+//!                                    grants, not_before_ms, body (the TaskMessage JSON)
+//! fleet:leases                       sorted set task id -> expires_ms (held leases only)
+//! fleet:load                         hash "<worker>|<device>|<priority>" -> leases held
+//! fleet:requeue                      set of task ids taken from their worker, to dispatch again
+//! fleet:lease:seq                    the token counter
+//! ```
+//!
+//! A worker acknowledges a task's AMQP delivery as soon as it holds the lease: a task that
+//! runs for hours holds a lease, never an unacknowledged delivery, so RabbitMQ's consumer
+//! timeout does not apply to it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::heartbeat::HEARTBEAT_PERIOD;
+use crate::jobstore::{JobStoreError, RedisJobStore};
+use crate::keys::TenantId;
+
+/// A lease not renewed for this long has expired: three heartbeat periods.
+pub const LEASE_TTL: Duration = Duration::from_secs(3 * HEARTBEAT_PERIOD.as_secs());
+/// Sorted set of held leases by expiry.
+pub const LEASES_KEY: &str = "fleet:leases";
+/// Leases held per worker, device and priority.
+pub const LOAD_KEY: &str = "fleet:load";
+/// Tasks taken from their worker, waiting to be dispatched again.
+pub const REQUEUE_KEY: &str = "fleet:requeue";
+/// The fencing token counter.
+pub const TOKEN_SEQ_KEY: &str = "fleet:lease:seq";
+/// The dispatcher's last word on tasks it could not place, and why (JSON, short TTL), for
+/// `fleetctl queue`.
+pub const BLOCKED_KEY: &str = "fleet:placement:blocked";
+/// Grants after which a task whose workers keep dying is failed instead of dispatched again.
+pub const MAX_GRANTS: u32 = 2 * crate::amqp::MAX_ATTEMPTS;
+
+/// The lease hash of task `id` (`<tenant>/<job>/<task>`).
+pub fn lease_key(id: &str) -> String {
+    format!("fleet:lease:{id}")
+}
+
+/// Grants a lease unless the task ended or another live worker holds it.
+const GRANT: &str = r"
+local rec = redis.call('HGET', KEYS[6], ARGV[2])
+if not rec then
+  return {'gone'}
+end
+local state = cjson.decode(rec).state.state
+if state == 'succeeded' or state == 'dead_lettered' or state == 'cancelled' then
+  return {'ended'}
+end
+local holder = redis.call('HGET', KEYS[1], 'worker')
+if holder and holder ~= '' then
+  if tonumber(redis.call('HGET', KEYS[1], 'expires_ms')) > tonumber(ARGV[6]) then
+    return {'held'}
+  end
+  local slot = holder .. '|' .. redis.call('HGET', KEYS[1], 'device') .. '|' .. redis.call('HGET', KEYS[1], 'priority')
+  if redis.call('HINCRBY', KEYS[3], slot, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], slot)
+  end
+end
+local token = redis.call('INCR', KEYS[5])
+local grants = redis.call('HINCRBY', KEYS[1], 'grants', 1)
+local expires = tonumber(ARGV[6]) + tonumber(ARGV[7])
+redis.call('HSET', KEYS[1], 'token', token, 'worker', ARGV[3], 'device', ARGV[4], 'priority', ARGV[5],
+  'expires_ms', expires, 'body', ARGV[8], 'not_before_ms', 0)
+redis.call('ZADD', KEYS[2], expires, ARGV[1])
+redis.call('HINCRBY', KEYS[3], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5], 1)
+redis.call('SREM', KEYS[4], ARGV[1])
+return {'granted', tostring(token), tostring(grants)}
+";
+
+/// Renews the leases a worker holds; returns the ids of those it no longer holds.
+const RENEW: &str = r"
+local lost = {}
+local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
+for i = 4, #ARGV, 2 do
+  local key = 'fleet:lease:' .. ARGV[i]
+  local held = redis.call('HMGET', key, 'token', 'worker')
+  if held[1] == ARGV[i + 1] and held[2] == ARGV[1] then
+    redis.call('HSET', key, 'expires_ms', expires)
+    redis.call('ZADD', KEYS[1], expires, ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
+/// Gives back a lease while it still carries token `ARGV[1]`: its worker loses it (a new
+/// token), and with `ARGV[3]` = 1 the lease is deleted outright.
+const ABANDON: &str = r"
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return 0
+end
+local worker = redis.call('HGET', KEYS[1], 'worker')
+if worker and worker ~= '' then
+  local slot = worker .. '|' .. redis.call('HGET', KEYS[1], 'device') .. '|' .. redis.call('HGET', KEYS[1], 'priority')
+  if redis.call('HINCRBY', KEYS[3], slot, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], slot)
+  end
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[5], ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'worker', '', 'token', redis.call('INCR', KEYS[4]))
+end
+return 1
+";
+
+/// What a grant did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// The lease is the worker's.
+    Granted {
+        /// Its fencing token.
+        token: u64,
+        /// Grants of this task so far, this one included: the attempt number.
+        grants: u32,
+    },
+    /// The task already ended: nothing to do (a duplicate copy).
+    Ended,
+    /// A live worker holds it (a duplicate copy).
+    Held,
+    /// No such task.
+    Gone,
+}
+
+/// A lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRecord {
+    /// Task id.
+    pub id: String,
+    /// Current token.
+    pub token: u64,
+    /// Holder (empty when taken back).
+    pub worker: String,
+    /// Device index on the holder.
+    pub device: u32,
+    /// When it expires unless renewed (ms since the epoch).
+    pub expires_ms: u64,
+    /// Grants so far.
+    pub grants: u32,
+    /// Earliest re-dispatch (ms since the epoch).
+    pub not_before_ms: u64,
+    /// The task message.
+    pub body: String,
+}
+
+/// Leases held per worker, device and priority.
+pub type Load = HashMap<(String, u32, String), u32>;
+
+impl RedisJobStore {
+    /// Grants task `id` (task number `task` of `tenant`'s `job`) to `worker`'s device
+    /// `device`, storing `body` so the task can be dispatched again if the worker dies.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn grant_lease(
+        &self,
+        tenant: &TenantId,
+        job: &str,
+        task: u32,
+        worker: &str,
+        device: u32,
+        priority: &str,
+        now_ms: u64,
+        body: &[u8],
+    ) -> Result<Grant, JobStoreError> {
+        let id = crate::protocol::task_id(tenant.as_str(), job, task);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = redis::Script::new(GRANT)
+            .key(lease_key(&id))
+            .key(LEASES_KEY)
+            .key(LOAD_KEY)
+            .key(REQUEUE_KEY)
+            .key(TOKEN_SEQ_KEY)
+            .key(format!("fleet:tasks:{tenant}:{job}"))
+            .arg(&id)
+            .arg(task)
+            .arg(worker)
+            .arg(device)
+            .arg(priority)
+            .arg(now_ms)
+            .arg(LEASE_TTL.as_millis() as u64)
+            .arg(body)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("granted") => Grant::Granted {
+                token: reply.get(1).and_then(|t| t.parse().ok()).unwrap_or(0),
+                grants: reply.get(2).and_then(|g| g.parse().ok()).unwrap_or(1),
+            },
+            Some("ended") => Grant::Ended,
+            Some("held") => Grant::Held,
+            _ => Grant::Gone,
+        })
+    }
+
+    /// Gives back a lease whose task could not be sent to the worker (the task's queue
+    /// delivery still holds it).
+    pub async fn abandon_lease(&self, id: &str, token: u64) -> Result<bool, JobStoreError> {
+        self.drop_lease(id, token, false).await
+    }
+
+    /// Deletes the lease of a task that ended, if it still carries `token`.
+    pub async fn end_lease(&self, id: &str, token: u64) -> Result<bool, JobStoreError> {
+        self.drop_lease(id, token, true).await
+    }
+
+    async fn drop_lease(&self, id: &str, token: u64, delete: bool) -> Result<bool, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let done: i64 = redis::Script::new(ABANDON)
+            .key(lease_key(id))
+            .key(LEASES_KEY)
+            .key(LOAD_KEY)
+            .key(TOKEN_SEQ_KEY)
+            .key(REQUEUE_KEY)
+            .arg(token)
+            .arg(id)
+            .arg(if delete { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Renews `worker`'s leases `(task id, token)`; returns the ids it no longer holds.
+    pub async fn renew_leases(
+        &self,
+        worker: &str,
+        held: &[(String, u64)],
+        now_ms: u64,
+    ) -> Result<Vec<String>, JobStoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let script = redis::Script::new(RENEW);
+        let mut invocation = script.key(LEASES_KEY);
+        invocation.arg(worker).arg(now_ms).arg(LEASE_TTL.as_millis() as u64);
+        for (id, token) in held {
+            invocation.arg(id).arg(token);
+        }
+        Ok(invocation.invoke_async(&mut conn).await?)
+    }
+
+    /// The current token of task `id`'s lease, if it has one.
+    pub async fn lease_token(&self, id: &str) -> Result<Option<u64>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let token: Option<u64> = redis::cmd("HGET").arg(lease_key(id)).arg("token").query_async(&mut conn).await?;
+        Ok(token)
+    }
+
+    /// The lease of task `id`.
+    pub async fn lease(&self, id: &str) -> Result<Option<LeaseRecord>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let fields: HashMap<String, String> = redis::cmd("HGETALL").arg(lease_key(id)).query_async(&mut conn).await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |name: &str| fields.get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        Ok(Some(LeaseRecord {
+            id: id.to_string(),
+            token: num("token"),
+            worker: fields.get("worker").cloned().unwrap_or_default(),
+            device: num("device") as u32,
+            expires_ms: num("expires_ms"),
+            grants: num("grants") as u32,
+            not_before_ms: num("not_before_ms"),
+            body: fields.get("body").cloned().unwrap_or_default(),
+        }))
+    }
+
+    /// Held leases that expired at or before `now_ms` (at most `limit`).
+    pub async fn expired_leases(&self, now_ms: u64, limit: usize) -> Result<Vec<LeaseRecord>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(LEASES_KEY)
+            .arg("-inf")
+            .arg(now_ms)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.lease(&id).await? {
+                Some(lease) => out.push(lease),
+                None => {
+                    let _: () = redis::cmd("ZREM").arg(LEASES_KEY).arg(&id).query_async(&mut conn).await?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tasks taken back from their worker whose re-dispatch is due at `now_ms`.
+    pub async fn requeue_due(&self, now_ms: u64) -> Result<Vec<LeaseRecord>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = redis::cmd("SMEMBERS").arg(REQUEUE_KEY).query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            match self.lease(&id).await? {
+                Some(lease) if lease.worker.is_empty() && lease.not_before_ms <= now_ms => out.push(lease),
+                Some(lease) if lease.worker.is_empty() => {}
+                _ => self.requeued(&id).await?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks task `id` as sent back to its task queue.
+    pub async fn requeued(&self, id: &str) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        let _: () = redis::cmd("SREM").arg(REQUEUE_KEY).arg(id).query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Leases held per worker, device and priority.
+    pub async fn load(&self) -> Result<Load, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: HashMap<String, i64> = redis::cmd("HGETALL").arg(LOAD_KEY).query_async(&mut conn).await?;
+        let mut out = Load::new();
+        for (slot, n) in raw {
+            let mut parts = slot.rsplitn(3, '|');
+            let (Some(priority), Some(device), Some(worker)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            if let (Ok(device), true) = (device.parse(), n > 0) {
+                out.insert((worker.to_string(), device, priority.to_string()), n as u32);
+            }
+        }
+        Ok(out)
+    }
+}

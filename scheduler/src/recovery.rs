@@ -1,0 +1,108 @@
+//! Recovery of tasks from workers that stopped: leases not renewed for three heartbeat
+//! periods are taken over (a new token fences the silent worker out) and their tasks go back
+//! to their priority queue; so do tasks whose attempt failed, after their backoff, and tasks
+//! a draining worker gave back.
+//!
+//! ```text
+//! every 250 ms: fleet:leases expired --> LeaseLost (fenced by the old token) --> fleet:requeue
+//!               fleet:requeue due    --> fleet.tasks.<priority> --> the dispatcher again
+//! ```
+//!
+//! A task taken over [`MAX_GRANTS`] times (its workers keep dying on it) fails its items
+//! instead of going round again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_common::amqp::{publish_confirmed, string_headers, task_queue, TASKS_EXCHANGE};
+use fleet_common::jobstore::{LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
+use fleet_common::keys::TenantId;
+use fleet_common::lease::{LeaseRecord, LEASE_TTL, MAX_GRANTS};
+use fleet_common::protocol::{new_traceparent, now_ms, TaskMessage, TRACEPARENT_HEADER};
+use fleet_common::state::TaskEvent;
+use lapin::{BasicProperties, Channel};
+
+use crate::context::Scheduler;
+use crate::reports::{after_update, failed_items};
+
+/// How often expired leases and due re-dispatches are looked for.
+pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
+/// Leases taken over per sweep at most.
+const SWEEP_MAX: usize = 512;
+
+/// Sweeps until publishing fails (the broker session ended).
+pub async fn run(sched: Arc<Scheduler>, tasks: Channel, events: Channel) -> anyhow::Result<()> {
+    loop {
+        let now = now_ms();
+        match sched.store.expired_leases(now, SWEEP_MAX).await {
+            Ok(expired) => {
+                for lease in expired {
+                    if let Err(e) = take_over(&sched, &events, &lease, now).await {
+                        tracing::warn!(error = %e, task = %lease.id, "lease not taken over; next sweep tries again");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expired leases unreadable"),
+        }
+        match sched.store.requeue_due(now).await {
+            Ok(due) => {
+                for lease in due {
+                    requeue(&sched, &tasks, &lease).await?;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "re-dispatch list unreadable"),
+        }
+        tokio::time::sleep(SWEEP_PERIOD).await;
+    }
+}
+
+/// Takes an expired lease from its worker: the task goes back to the queue (or fails, past
+/// [`MAX_GRANTS`]); a report the old holder makes later carries a stale token and is ignored.
+async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now: u64) -> anyhow::Result<()> {
+    let message: TaskMessage = serde_json::from_str(&lease.body)?;
+    let tenant = TenantId::new(&message.tenant)?;
+    let silent_ms = now.saturating_sub(lease.expires_ms.saturating_sub(LEASE_TTL.as_millis() as u64));
+    let error = format!("worker {} stopped renewing its lease ({silent_ms} ms silent)", lease.worker);
+    let note = TaskNote { error: Some(&error), ..Default::default() };
+    let (event, outcome, op) = if lease.grants >= MAX_GRANTS {
+        let reason = format!("the task's worker was lost {} times; last: {error}", lease.grants);
+        (TaskEvent::DeadLetter, failed_items(&message.keys, &reason), LeaseOp::End { token: Some(lease.token) })
+    } else {
+        (TaskEvent::LeaseLost, TaskOutcome::default(), LeaseOp::Requeue { token: lease.token, not_before_ms: 0 })
+    };
+    let update = sched.store.update_task(&tenant, &message.job, message.task, event, &outcome, note, op).await?;
+    match &update {
+        TaskUpdate::Applied { .. } => {
+            fleet_common::metrics::TASKS.with_label_values(&["lease_takeover"]).inc();
+            tracing::warn!(task = %lease.id, worker = %lease.worker, silent_ms, token = lease.token,
+                "lease taken over: the worker went silent; dispatching the task again");
+            sched.capacity_freed.notify_one();
+        }
+        TaskUpdate::Fenced => {}
+        TaskUpdate::Refused(refused) => {
+            // The task ended meanwhile: only the lease is left to clear.
+            tracing::debug!(task = %lease.id, %refused, "expired lease of a finished task cleared");
+            sched.store.end_lease(&lease.id, lease.token).await?;
+        }
+    }
+    after_update(sched, events, &tenant, &message.job, message.task, update).await;
+    Ok(())
+}
+
+/// Sends a task taken back from its worker to its priority queue again.
+async fn requeue(sched: &Scheduler, tasks: &Channel, lease: &LeaseRecord) -> anyhow::Result<()> {
+    let Ok(message) = serde_json::from_str::<TaskMessage>(&lease.body) else {
+        tracing::warn!(task = %lease.id, "unreadable task body; dropped from the re-dispatch list");
+        sched.store.requeued(&lease.id).await?;
+        return Ok(());
+    };
+    let (_, routing_key) = task_queue(message.priority);
+    let props = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(lease.id.clone().into())
+        .with_headers(string_headers(&[(TRACEPARENT_HEADER, &new_traceparent())]));
+    publish_confirmed(tasks, TASKS_EXCHANGE, routing_key, lease.body.as_bytes(), props).await?;
+    sched.store.requeued(&lease.id).await?;
+    tracing::info!(task = %lease.id, "task back in its queue");
+    Ok(())
+}
