@@ -607,6 +607,6 @@ async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() 
         assert_eq!(view.progress.items_succeeded, 1, "{model}: {}", fleet.log(&worker));
     }
     let beat = wait_beat(&client, &worker, |b| b.warm_models.len() == 1 && b.warm_models[0] == copy).await;
-    assert_eq!(beat.warm_models, [copy.clone()], "the first model made room for the second");
+    assert_eq!(beat.warm_models, std::slice::from_ref(&copy), "the first model made room for the second");
     assert!(fleet.log(&worker).contains("model evicted (least recently used)"), "{}", fleet.log(&worker));
 }

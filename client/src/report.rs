@@ -83,7 +83,6 @@ pub async fn job_contact_sheet<S: ObjectStore>(
     let limits = DecodeLimits::default();
     let loaded: Vec<(RgbImage, GrayImage, Composited)> = stream::iter(items)
         .map(|item| {
-            let limits = limits.clone();
             async move {
                 let input = decode(&s3.get(&item.input_key).await?, &limits)?.rgb;
                 let matte = image::load_from_memory(&s3.get(&item.matte_key).await?)?.to_luma8();

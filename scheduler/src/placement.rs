@@ -101,11 +101,14 @@ pub struct Policy {
     pub heartbeat_timeout_ms: u64,
     /// Spread or pack.
     pub strategy: Strategy,
+    /// Prefer a device where the task's model is warm (rule 4). Off only to measure what
+    /// the preference saves.
+    pub prefer_warm: bool,
 }
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { headroom_mib: 1024, max_temperature_c: 87, heartbeat_timeout_ms: 2_000, strategy: Strategy::Spread }
+        Policy { headroom_mib: 1024, max_temperature_c: 87, heartbeat_timeout_ms: 2_000, strategy: Strategy::Spread, prefer_warm: true }
     }
 }
 
@@ -199,7 +202,7 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                 }
                 let better = match best {
                     None => true,
-                    Some((_, _, b_warm)) if is_warm != b_warm => is_warm,
+                    Some((_, _, b_warm)) if policy.prefer_warm && is_warm != b_warm => is_warm,
                     Some((b, _, _)) => {
                         let free_b =
                             room(&devices[b], devices[b].warm.contains(&task.model)).saturating_sub(reserved[b]);

@@ -12,8 +12,8 @@ const MIB: u64 = 1024 * 1024;
 
 /// NVML, or why it is not there.
 pub enum Gpus {
-    /// NVML loaded and initialised.
-    Nvml(Nvml),
+    /// NVML loaded and initialised (boxed: the handle is large).
+    Nvml(Box<Nvml>),
     /// No NVML: the reason, for the logs and the worker's registration.
     Absent(String),
 }
@@ -22,7 +22,7 @@ impl Gpus {
     /// Loads NVML if the host has it.
     pub fn probe() -> Gpus {
         match Nvml::init() {
-            Ok(nvml) => Gpus::Nvml(nvml),
+            Ok(nvml) => Gpus::Nvml(Box::new(nvml)),
             Err(e) => Gpus::Absent(format!("NVML unavailable ({e}): running on the CPU")),
         }
     }

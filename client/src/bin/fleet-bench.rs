@@ -5,6 +5,7 @@
 //! fleet-bench dispatch --tasks 20000 --probes 200 --backlog 100000   no-op workers: tasks/s, p99 start latency
 //! fleet-bench shard-rss --keys 1000000 --scheduler-pid PID           scheduler peak RSS splitting a manifest
 //! fleet-bench catalog-job --prefix P                                 images/s of one re-render job
+//! fleet-bench mixed-models --prefix P --models a@1,b@1 --jobs 24     interleaved jobs of two models
 //! ```
 
 use std::time::{Duration, Instant};
@@ -60,6 +61,19 @@ enum Command {
         #[arg(long, default_value_t = 16)]
         shard: u32,
     },
+    /// Interleaved jobs over a prefix, alternating between models, all submitted at once;
+    /// prints tasks and wall time (model loads are counted from the workers' logs).
+    MixedModels {
+        #[arg(long)]
+        prefix: String,
+        /// Models to alternate between, comma-separated `name@version`.
+        #[arg(long)]
+        models: String,
+        #[arg(long, default_value_t = 24)]
+        jobs: usize,
+        #[arg(long, default_value_t = 2)]
+        shard: u32,
+    },
 }
 
 const TENANT: &str = "tenant-a";
@@ -112,6 +126,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::ShardRss { keys, shard, scheduler_pid } => shard_rss(&client, keys, shard, scheduler_pid).await,
             Command::CatalogJob { prefix, shard } => catalog_job(&client, &prefix, shard).await,
+            Command::MixedModels { prefix, models, jobs, shard } => {
+                mixed_models(&client, &prefix, &models, jobs, shard).await
+            }
         }
     })
 }
@@ -288,6 +305,34 @@ async fn catalog_job(client: &Client, prefix: &str, shard: u32) -> anyhow::Resul
         view.progress.items_succeeded,
         view.progress.items_failed,
         view.progress.items_succeeded as f64 / wall
+    );
+    Ok(())
+}
+
+async fn mixed_models(client: &Client, prefix: &str, models: &str, jobs: usize, shard: u32) -> anyhow::Result<()> {
+    let models: Vec<&str> = models.split(',').filter(|m| !m.is_empty()).collect();
+    anyhow::ensure!(!models.is_empty(), "--models names no model");
+    let started = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..jobs {
+        let model = models[i % models.len()];
+        let id = run_id(&format!("mixed-{i}"));
+        let mut body: serde_json::Value = serde_json::from_slice(&job(&id, "batch", json!({"prefix": prefix}), shard))?;
+        body["spec"]["model"] = json!(model);
+        match client.submit(&id, &serde_json::to_vec(&body)?, Duration::from_secs(60)).await? {
+            Submitted::Accepted => ids.push(id),
+            other => anyhow::bail!("job {id} not accepted: {other:?}"),
+        }
+    }
+    let mut tasks = 0;
+    for id in &ids {
+        let view = client.wait(id, Duration::from_secs(1800), |_| {}).await?;
+        tasks += view.progress.tasks_done;
+    }
+    println!(
+        "mixed-models: {jobs} jobs alternating {} models, {tasks} tasks in {:.1} s",
+        models.len(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

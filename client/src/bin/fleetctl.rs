@@ -253,15 +253,17 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Drain { worker, wait } => {
             client.jobs.set_worker_order(&worker, Order::Drain).await?;
             println!("{worker}: draining");
-            while wait {
-                let beats = client.jobs.heartbeats().await?;
-                match beats.iter().find(|b| b.id == worker) {
-                    Some(b) if b.state == "drained" => {
-                        println!("{worker}: drained");
-                        break;
+            if wait {
+                loop {
+                    let beats = client.jobs.heartbeats().await?;
+                    match beats.iter().find(|b| b.id == worker) {
+                        Some(b) if b.state == "drained" => {
+                            println!("{worker}: drained");
+                            break;
+                        }
+                        Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                        None => anyhow::bail!("{worker} has no heartbeat: not running"),
                     }
-                    Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    None => anyhow::bail!("{worker} has no heartbeat: not running"),
                 }
             }
         }

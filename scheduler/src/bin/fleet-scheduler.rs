@@ -31,6 +31,9 @@ struct Cli {
     /// Devices at or over this temperature get no new tasks, Celsius.
     #[arg(long, env = "FLEET_MAX_TEMPERATURE_C", default_value_t = 87)]
     max_temperature_c: u32,
+    /// Prefer devices where a task's model is already warm (`false` only to measure what it saves).
+    #[arg(long, env = "FLEET_WARM_AFFINITY", default_value_t = true, action = clap::ArgAction::Set)]
+    warm_affinity: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
             placement: fleet_scheduler::placement::Policy {
                 headroom_mib: cli.headroom_mib,
                 max_temperature_c: cli.max_temperature_c,
+                prefer_warm: cli.warm_affinity,
                 strategy: if cli.placement == "pack" {
                     fleet_scheduler::placement::Strategy::Pack
                 } else {

@@ -156,6 +156,7 @@ proptest! {
         pack in any::<bool>(),
     ) {
         let policy = Policy { strategy: if pack { Strategy::Pack } else { Strategy::Spread }, ..Default::default() };
+        prop_assert!(policy.prefer_warm);
         let decisions = place(&policy, &devices, &tasks);
         // Every task is decided once, interactive ones first.
         let mut seen: Vec<usize> = decisions.iter().map(|(t, _)| *t).collect();

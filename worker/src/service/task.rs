@@ -134,7 +134,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         ..Default::default()
     };
     let mut failures = Vec::new();
-    let fetched: Vec<(String, Result<(Vec<u8>, f64), ItemFailureReport>)> = stream::iter(task.keys.iter().cloned())
+    let fetched: Vec<(String, Fetched)> = stream::iter(task.keys.iter().cloned())
         .map(|key| {
             let tenant = tenant.clone();
             async move {
@@ -226,13 +226,16 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     Ok(TaskResult { succeeded, failures, manifest: manifest_key })
 }
 
+/// An input's bytes and download time, or why it has none.
+type Fetched = Result<(Vec<u8>, f64), ItemFailureReport>;
+
 /// Fetches one input: an item failure when the key is not the tenant's or not there, an
 /// attempt failure when the store keeps failing.
 async fn fetch_item(
     s3: &S3Store,
     tenant: &TenantId,
     key: &str,
-) -> Result<Result<(Vec<u8>, f64), ItemFailureReport>, AttemptError> {
+) -> Result<Fetched, AttemptError> {
     let fail =
         |code: &str, reason: String| Ok(Err(ItemFailureReport { key: key.to_string(), code: code.into(), reason }));
     if let Err(e) = check_tenant_key(tenant, key) {
