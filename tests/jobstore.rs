@@ -153,7 +153,13 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     let (w1, w2, w3) = (unique("w1"), unique("w2"), unique("w3"));
     let (w1, w2, w3) = (w1.as_str(), w2.as_str(), w3.as_str());
     let now = fleet_common::protocol::now_ms();
-    let body = br#"{"placeholder":true}"#;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "tenant": "tenant-a", "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
+        "keys": ["tenant-a/x.jpg"], "background": {"mode": "transparent"}, "output": {"format": "png"},
+        "accepted_at_ms": now,
+    }))
+    .unwrap();
+    let body = body.as_slice();
     let Grant::Granted { token: first, grants: 1 } =
         store.grant_lease(&tenant, &job, 0, w1, 0, "batch", now, body).await.unwrap()
     else {
@@ -206,6 +212,10 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     assert_eq!(store.progress(&tenant, &job).await.unwrap().items_succeeded, 0);
     assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap(), vec![id.clone()]);
     // w2 completes under the current token: counted once, lease gone.
+    assert!(
+        serde_json::from_str::<fleet_common::protocol::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body).is_ok(),
+        "the lease keeps the task message for re-dispatch"
+    );
     let note = TaskNote { worker: Some(w2), ..Default::default() };
     let done =
         store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note, LeaseOp::End { token: Some(second) });

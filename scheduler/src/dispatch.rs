@@ -50,7 +50,7 @@ const TICK: Duration = Duration::from_millis(50);
 const VIEW_MAX_AGE: Duration = Duration::from_millis(200);
 /// A task that fits nowhere this long goes back to the end of its queue.
 pub const UNPLACED_RETURN: Duration = Duration::from_secs(60);
-/// Images per forward pass a task's activations are reserved for.
+/// Images per forward pass a model's activations are reserved for (the engine's batch).
 const ACTIVATION_BATCH: u32 = 8;
 /// Tasks a device may hold per lane slot: running plus one waiting on the worker.
 const LEASES_PER_SLOT: u32 = 2;
@@ -64,10 +64,12 @@ struct Waiting {
     since: Instant,
 }
 
-/// A lease granted since the worker's last heartbeat: its memory is not in that heartbeat.
+/// A model sent to a device where it was cold, since the device's last heartbeat: its memory
+/// is not in that heartbeat yet.
 struct Recent {
     worker: String,
     device: u32,
+    model: String,
     need_mib: u64,
     at_ms: u64,
 }
@@ -245,12 +247,15 @@ impl Dispatcher {
                     fleet_common::metrics::TASKS.with_label_values(&["leased"]).inc();
                     let label = if warm { "warm" } else { "cold" };
                     fleet_common::metrics::PLACEMENTS.with_label_values(&[label]).inc();
-                    self.recent.push(Recent {
-                        worker: device.worker.clone(),
-                        device: device.device,
-                        need_mib,
-                        at_ms: now,
-                    });
+                    if need_mib > 0 {
+                        self.recent.push(Recent {
+                            worker: device.worker.clone(),
+                            device: device.device,
+                            model: w.message.model.clone(),
+                            need_mib,
+                            at_ms: now,
+                        });
+                    }
                     settled.push((t, true));
                 }
                 Err(e) => {
@@ -330,12 +335,13 @@ impl Dispatcher {
                     load.get(&(beat.id.clone(), device.index, priority.to_string())).copied().unwrap_or(0)
                 };
                 let (interactive, batch) = (held("interactive"), held("batch"));
-                let granted_since: u64 = self
+                let loading: Vec<&Recent> = self
                     .recent
                     .iter()
                     .filter(|r| r.worker == beat.id && r.device == device.index && r.at_ms > beat.at_ms)
-                    .map(|r| r.need_mib)
-                    .sum();
+                    .filter(|r| !device.warm_models.contains(&r.model))
+                    .collect();
+                let granted_since: u64 = loading.iter().map(|r| r.need_mib).sum();
                 let gpu = device
                     .spec
                     .strip_prefix("cuda:")
@@ -362,6 +368,7 @@ impl Dispatcher {
                     capacity: 2 * LEASES_PER_SLOT * slots,
                     batch_capacity: LEASES_PER_SLOT * slots,
                     warm: device.warm_models.iter().cloned().collect(),
+                    loading: loading.iter().map(|r| r.model.clone()).collect(),
                     temperature_c: gpu.and_then(|g| g.temperature_c),
                     ecc_growing,
                     heartbeat_age_ms: now.saturating_sub(beat.at_ms),

@@ -2,20 +2,27 @@
 //! workers last reported. The scheduler feeds it the devices from the workers' heartbeats
 //! and the tasks waiting, and gets back a device for each task or the reasons none fits.
 //!
+//! Memory is counted per model, not per task: a worker runs each model's forward passes on
+//! one inference thread, so a warm model holds its weights and one batch of activations
+//! however many of its tasks the device runs. A task whose model is warm on a device needs no
+//! more memory there; a task whose model is cold needs the model's footprint
+//! (`weights + memory per image x batch`), reserved once per device and round however many
+//! tasks of that model follow it there.
+//!
 //! Rules, in order:
 //! 1. interactive tasks are placed before batch ones (each group in its given order);
 //! 2. a device is eligible only if its worker is active (not draining or cordoned), its
 //!    heartbeat is fresh, it is under the temperature limit and its uncorrected ECC count is
 //!    not growing;
-//! 3. a task fits where `weights (unless warm) + memory per image x batch + headroom` is at
-//!    most the device's free memory (plus, for a model not warm there, what its warm models
-//!    hold: the worker evicts them to make room) minus what this round already placed there
-//!    (memory is never over-committed), and where the device has a free task slot: at most `capacity`
-//!    tasks in all, of which at most `batch_capacity` batch ones, so interactive work always
-//!    finds room that batch work cannot take;
+//! 3. a task fits where its need plus the device's headroom is at most the device's free
+//!    memory (plus, for a cold model, what its idle warm models hold: the worker evicts them
+//!    to make room) minus what this round already reserved there (memory is never
+//!    over-committed), and where the device has a free task slot: at most `capacity` tasks in
+//!    all, of which at most `batch_capacity` batch ones, so interactive work always finds room
+//!    that batch work cannot take;
 //! 4. among fitting devices, one where the model is already warm (as its worker reported)
-//!    wins; a model this round sends to a cold device does not count as warm there, so tasks
-//!    of one model still spread, and each reserves the model's weights (never too little);
+//!    wins; a model this round or a recent one sends to a cold device is loading there (no
+//!    second reservation) but does not count as warm, so tasks of one model still spread;
 //! 5. then `Spread` takes the least loaded device (most free memory on ties), `Pack` the most
 //!    loaded one that still fits (least free memory on ties).
 
@@ -56,6 +63,9 @@ pub struct DeviceView {
     pub batch_capacity: u32,
     /// Models loaded on it (`name@version`).
     pub warm: BTreeSet<String>,
+    /// Models sent to it since its last heartbeat and not yet reported warm: their memory is
+    /// already subtracted from `free_mib`.
+    pub loading: BTreeSet<String>,
     /// Core temperature, Celsius, where known.
     pub temperature_c: Option<u32>,
     /// Whether its uncorrected ECC error count grew since the previous heartbeat.
@@ -115,11 +125,12 @@ impl Default for Policy {
 /// Where one task goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// On `devices[index]`, reserving `need_mib`.
+    /// On `devices[index]`, reserving `need_mib` (0 when its model is warm or already loading
+    /// there).
     Placed {
         /// Index into the devices given.
         index: usize,
-        /// Memory reserved for it.
+        /// Memory reserved for it: the model's footprint when this task loads it.
         need_mib: u64,
         /// Whether its model was already warm there.
         warm: bool,
@@ -150,10 +161,9 @@ pub fn unhealthy(policy: &Policy, d: &DeviceView) -> Option<String> {
     None
 }
 
-/// Memory a task needs on a device where its model is (or is not) warm.
-pub fn need_mib(policy: &Policy, task: &TaskNeed, warm: bool) -> u64 {
-    let weights = if warm { 0 } else { task.weights_mib };
-    weights + task.memory_per_image_mib * task.batch.max(1) as u64 + policy.headroom_mib
+/// Memory a task's model takes on a device: weights and one batch of activations.
+pub fn footprint_mib(task: &TaskNeed) -> u64 {
+    task.weights_mib + task.memory_per_image_mib * task.batch.max(1) as u64
 }
 
 /// Memory a task may use on `d`: its free memory, plus its warm models' when the task's
@@ -171,6 +181,8 @@ pub fn room(d: &DeviceView, warm: bool) -> u64 {
 /// on the side.
 pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec<(usize, Decision)> {
     let mut reserved = vec![0u64; devices.len()];
+    let mut loading: Vec<BTreeSet<&str>> =
+        devices.iter().map(|d| d.loading.iter().map(String::as_str).collect()).collect();
     let mut load: Vec<u32> = devices.iter().map(|d| d.load).collect();
     let mut batch_load: Vec<u32> = devices.iter().map(|d| d.batch_load).collect();
     let blocked: Vec<Option<String>> = devices.iter().map(|d| unhealthy(policy, d)).collect();
@@ -181,49 +193,46 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
         .map(|t| {
             let task = &tasks[t];
             let mut reasons = Vec::new();
-            let mut best: Option<(usize, u64, bool)> = None;
+            // (device, need, warm, room left after it)
+            let mut best: Option<(usize, u64, bool, u64)> = None;
             for (i, d) in devices.iter().enumerate() {
                 if let Some(reason) = &blocked[i] {
                     reasons.push(format!("{}/{}: {reason}", d.worker, d.device));
                     continue;
                 }
                 if load[i] >= d.capacity || (!task.interactive && batch_load[i] >= d.batch_capacity) {
-                    let (held, cap) =
-                        if task.interactive { (load[i], d.capacity) } else { (batch_load[i], d.batch_capacity) };
+                    let (held, cap) = if task.interactive { (load[i], d.capacity) } else { (batch_load[i], d.batch_capacity) };
                     reasons.push(format!("{}/{}: all {cap} slots taken ({held} held)", d.worker, d.device));
                     continue;
                 }
                 let is_warm = d.warm.contains(&task.model);
-                let need = need_mib(policy, task, is_warm);
-                let free = room(d, is_warm).saturating_sub(reserved[i]);
-                if need > free {
-                    reasons.push(format!("{}/{}: needs {need} MiB, {free} MiB free", d.worker, d.device));
+                let resident = is_warm || loading[i].contains(task.model.as_str());
+                let need = if resident { 0 } else { footprint_mib(task) };
+                let free = room(d, resident).saturating_sub(reserved[i]);
+                if need + policy.headroom_mib > free {
+                    reasons.push(format!(
+                        "{}/{}: needs {need} MiB + {} MiB headroom, {free} MiB free",
+                        d.worker, d.device, policy.headroom_mib
+                    ));
                     continue;
                 }
+                let left = free - need;
                 let better = match best {
                     None => true,
-                    Some((_, _, b_warm)) if policy.prefer_warm && is_warm != b_warm => is_warm,
-                    Some((b, _, _)) => {
-                        let free_b =
-                            room(&devices[b], devices[b].warm.contains(&task.model)).saturating_sub(reserved[b]);
-                        let free_i = free;
-                        match policy.strategy {
-                            Strategy::Spread => {
-                                (load[i], std::cmp::Reverse(free_i)) < (load[b], std::cmp::Reverse(free_b))
-                            }
-                            Strategy::Pack => {
-                                (std::cmp::Reverse(load[i]), free_i) < (std::cmp::Reverse(load[b]), free_b)
-                            }
-                        }
-                    }
+                    Some((_, _, b_warm, _)) if policy.prefer_warm && is_warm != b_warm => is_warm,
+                    Some((b, _, _, b_left)) => match policy.strategy {
+                        Strategy::Spread => (load[i], std::cmp::Reverse(left)) < (load[b], std::cmp::Reverse(b_left)),
+                        Strategy::Pack => (std::cmp::Reverse(load[i]), left) < (std::cmp::Reverse(load[b]), b_left),
+                    },
                 };
                 if better {
-                    best = Some((i, need, is_warm));
+                    best = Some((i, need, is_warm, left));
                 }
             }
             match best {
-                Some((index, need, was_warm)) => {
+                Some((index, need, was_warm, _)) => {
                     reserved[index] += need;
+                    loading[index].insert(task.model.as_str());
                     load[index] += 1;
                     if !task.interactive {
                         batch_load[index] += 1;

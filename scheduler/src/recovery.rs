@@ -59,8 +59,18 @@ pub async fn run(sched: Arc<Scheduler>, tasks: Channel, events: Channel) -> anyh
 /// Takes an expired lease from its worker: the task goes back to the queue (or fails, past
 /// [`MAX_GRANTS`]); a report the old holder makes later carries a stale token and is ignored.
 async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now: u64) -> anyhow::Result<()> {
-    let message: TaskMessage = serde_json::from_str(&lease.body)?;
-    let tenant = TenantId::new(&message.tenant)?;
+    let parsed = serde_json::from_str::<TaskMessage>(&lease.body)
+        .map_err(|e| e.to_string())
+        .and_then(|m| TenantId::new(&m.tenant).map(|t| (m, t)).map_err(|e| e.to_string()));
+    let (message, tenant) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            // Nothing can be dispatched from it: drop the lease rather than retry forever.
+            tracing::warn!(task = %lease.id, error = %e, "expired lease with an unreadable task dropped");
+            sched.store.end_lease(&lease.id, lease.token).await?;
+            return Ok(());
+        }
+    };
     let silent_ms = now.saturating_sub(lease.expires_ms.saturating_sub(LEASE_TTL.as_millis() as u64));
     let error = format!("worker {} stopped renewing its lease ({silent_ms} ms silent)", lease.worker);
     let note = TaskNote { error: Some(&error), ..Default::default() };

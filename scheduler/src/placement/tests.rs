@@ -18,6 +18,7 @@ fn device(worker: &str, free_mib: u64, load: u32, warm: &[&str]) -> DeviceView {
         capacity: 16,
         batch_capacity: 12,
         warm: warm.iter().map(|m| m.to_string()).collect(),
+        loading: Default::default(),
         temperature_c: Some(50),
         ecc_growing: false,
         heartbeat_age_ms: 100,
@@ -126,6 +127,12 @@ fn arb_device() -> impl proptest::strategy::Strategy<Value = DeviceView> {
                     batch_load: load / 2,
                     capacity,
                     batch_capacity: batch_cap.min(capacity),
+                    loading: MODELS
+                        .iter()
+                        .filter(|m| !warm.contains(*m))
+                        .take((n % 2) as usize)
+                        .map(|m| m.to_string())
+                        .collect(),
                     warm: warm.into_iter().map(str::to_string).collect(),
                     temperature_c,
                     ecc_growing,
@@ -167,6 +174,7 @@ proptest! {
         // Replay the round: memory never over-committed, no unhealthy device used, and a cold
         // device is chosen only when no eligible warm device had room.
         let mut reserved = vec![0u64; devices.len()];
+        let mut loading: Vec<std::collections::BTreeSet<String>> = devices.iter().map(|d| d.loading.clone()).collect();
         let mut held: Vec<(u32, u32)> = devices.iter().map(|d| (d.load, d.batch_load)).collect();
         for (t, decision) in &decisions {
             let task = &tasks[*t];
@@ -174,17 +182,23 @@ proptest! {
                 let d = &devices[*index];
                 prop_assert!(unhealthy(&policy, d).is_none(), "placed on {:?}", d);
                 prop_assert_eq!(*was_warm, d.warm.contains(&task.model));
-                prop_assert_eq!(*placed, need_mib(&policy, task, *was_warm));
+                let resident = *was_warm || loading[*index].contains(&task.model);
+                // A model's memory is reserved once per device: by the task that loads it.
+                prop_assert_eq!(*placed, if resident { 0 } else { footprint_mib(task) });
                 if !was_warm {
                     for (i, other) in devices.iter().enumerate() {
                         let room = room(other, true).saturating_sub(reserved[i]);
                         let slot = held[i].0 < other.capacity && (task.interactive || held[i].1 < other.batch_capacity);
-                        let fits_warm = slot && other.warm.contains(&task.model) && need_mib(&policy, task, true) <= room;
+                        let fits_warm = slot && other.warm.contains(&task.model) && policy.headroom_mib <= room;
                         prop_assert!(!(fits_warm && unhealthy(&policy, other).is_none()), "a warm device had room");
                     }
                 }
                 reserved[*index] += placed;
-                prop_assert!(reserved[*index] <= d.free_mib + d.evictable_mib, "over-committed {:?}", d);
+                loading[*index].insert(task.model.clone());
+                prop_assert!(
+                    reserved[*index] + policy.headroom_mib <= d.free_mib + d.evictable_mib,
+                    "over-committed {:?}", d
+                );
                 held[*index].0 += 1;
                 held[*index].1 += u32::from(!task.interactive);
                 prop_assert!(held[*index].0 <= d.capacity.max(d.load), "over capacity {:?}", d);
