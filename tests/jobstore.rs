@@ -213,7 +213,8 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap(), vec![id.clone()]);
     // w2 completes under the current token: counted once, lease gone.
     assert!(
-        serde_json::from_str::<fleet_common::protocol::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body).is_ok(),
+        serde_json::from_str::<fleet_common::protocol::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body)
+            .is_ok(),
         "the lease keeps the task message for re-dispatch"
     );
     let note = TaskNote { worker: Some(w2), ..Default::default() };

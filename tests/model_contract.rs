@@ -54,6 +54,7 @@ fn export_variant(dir: &Path) -> ModelManifest {
             embedding: EmbeddingSpec::Model { file: "embed.pt".into(), dim: reference.output.embedding.dim() },
         },
         metrics: None,
+        trainable_file: None,
         ..reference
     };
     std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();

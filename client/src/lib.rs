@@ -61,6 +61,8 @@ pub struct JobView {
     pub record: JobRecord,
     /// Its counts.
     pub progress: Progress,
+    /// A fine-tune's latest figures (step, phase, loss, learning rate, steps/s, ETA).
+    pub training: Option<fleet_common::protocol::TrainingProgress>,
 }
 
 /// A connected client.
@@ -163,7 +165,12 @@ impl Client {
         match self.jobs.get(&self.tenant, id).await? {
             Some(record) => {
                 let progress = self.jobs.progress(&self.tenant, id).await?;
-                Ok(Some(JobView { record, progress }))
+                let training =
+                    match self.jobs.note(&fleet_common::lease::training_key(self.tenant.as_str(), id)).await? {
+                        Some(json) => serde_json::from_str(&json).ok(),
+                        None => None,
+                    };
+                Ok(Some(JobView { record, progress, training }))
             }
             None => match self.jobs.rejection(&self.tenant, id).await? {
                 Some(rejection) => Err(anyhow::anyhow!(rejection)),

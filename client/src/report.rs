@@ -82,18 +82,16 @@ pub async fn job_contact_sheet<S: ObjectStore>(
     }
     let limits = DecodeLimits::default();
     let loaded: Vec<(RgbImage, GrayImage, Composited)> = stream::iter(items)
-        .map(|item| {
-            async move {
-                let input = decode(&s3.get(&item.input_key).await?, &limits)?.rgb;
-                let matte = image::load_from_memory(&s3.get(&item.matte_key).await?)?.to_luma8();
-                let result = image::load_from_memory(&s3.get(&item.result_key).await?)?;
-                let after = if result.color().has_alpha() {
-                    Composited::Rgba(result.to_rgba8())
-                } else {
-                    Composited::Rgb(result.to_rgb8())
-                };
-                anyhow::Ok((input, matte, after))
-            }
+        .map(|item| async move {
+            let input = decode(&s3.get(&item.input_key).await?, &limits)?.rgb;
+            let matte = image::load_from_memory(&s3.get(&item.matte_key).await?)?.to_luma8();
+            let result = image::load_from_memory(&s3.get(&item.result_key).await?)?;
+            let after = if result.color().has_alpha() {
+                Composited::Rgba(result.to_rgba8())
+            } else {
+                Composited::Rgb(result.to_rgb8())
+            };
+            anyhow::Ok((input, matte, after))
         })
         .buffered(8)
         .try_collect()

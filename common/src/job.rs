@@ -56,6 +56,8 @@ pub struct JobRequest {
 pub enum JobKindName {
     /// Re-render images with a new background.
     BackgroundReplace,
+    /// Train a matting model on the tenant's own image + mask pairs.
+    FineTune,
 }
 
 /// The kinds of job, each with its typed spec.
@@ -63,6 +65,8 @@ pub enum JobKindName {
 pub enum JobKind {
     /// Re-render images with a new background.
     BackgroundReplace(BackgroundReplaceSpec),
+    /// Train a matting model (see [`crate::finetune`]).
+    FineTune(crate::finetune::FineTuneSpec),
 }
 
 /// Which images a job covers.
@@ -184,7 +188,7 @@ pub struct ValidJob {
     pub request: JobRequest,
     /// The typed spec.
     pub work: JobKind,
-    /// Parsed model reference.
+    /// Parsed model reference: the model a re-render uses, or the base of a fine-tune.
     pub model: ModelRef,
 }
 
@@ -195,13 +199,22 @@ pub fn validate(body: &[u8], tenant: &TenantId) -> Result<ValidJob, Rejection> {
     }
     let request: JobRequest = serde_json::from_slice(body).map_err(|e| Rejection::new("malformed", e.to_string()))?;
     check_id(&request.id)?;
-    let spec: BackgroundReplaceSpec = match request.kind {
-        JobKindName::BackgroundReplace => serde_json::from_value(request.spec.clone())
-            .map_err(|e| Rejection::new("malformed", format!("spec: {e}")))?,
+    let malformed = |e: serde_json::Error| Rejection::new("malformed", format!("spec: {e}"));
+    let (work, model) = match request.kind {
+        JobKindName::BackgroundReplace => {
+            let spec: BackgroundReplaceSpec = serde_json::from_value(request.spec.clone()).map_err(malformed)?;
+            let model = spec.model.parse::<ModelRef>().map_err(|e| Rejection::new("invalid", e.to_string()))?;
+            check_spec(&spec, tenant)?;
+            (JobKind::BackgroundReplace(spec), model)
+        }
+        JobKindName::FineTune => {
+            let spec: crate::finetune::FineTuneSpec =
+                serde_json::from_value(request.spec.clone()).map_err(malformed)?;
+            let base = crate::finetune::check(&spec, tenant)?;
+            (JobKind::FineTune(spec), base)
+        }
     };
-    let model = spec.model.parse::<ModelRef>().map_err(|e| Rejection::new("invalid", e.to_string()))?;
-    check_spec(&spec, tenant)?;
-    Ok(ValidJob { tenant: tenant.clone(), request, work: JobKind::BackgroundReplace(spec), model })
+    Ok(ValidJob { tenant: tenant.clone(), request, work, model })
 }
 
 /// Whether `id` is usable as a job id: 1 to 128 letters, digits, `-`, `_` or `.`, not

@@ -41,6 +41,11 @@ pub const TOKEN_SEQ_KEY: &str = "fleet:lease:seq";
 /// The dispatcher's last word on tasks it could not place, and why (JSON, short TTL), for
 /// `fleetctl queue`.
 pub const BLOCKED_KEY: &str = "fleet:placement:blocked";
+/// Where the scheduler keeps a fine-tune's latest progress for `fleetctl show`.
+pub fn training_key(tenant: &str, job: &str) -> String {
+    format!("fleet:training:{tenant}:{job}")
+}
+
 /// Grants after which a task whose workers keep dying is failed instead of dispatched again.
 pub const MAX_GRANTS: u32 = 2 * crate::amqp::MAX_ATTEMPTS;
 
@@ -179,7 +184,8 @@ impl RedisJobStore {
     ) -> Result<Grant, JobStoreError> {
         let id = crate::protocol::task_id(tenant.as_str(), job, task);
         let mut conn = self.conn.clone();
-        let reply: Vec<String> = redis::Script::new(GRANT)
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(GRANT));
+        let reply: Vec<String> = SCRIPT
             .key(lease_key(&id))
             .key(LEASES_KEY)
             .key(LOAD_KEY)
@@ -220,7 +226,8 @@ impl RedisJobStore {
 
     async fn drop_lease(&self, id: &str, token: u64, delete: bool) -> Result<bool, JobStoreError> {
         let mut conn = self.conn.clone();
-        let done: i64 = redis::Script::new(ABANDON)
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(ABANDON));
+        let done: i64 = SCRIPT
             .key(lease_key(id))
             .key(LEASES_KEY)
             .key(LOAD_KEY)
@@ -245,8 +252,8 @@ impl RedisJobStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        let script = redis::Script::new(RENEW);
-        let mut invocation = script.key(LEASES_KEY);
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(RENEW));
+        let mut invocation = SCRIPT.key(LEASES_KEY);
         invocation.arg(worker).arg(now_ms).arg(LEASE_TTL.as_millis() as u64);
         for (id, token) in held {
             invocation.arg(id).arg(token);

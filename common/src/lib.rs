@@ -6,6 +6,7 @@
 
 pub mod amqp;
 pub mod device;
+pub mod finetune;
 pub mod heartbeat;
 pub mod job;
 pub mod jobstore;

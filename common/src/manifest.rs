@@ -123,6 +123,9 @@ pub struct ModelManifest {
     /// TorchScript file name next to the manifest.
     #[serde(default = "default_file")]
     pub file: String,
+    /// TorchScript file whose weights are parameters, for fine-tuning; `file` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainable_file: Option<String>,
     /// Input layout and normalisation.
     pub input: InputSpec,
     /// Output layout.
@@ -174,8 +177,12 @@ impl ModelManifest {
         let invalid = |field, reason: &str| ManifestError::Invalid { field, reason: reason.to_string() };
         ModelRef::check_part(&self.name).map_err(|r| invalid("name", &r))?;
         ModelRef::check_part(&self.version).map_err(|r| invalid("version", &r))?;
-        if self.file.is_empty() || self.file.contains('/') || self.file.contains("..") {
+        let plain = |f: &str| !(f.is_empty() || f.contains('/') || f.contains(".."));
+        if !plain(&self.file) {
             return Err(invalid("file", "must be a plain file name next to the manifest"));
+        }
+        if self.trainable_file.as_deref().is_some_and(|f| !plain(f)) {
+            return Err(invalid("trainable_file", "must be a plain file name next to the manifest"));
         }
         let side_ok = |s: u32| (8..=MAX_INPUT_SIDE).contains(&s);
         if !side_ok(self.input.height) || !side_ok(self.input.width) {

@@ -69,6 +69,9 @@ pub struct TaskMessage {
     pub output: OutputSpec,
     /// When the job was accepted (ms since the epoch), for queueing-delay figures.
     pub accepted_at_ms: u64,
+    /// A fine-tune's spec (its one task trains; `keys` then holds the data set key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fine_tune: Option<crate::finetune::FineTuneSpec>,
 }
 
 impl TaskMessage {
@@ -170,6 +173,19 @@ pub enum Report {
         /// The lease's fencing token.
         token: u64,
     },
+    /// How a fine-tune is going: every step since the last report, with its learning rate.
+    Training {
+        /// Tenant.
+        tenant: String,
+        /// Job id.
+        job: String,
+        /// Task number.
+        task: u32,
+        /// The lease's fencing token.
+        token: u64,
+        /// The figures.
+        progress: TrainingProgress,
+    },
     /// The worker gives the task back unstarted (it is draining): dispatch it elsewhere now,
     /// without counting an attempt against it.
     Released {
@@ -194,6 +210,7 @@ impl Report {
             | Report::Completed { tenant, job, task, .. }
             | Report::AttemptFailed { tenant, job, task, .. }
             | Report::Skipped { tenant, job, task, .. }
+            | Report::Training { tenant, job, task, .. }
             | Report::Released { tenant, job, task, .. } => (tenant, job, *task),
         }
     }
@@ -205,6 +222,7 @@ impl Report {
             Report::Completed { .. } => "completed",
             Report::AttemptFailed { .. } => "attempt_failed",
             Report::Skipped { .. } => "skipped",
+            Report::Training { .. } => "training",
             Report::Released { .. } => "released",
         }
     }
@@ -216,9 +234,46 @@ impl Report {
             | Report::Completed { token, .. }
             | Report::AttemptFailed { token, .. }
             | Report::Skipped { token, .. }
+            | Report::Training { token, .. }
             | Report::Released { token, .. } => *token,
         }
     }
+}
+
+/// One optimiser step of a fine-tune.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step, from 0, counted over both phases.
+    pub step: u32,
+    /// 1 or 2.
+    pub phase: u8,
+    /// Training loss of the step's batch.
+    pub loss: f64,
+    /// Learning rate the step used.
+    pub lr: f64,
+}
+
+/// Where a fine-tune is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingProgress {
+    /// Steps done.
+    pub step: u32,
+    /// Steps asked for, both phases.
+    pub total_steps: u32,
+    /// Phase of the last step.
+    pub phase: u8,
+    /// Steps since the previous report.
+    pub steps: Vec<StepRecord>,
+    /// Steps per second over the last report's span.
+    pub steps_per_s: f64,
+    /// Seconds left at that rate.
+    pub eta_s: f64,
+    /// The checkpoint step this attempt resumed from, if it resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<u32>,
+    /// Held-out figures after a phase ended: `(phase, IoU, MAE)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<(u8, f64, f64)>,
 }
 
 /// Counts of a job's progress.
@@ -274,6 +329,9 @@ pub struct JobEventMessage {
     /// Failed items (at most [`EVENT_FAILURES_MAX`]; the full list is in the job store).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<ItemFailureReport>,
+    /// A fine-tune's steps, learning rates, losses, throughput and ETA (`progress` events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingProgress>,
 }
 
 impl JobEventMessage {

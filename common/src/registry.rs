@@ -34,6 +34,36 @@ use crate::store::{content_type, ObjectStore, StoreError};
 /// Name of the object, next to `manifest.json`, that records each file's sha256 and size.
 pub const FILE_LIST: &str = "files.json";
 
+/// Where a model is registered: the shared registry every tenant may use
+/// (`models/<name>/<version>/`), or one tenant's own (`<tenant>/models/<name>/<version>/`,
+/// where its fine-tuned models go), which no other tenant can name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `models/...`.
+    Shared,
+    /// `<tenant>/models/...`.
+    Tenant(crate::keys::TenantId),
+}
+
+impl Scope {
+    /// The key prefix of `model` in this scope.
+    pub fn prefix(&self, model: &ModelRef) -> String {
+        match self {
+            Scope::Shared => model_prefix(&model.name, &model.version),
+            Scope::Tenant(tenant) => format!("{tenant}/{}", model_prefix(&model.name, &model.version)),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Shared => f.write_str("shared"),
+            Scope::Tenant(t) => write!(f, "tenant {t}"),
+        }
+    }
+}
+
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -121,7 +151,11 @@ pub fn model_files(manifest: &ModelManifest) -> Vec<String> {
     if let EmbeddingSpec::Model { file, .. } = &manifest.output.embedding {
         files.push(file.clone());
     }
+    files.extend(manifest.trainable_file.clone());
     files.push("manifest.json".to_string());
+    // A file named twice (a trainable module that is also the inference file) is one file.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
     files
 }
 
@@ -156,11 +190,16 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 /// Uploads the model folder `dir` (rewriting the same keys if it is already there): the model
 /// files, then `files.json` with their hashes, then `manifest.json`.
 pub async fn publish<S: ObjectStore>(store: &S, dir: &Path) -> Result<ModelManifest, RegistryError> {
+    publish_in(store, &Scope::Shared, dir).await
+}
+
+/// [`publish`] into `scope`.
+pub async fn publish_in<S: ObjectStore>(store: &S, scope: &Scope, dir: &Path) -> Result<ModelManifest, RegistryError> {
     let manifest_path = dir.join("manifest.json");
     let manifest_bytes = std::fs::read(&manifest_path).map_err(io(&manifest_path))?;
     let manifest = ModelManifest::from_json(&manifest_bytes)
         .map_err(|source| RegistryError::BadManifest { model: dir.display().to_string(), source })?;
-    let prefix = model_prefix(&manifest.name, &manifest.version);
+    let prefix = scope.prefix(&manifest.model_ref());
     let mut list = FileList::default();
     let files = checked_files(&manifest.model_ref().to_string(), &manifest)?;
     for file in files.into_iter().filter(|f| f != "manifest.json") {
@@ -182,8 +221,12 @@ pub async fn publish<S: ObjectStore>(store: &S, dir: &Path) -> Result<ModelManif
 }
 
 /// The manifest of a published model, with the exact bytes stored.
-async fn read_manifest<S: ObjectStore>(store: &S, model: &ModelRef) -> Result<(Vec<u8>, ModelManifest), RegistryError> {
-    let key = format!("{}manifest.json", model_prefix(&model.name, &model.version));
+async fn read_manifest<S: ObjectStore>(
+    store: &S,
+    scope: &Scope,
+    model: &ModelRef,
+) -> Result<(Vec<u8>, ModelManifest), RegistryError> {
+    let key = format!("{}manifest.json", scope.prefix(model));
     let bytes = match store.get(&key).await {
         Err(StoreError::NotFound { .. }) => return Err(RegistryError::UnknownModel { model: model.clone() }),
         other => other?,
@@ -200,16 +243,41 @@ async fn read_manifest<S: ObjectStore>(store: &S, model: &ModelRef) -> Result<(V
 
 /// The manifest of a published model.
 pub async fn resolve<S: ObjectStore>(store: &S, model: &ModelRef) -> Result<ModelManifest, RegistryError> {
-    Ok(read_manifest(store, model).await?.1)
+    resolve_in(store, &Scope::Shared, model).await
+}
+
+/// The manifest of a model published in `scope`.
+pub async fn resolve_in<S: ObjectStore>(
+    store: &S,
+    scope: &Scope,
+    model: &ModelRef,
+) -> Result<ModelManifest, RegistryError> {
+    Ok(read_manifest(store, scope, model).await?.1)
+}
+
+/// Where `tenant` finds `model`: its own registry first, then the shared one. Another
+/// tenant's models are never found.
+pub async fn locate<S: ObjectStore>(
+    store: &S,
+    tenant: &crate::keys::TenantId,
+    model: &ModelRef,
+) -> Result<(Scope, ModelManifest), RegistryError> {
+    let own = Scope::Tenant(tenant.clone());
+    match resolve_in(store, &own, model).await {
+        Ok(manifest) => Ok((own, manifest)),
+        Err(RegistryError::UnknownModel { .. }) => Ok((Scope::Shared, resolve(store, model).await?)),
+        Err(e) => Err(e),
+    }
 }
 
 /// The recorded digests of `files`, or `None` for a model published without `files.json`.
 async fn read_file_list<S: ObjectStore>(
     store: &S,
+    scope: &Scope,
     model: &ModelRef,
     files: &[String],
 ) -> Result<Option<BTreeMap<String, FileDigest>>, RegistryError> {
-    let key = format!("{}{FILE_LIST}", model_prefix(&model.name, &model.version));
+    let key = format!("{}{FILE_LIST}", scope.prefix(model));
     let bytes = match store.get(&key).await {
         Err(StoreError::NotFound { .. }) => return Ok(None),
         other => other?,
@@ -242,9 +310,19 @@ pub async fn fetch_counted<S: ObjectStore>(
     model: &ModelRef,
     cache_root: &Path,
 ) -> Result<(PathBuf, FetchStats), RegistryError> {
-    let (manifest_bytes, manifest) = read_manifest(store, model).await?;
+    fetch_in(store, &Scope::Shared, model, cache_root).await
+}
+
+/// [`fetch_counted`] from `scope`.
+pub async fn fetch_in<S: ObjectStore>(
+    store: &S,
+    scope: &Scope,
+    model: &ModelRef,
+    cache_root: &Path,
+) -> Result<(PathBuf, FetchStats), RegistryError> {
+    let (manifest_bytes, manifest) = read_manifest(store, scope, model).await?;
     let files = checked_files(&model.to_string(), &manifest)?;
-    let recorded = read_file_list(store, model, &files).await?;
+    let recorded = read_file_list(store, scope, model, &files).await?;
     let cache = Cache::new(cache_root);
     let mut stats = FetchStats::default();
     let mut have = BTreeMap::new();
@@ -262,7 +340,7 @@ pub async fn fetch_counted<S: ObjectStore>(
         })
         .await?;
     }
-    let prefix = model_prefix(&model.name, &model.version);
+    let prefix = scope.prefix(model);
     for file in files.iter().filter(|f| *f != "manifest.json") {
         let want = recorded.as_ref().map(|r| r[file].clone());
         if let Some(want) = want.filter(|w| is_known || cache.has_blob(w)) {
@@ -285,7 +363,7 @@ pub async fn fetch_counted<S: ObjectStore>(
         have.insert(file.clone(), digest);
     }
     let dir = blocking(move || cache.folder(&have)).await?;
-    tracing::info!(model = %model, files_downloaded = stats.files_downloaded, files_reused = stats.files_reused,
+    tracing::info!(model = %model, %scope, files_downloaded = stats.files_downloaded, files_reused = stats.files_reused,
         bytes_downloaded = stats.bytes_downloaded, hashes_recorded = recorded.is_some(), dir = %dir.display(),
         "model files ready");
     Ok((dir, stats))

@@ -58,7 +58,7 @@ pub struct Scheduler {
     pub store: RedisJobStore,
     /// Inputs and the model registry.
     pub s3: S3Store,
-    models: Mutex<HashMap<ModelRef, (Instant, ModelNeed)>>,
+    models: Mutex<HashMap<(TenantId, ModelRef), (Instant, ModelNeed)>>,
     /// Woken whenever a lease ends, so the dispatcher places waiting tasks at once.
     pub capacity_freed: tokio::sync::Notify,
     running: Mutex<HashSet<(String, String)>>,
@@ -81,19 +81,21 @@ impl Scheduler {
         })
     }
 
-    /// Checks that `model` is published and returns the device memory it needs; remembered
-    /// for a short while so a burst of jobs does not read the same manifest once each.
-    pub async fn resolve_model(&self, model: &ModelRef) -> Result<ModelNeed, RegistryError> {
-        let cached = self.models.lock().expect("model cache").get(model).copied();
+    /// Checks that `tenant` can use `model` (its own or a shared one) and returns the device
+    /// memory it needs; remembered for a short while so a burst of jobs does not read the
+    /// same manifest once each.
+    pub async fn resolve_model(&self, tenant: &TenantId, model: &ModelRef) -> Result<ModelNeed, RegistryError> {
+        let key = (tenant.clone(), model.clone());
+        let cached = self.models.lock().expect("model cache").get(&key).copied();
         match cached {
             Some((at, need)) if at.elapsed() < MODEL_CACHE_TTL => Ok(need),
             _ => {
-                let manifest = registry::resolve(&self.s3, model).await?;
+                let (_, manifest) = registry::locate(&self.s3, tenant, model).await?;
                 let need = ModelNeed {
                     weights_mib: manifest.weights_mib.ceil() as u64,
                     memory_per_image_mib: manifest.memory_per_image_mib.ceil() as u64,
                 };
-                self.models.lock().expect("model cache").insert(model.clone(), (Instant::now(), need));
+                self.models.lock().expect("model cache").insert(key, (Instant::now(), need));
                 Ok(need)
             }
         }
@@ -208,6 +210,7 @@ pub fn event(tenant: &str, job: &str, kind: &str) -> JobEventMessage {
         code: None,
         duplicate: false,
         failures: Vec::<ItemFailureReport>::new(),
+        training: None,
     }
 }
 

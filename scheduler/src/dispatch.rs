@@ -52,8 +52,9 @@ const VIEW_MAX_AGE: Duration = Duration::from_millis(200);
 pub const UNPLACED_RETURN: Duration = Duration::from_secs(60);
 /// Images per forward pass a model's activations are reserved for (the engine's batch).
 const ACTIVATION_BATCH: u32 = 8;
-/// Tasks a device may hold per lane slot: running plus one waiting on the worker.
-const LEASES_PER_SLOT: u32 = 2;
+/// Batch tasks a device may hold per lane slot: one running and the rest waiting on the
+/// worker, so its slots never wait for a dispatch round trip.
+const LEASES_PER_SLOT: u32 = 3;
 /// How long a worker whose queue refused a task is left out.
 const EXCLUDE_FOR: Duration = Duration::from_secs(2);
 
@@ -170,18 +171,31 @@ impl Dispatcher {
         }
         let mut needs = Vec::with_capacity(tasks.len());
         for w in &tasks {
-            let need = match w.message.model.parse::<ModelRef>() {
-                Ok(model) => self.sched.resolve_model(&model).await.unwrap_or_default(),
-                Err(_) => Default::default(),
+            let need = match (w.message.model.parse::<ModelRef>(), TenantId::new(&w.message.tenant)) {
+                (Ok(model), Ok(tenant)) => self.sched.resolve_model(&tenant, &model).await.unwrap_or_default(),
+                _ => Default::default(),
             };
-            needs.push(TaskNeed {
-                id: w.message.id(),
-                interactive: w.message.priority == Priority::Interactive,
-                model: w.message.model.clone(),
-                weights_mib: need.weights_mib,
-                memory_per_image_mib: need.memory_per_image_mib,
-                batch: ACTIVATION_BATCH,
-            });
+            let need = match &w.message.fine_tune {
+                // Training holds weights, gradients and two optimiser moments, and a batch's
+                // activations and their gradients.
+                Some(ft) => TaskNeed {
+                    id: w.message.id(),
+                    interactive: w.message.priority == Priority::Interactive,
+                    model: format!("{} (training)", w.message.model),
+                    weights_mib: 4 * need.weights_mib,
+                    memory_per_image_mib: 3 * need.memory_per_image_mib,
+                    batch: ft.hyper.batch_size,
+                },
+                None => TaskNeed {
+                    id: w.message.id(),
+                    interactive: w.message.priority == Priority::Interactive,
+                    model: w.message.model.clone(),
+                    weights_mib: need.weights_mib,
+                    memory_per_image_mib: need.memory_per_image_mib,
+                    batch: ACTIVATION_BATCH,
+                },
+            };
+            needs.push(need);
         }
         let decisions = placement::place(&self.sched.config.placement, &devices, &needs);
         let now = now_ms();
@@ -251,7 +265,7 @@ impl Dispatcher {
                         self.recent.push(Recent {
                             worker: device.worker.clone(),
                             device: device.device,
-                            model: w.message.model.clone(),
+                            model: needs[t].model.clone(),
                             need_mib,
                             at_ms: now,
                         });

@@ -9,7 +9,7 @@ use fleet_common::jobstore::{Created, JobRecord};
 use fleet_common::keys::TenantId;
 use fleet_common::metrics;
 use fleet_common::protocol::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
-use fleet_common::registry::RegistryError;
+use fleet_common::registry::{self, RegistryError};
 use fleet_common::state::{JobEvent, JobState};
 use lapin::{BasicProperties, Channel};
 use tracing::Instrument;
@@ -84,7 +84,7 @@ async fn accept(
     traceparent: String,
 ) -> (Disposition, Intake) {
     let id = valid.request.id.clone();
-    match sched.resolve_model(&valid.model).await {
+    match sched.resolve_model(&tenant, &valid.model).await {
         Ok(_) => {}
         Err(RegistryError::UnknownModel { model }) => {
             let rejection = Rejection {
@@ -100,6 +100,24 @@ async fn accept(
         }
         Err(e) => return (Disposition::Retry(format!("model registry: {e}")), Intake::Done),
     }
+    if let JobKind::FineTune(spec) = &valid.work {
+        // Registered models never change under a name and version.
+        let own = registry::Scope::Tenant(tenant.clone());
+        match registry::resolve_in(&sched.s3, &own, &spec.output.model_ref()).await {
+            Err(RegistryError::UnknownModel { .. }) => {}
+            Ok(_) | Err(RegistryError::BadManifest { .. }) => {
+                let rejection = Rejection {
+                    code: "conflict".into(),
+                    reason: format!(
+                        "model {} is already registered for this tenant: pick a new version",
+                        spec.output.model_ref()
+                    ),
+                };
+                return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
+            }
+            Err(e) => return (Disposition::Retry(format!("model registry: {e}")), Intake::Done),
+        }
+    }
     record(sched, events, tenant, valid, traceparent).await
 }
 
@@ -113,6 +131,8 @@ async fn record(
     let id = valid.request.id.clone();
     let position = match &valid.work {
         JobKind::BackgroundReplace(spec) => Cursor::start(&spec.input),
+        // A fine-tune is one task: its cursor only says whether that task went out.
+        JobKind::FineTune(_) => Cursor::Keys { next: 0 },
     };
     let record = JobRecord {
         tenant: tenant.to_string(),

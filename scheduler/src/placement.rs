@@ -15,14 +15,15 @@
 //!    heartbeat is fresh, it is under the temperature limit and its uncorrected ECC count is
 //!    not growing;
 //! 3. a task fits where its need plus the device's headroom is at most the device's free
-//!    memory (plus, for a cold model, what its idle warm models hold: the worker evicts them
-//!    to make room) minus what this round already reserved there (memory is never
+//!    memory (plus, for a cold model on an idle device, what its warm models hold: the worker
+//!    evicts them to make room) minus what this round already reserved there (memory is never
 //!    over-committed), and where the device has a free task slot: at most `capacity` tasks in
 //!    all, of which at most `batch_capacity` batch ones, so interactive work always finds room
 //!    that batch work cannot take;
 //! 4. among fitting devices, one where the model is already warm (as its worker reported)
-//!    wins; a model this round or a recent one sends to a cold device is loading there (no
-//!    second reservation) but does not count as warm, so tasks of one model still spread;
+//!    wins, then one where it is loading (sent there this round or since the last heartbeat:
+//!    no second reservation), then a cold one; so a model's tasks stay on the devices that
+//!    have it until their slots are full, and only then spill over and load it elsewhere;
 //! 5. then `Spread` takes the least loaded device (most free memory on ties), `Pack` the most
 //!    loaded one that still fits (least free memory on ties).
 
@@ -118,7 +119,13 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Policy { headroom_mib: 1024, max_temperature_c: 87, heartbeat_timeout_ms: 2_000, strategy: Strategy::Spread, prefer_warm: true }
+        Policy {
+            headroom_mib: 1024,
+            max_temperature_c: 87,
+            heartbeat_timeout_ms: 2_000,
+            strategy: Strategy::Spread,
+            prefer_warm: true,
+        }
     }
 }
 
@@ -166,10 +173,12 @@ pub fn footprint_mib(task: &TaskNeed) -> u64 {
     task.weights_mib + task.memory_per_image_mib * task.batch.max(1) as u64
 }
 
-/// Memory a task may use on `d`: its free memory, plus its warm models' when the task's
-/// model is not among them (loading it evicts them).
-pub fn room(d: &DeviceView, warm: bool) -> u64 {
-    if warm {
+/// Memory a task may use on `d` holding `load` tasks: its free memory, plus its warm models'
+/// when the task's model is not among them and the device is idle (loading evicts them; a
+/// busy device never evicts a model its queued tasks still need, which would make it switch
+/// models back and forth).
+pub fn room(d: &DeviceView, resident: bool, load: u32) -> u64 {
+    if resident || load > 0 {
         d.free_mib
     } else {
         d.free_mib + d.evictable_mib
@@ -193,22 +202,23 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
         .map(|t| {
             let task = &tasks[t];
             let mut reasons = Vec::new();
-            // (device, need, warm, room left after it)
-            let mut best: Option<(usize, u64, bool, u64)> = None;
+            // (device, need, warmth rank: 2 warm, 1 loading, 0 cold, room left after it)
+            let mut best: Option<(usize, u64, u8, u64)> = None;
             for (i, d) in devices.iter().enumerate() {
                 if let Some(reason) = &blocked[i] {
                     reasons.push(format!("{}/{}: {reason}", d.worker, d.device));
                     continue;
                 }
                 if load[i] >= d.capacity || (!task.interactive && batch_load[i] >= d.batch_capacity) {
-                    let (held, cap) = if task.interactive { (load[i], d.capacity) } else { (batch_load[i], d.batch_capacity) };
+                    let (held, cap) =
+                        if task.interactive { (load[i], d.capacity) } else { (batch_load[i], d.batch_capacity) };
                     reasons.push(format!("{}/{}: all {cap} slots taken ({held} held)", d.worker, d.device));
                     continue;
                 }
                 let is_warm = d.warm.contains(&task.model);
                 let resident = is_warm || loading[i].contains(task.model.as_str());
                 let need = if resident { 0 } else { footprint_mib(task) };
-                let free = room(d, resident).saturating_sub(reserved[i]);
+                let free = room(d, resident, load[i]).saturating_sub(reserved[i]);
                 if need + policy.headroom_mib > free {
                     reasons.push(format!(
                         "{}/{}: needs {need} MiB + {} MiB headroom, {free} MiB free",
@@ -217,20 +227,22 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                     continue;
                 }
                 let left = free - need;
+                let rank = if is_warm { 2 } else { u8::from(resident) };
                 let better = match best {
                     None => true,
-                    Some((_, _, b_warm, _)) if policy.prefer_warm && is_warm != b_warm => is_warm,
+                    Some((_, _, b_rank, _)) if policy.prefer_warm && rank != b_rank => rank > b_rank,
                     Some((b, _, _, b_left)) => match policy.strategy {
                         Strategy::Spread => (load[i], std::cmp::Reverse(left)) < (load[b], std::cmp::Reverse(b_left)),
                         Strategy::Pack => (std::cmp::Reverse(load[i]), left) < (std::cmp::Reverse(load[b]), b_left),
                     },
                 };
                 if better {
-                    best = Some((i, need, is_warm, left));
+                    best = Some((i, need, rank, left));
                 }
             }
             match best {
-                Some((index, need, was_warm, _)) => {
+                Some((index, need, rank, _)) => {
+                    let was_warm = rank == 2;
                     reserved[index] += need;
                     loading[index].insert(task.model.as_str());
                     load[index] += 1;

@@ -24,6 +24,9 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
     };
     let job = job.to_string();
     let token = report.token();
+    if let Report::Training { progress, .. } = &report {
+        return training(sched, events, &tenant, &job, task, token, progress).await;
+    }
     let none = TaskOutcome::default();
     let update = match &report {
         Report::Started { attempt, worker, at_ms, .. } => {
@@ -66,6 +69,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             let lease = LeaseOp::End { token: Some(token) };
             sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &none, TaskNote::default(), lease).await?
         }
+        Report::Training { .. } => unreachable!("handled above"),
         Report::Released { worker, .. } => {
             tracing::info!(job = %job, task, worker = %worker, "task given back unstarted; dispatching it elsewhere");
             let lease = LeaseOp::Requeue { token, not_before_ms: 0 };
@@ -82,6 +86,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         (Report::AttemptFailed { .. }, _) => "retried",
         (Report::Skipped { .. }, _) => "skipped",
         (Report::Released { .. }, _) => "released",
+        (Report::Training { .. }, _) => "training",
     };
     fleet_common::metrics::TASKS.with_label_values(&[event]).inc();
     if matches!(update, TaskUpdate::Fenced) {
@@ -92,6 +97,35 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         sched.capacity_freed.notify_one();
     }
     after_update(sched, events, &tenant, &job, task, update).await;
+    Ok(())
+}
+
+/// Publishes a fine-tune's progress as a `progress` event, unless the report comes from a
+/// lease that was taken over.
+async fn training(
+    sched: &Scheduler,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+    task: u32,
+    token: u64,
+    progress: &fleet_common::protocol::TrainingProgress,
+) -> Result<(), JobStoreError> {
+    let id = fleet_common::protocol::task_id(tenant.as_str(), job, task);
+    if sched.store.lease_token(&id).await? != Some(token) {
+        fleet_common::metrics::TASKS.with_label_values(&["stale_report"]).inc();
+        tracing::info!(job, task, token, "training progress under a lease that was taken over ignored");
+        return Ok(());
+    }
+    // The latest figures, for `fleetctl show` (the full step list is in the events).
+    let mut latest = progress.clone();
+    latest.steps = latest.steps.last().copied().into_iter().collect();
+    let key = fleet_common::lease::training_key(tenant.as_str(), job);
+    sched.store.put_note(&key, &serde_json::to_string(&latest).expect("progress serialises"), 7 * 24 * 3600).await?;
+    let counts = sched.store.progress(tenant, job).await?;
+    let mut message = crate::context::event(tenant.as_str(), job, "progress").with_progress(counts);
+    message.training = Some(progress.clone());
+    sched.publish_event(events, message).await;
     Ok(())
 }
 

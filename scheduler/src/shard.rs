@@ -6,7 +6,8 @@
 //! tasks again, and the job store counts each task once.
 
 use fleet_common::amqp::{publish_all, string_headers, task_queue, Outgoing, TASKS_EXCHANGE};
-use fleet_common::job::{BackgroundReplaceSpec, InputSpec, JobRequest};
+use fleet_common::finetune::FineTuneSpec;
+use fleet_common::job::{BackgroundReplaceSpec, InputSpec, JobKindName, JobRequest, OutputFormatName};
 use fleet_common::jobstore::JobRecord;
 use fleet_common::keys::TenantId;
 use fleet_common::protocol::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
@@ -233,6 +234,9 @@ async fn split(
     mut cursor: ShardCursor,
 ) -> anyhow::Result<()> {
     let request: JobRequest = serde_json::from_value(record.request.clone())?;
+    if request.kind == JobKindName::FineTune {
+        return split_fine_tune(sched, tasks, events, tenant, job, record, &request).await;
+    }
     let spec: BackgroundReplaceSpec = serde_json::from_value(request.spec.clone())?;
     let shard_size = spec.shard_size.unwrap_or(sched.config.default_shard_size).max(1);
     // The first page goes out on the state the caller knows; later pages check for a cancel.
@@ -273,6 +277,40 @@ async fn split(
     }
     let progress = sched.store.finish_sharding(tenant, job).await?;
     tracing::info!(tasks = progress.tasks_total, items = progress.items_total, "job split into tasks");
+    sched.finalize_if_done(events, tenant, job, progress).await;
+    Ok(())
+}
+
+/// A fine-tune is one task that trains; its item is the model it registers.
+async fn split_fine_tune(
+    sched: &Scheduler,
+    tasks: &TaskChannels,
+    events: &Channel,
+    tenant: &TenantId,
+    job: &str,
+    record: JobRecord,
+    request: &JobRequest,
+) -> anyhow::Result<()> {
+    let spec: FineTuneSpec = serde_json::from_value(request.spec.clone())?;
+    let message = TaskMessage {
+        tenant: record.tenant.clone(),
+        job: record.id.clone(),
+        task: 0,
+        priority: record.priority,
+        model: record.model.clone(),
+        keys: vec![spec.data.clone()],
+        background: fleet_common::job::BackgroundSpec::Transparent,
+        output: fleet_common::job::OutputSpec { format: OutputFormatName::Png, quality: 90, max_side: None },
+        accepted_at_ms: record.accepted_at_ms,
+        fine_tune: Some(spec),
+    };
+    publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, vec![message]).await?;
+    if record.state == JobState::Accepted {
+        sched.store.apply(tenant, job, JobEvent::Queued).await?;
+        let progress = sched.store.progress(tenant, job).await?;
+        sched.publish_event(events, event(tenant.as_str(), job, "queued").with_progress(progress)).await;
+    }
+    let progress = sched.store.finish_sharding(tenant, job).await?;
     sched.finalize_if_done(events, tenant, job, progress).await;
     Ok(())
 }
@@ -322,6 +360,7 @@ pub fn make_tasks(
             background: spec.background.clone(),
             output: spec.output.clone(),
             accepted_at_ms: record.accepted_at_ms,
+            fine_tune: None,
         })
         .collect()
 }

@@ -12,6 +12,7 @@ pub mod options;
 pub mod reference;
 pub mod service;
 pub mod telemetry;
+pub mod train;
 
 /// Whether libtorch sees a usable CUDA device.
 pub fn cuda_available() -> bool {

@@ -357,6 +357,24 @@ fn state(view: &JobView) -> String {
 
 /// One line: `[#####.....] 120/500 images  3 failed  running`.
 fn draw(view: &JobView, overwrite: bool) {
+    if let (Some(t), false) = (&view.training, view.record.state.is_terminal()) {
+        let last = t.steps.last();
+        let line = format!(
+            "step {}/{} phase {}  loss {}  lr {}  {:.1} steps/s  ETA {:.0} s{}",
+            t.step,
+            t.total_steps,
+            t.phase,
+            last.map_or("-".into(), |s| format!("{:.4}", s.loss)),
+            last.map_or("-".into(), |s| format!("{:.2e}", s.lr)),
+            t.steps_per_s,
+            t.eta_s,
+            t.resumed_from.map_or(String::new(), |r| format!("  (resumed from step {r})"))
+        );
+        let mut err = std::io::stderr();
+        let _ = if overwrite { write!(err, "\r{line}\x1b[K") } else { writeln!(err, "{line}") };
+        let _ = err.flush();
+        return;
+    }
     let p = view.progress;
     let done = p.items_succeeded + p.items_failed;
     let total = p.items_total.max(done);
@@ -394,6 +412,13 @@ fn print_view(view: &JobView) {
     }
     if let Some(reason) = &r.reason {
         println!("reason     {reason}");
+    }
+    if let Some(t) = &view.training {
+        println!("training   step {}/{} (phase {}), {:.2} steps/s", t.step, t.total_steps, t.phase, t.steps_per_s);
+        if let Some(s) = t.steps.last() {
+            println!("           last loss {:.4} at learning rate {:.3e}", s.loss, s.lr);
+        }
+        println!("           report in <tenant>/results/{}/fine-tune.json", r.id);
     }
 }
 

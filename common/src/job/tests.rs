@@ -29,7 +29,7 @@ fn a_good_job_validates_into_its_typed_spec() {
     let valid = validate(&job(good_spec()), &tenant()).unwrap();
     assert_eq!(valid.model.to_string(), "matting-ref@1.0.0");
     assert_eq!(valid.request.priority, Priority::Batch);
-    let JobKind::BackgroundReplace(spec) = valid.work;
+    let JobKind::BackgroundReplace(spec) = valid.work else { panic!("{:?}", valid.work) };
     assert_eq!(spec.output.quality, 85);
     assert_eq!(spec.input, InputSpec::Prefix("tenant-a/catalog/".into()));
     assert!(matches!(spec.background, BackgroundSpec::Color { .. }));
@@ -115,4 +115,22 @@ fn a_key_listed_twice_is_refused() {
     let r = rejected(&job(spec));
     assert_eq!(r.code, "invalid");
     assert!(r.reason.contains("tenant-a/a.jpg") && r.reason.contains("twice"), "{}", r.reason);
+}
+
+#[test]
+fn a_fine_tune_validates_with_its_base_model_and_bounds() {
+    let body = |hyper: serde_json::Value| {
+        serde_json::to_vec(&serde_json::json!({
+            "id": "ft-1", "priority": "batch", "kind": "fine_tune",
+            "spec": {"base_model": "matting-ref@1.0.0", "data": "tenant-a/ds.jsonl",
+                     "output": {"name": "glass", "version": "1"}, "hyper": hyper}
+        }))
+        .unwrap()
+    };
+    let valid = validate(&body(serde_json::json!({"steps_phase1": 10, "warmup_steps": 5})), &tenant()).unwrap();
+    assert_eq!(valid.model.to_string(), "matting-ref@1.0.0", "a fine-tune's model is its base");
+    let JobKind::FineTune(spec) = valid.work else { panic!("{:?}", valid.work) };
+    assert_eq!((spec.hyper.steps_phase1, spec.hyper.warmup_steps, spec.hyper.batch_size), (10, 5, 8));
+    let refused = validate(&body(serde_json::json!({"steps_phase1": 10, "warmup_steps": 50})), &tenant()).unwrap_err();
+    assert!(refused.reason.contains("warmup_steps"), "{refused:?}");
 }

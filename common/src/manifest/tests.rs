@@ -6,6 +6,7 @@ fn sample() -> ModelManifest {
         version: "1.0.0".into(),
         task: Task::Matting,
         file: "model.pt".into(),
+        trainable_file: None,
         input: InputSpec { height: 128, width: 128, scale: 1.0 / 255.0, mean: [0.5; 3], std: [0.25; 3] },
         output: OutputSpec {
             alpha: AlphaKind::Probability,
@@ -28,6 +29,15 @@ fn round_trips_through_json() {
 }
 
 #[test]
+fn trainable_file_is_optional_and_left_out_when_absent() {
+    let json = serde_json::to_value(sample()).unwrap();
+    assert!(json.get("trainable_file").is_none(), "older readers refuse unknown fields");
+    let m = ModelManifest { trainable_file: Some("trainable.pt".into()), ..sample() };
+    let json = serde_json::to_vec(&m).unwrap();
+    assert_eq!(ModelManifest::from_json(&json).unwrap().trainable_file.as_deref(), Some("trainable.pt"));
+}
+
+#[test]
 fn refuses_unknown_fields() {
     let mut v = serde_json::to_value(sample()).unwrap();
     v["colour_space"] = "bgr".into();
@@ -42,6 +52,7 @@ fn refuses_values_the_engine_cannot_use() {
         ("input", Box::new(|m| m.input.height = 100_000)),
         ("input.std", Box::new(|m| m.input.std[1] = 0.0)),
         ("file", Box::new(|m| m.file = "../../etc/passwd".into())),
+        ("trainable_file", Box::new(|m| m.trainable_file = Some("../model.pt".into()))),
         ("name", Box::new(|m| m.name = "a b".into())),
         ("output.embedding.index", Box::new(|m| m.output.alpha_index = None)),
         (

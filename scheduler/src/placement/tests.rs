@@ -45,7 +45,7 @@ fn placed_on(decisions: &[(usize, Decision)], task: usize) -> Option<usize> {
 
 #[test]
 fn spread_balances_and_pack_fills_one_device_first() {
-    let devices = [device("w1", 40_000, 0, &[]), device("w2", 40_000, 0, &[])];
+    let devices = [device("w1", 40_000, 0, &["a@1"]), device("w2", 40_000, 0, &["a@1"])];
     let tasks: Vec<TaskNeed> = (0..4).map(|i| task(&format!("t{i}"), false, "a@1")).collect();
     let spread = place(&Policy::default(), &devices, &tasks);
     let on: Vec<usize> = (0..4).map(|t| placed_on(&spread, t).unwrap()).collect();
@@ -53,6 +53,25 @@ fn spread_balances_and_pack_fills_one_device_first() {
     let pack = place(&Policy { strategy: Strategy::Pack, ..Default::default() }, &devices, &tasks);
     let on: Vec<usize> = (0..4).map(|t| placed_on(&pack, t).unwrap()).collect();
     assert!(on.iter().all(|&d| d == on[0]), "pack: one device while it fits, {on:?}");
+}
+
+#[test]
+fn a_model_stays_where_it_is_loading_until_its_slots_are_full_then_spills_over() {
+    let mut devices = [device("w1", 40_000, 0, &[]), device("w2", 40_000, 0, &[])];
+    devices[0].capacity = 4;
+    devices[0].batch_capacity = 3;
+    let tasks: Vec<TaskNeed> = (0..5).map(|i| task(&format!("t{i}"), false, "a@1")).collect();
+    let decisions = place(&Policy::default(), &devices, &tasks);
+    let on: Vec<usize> = (0..5).map(|t| placed_on(&decisions, t).unwrap()).collect();
+    assert_eq!(on, [0, 0, 0, 1, 1], "the first device loads the model and keeps its tasks until full");
+    let reserved: Vec<u64> = decisions
+        .iter()
+        .map(|(_, d)| match d {
+            Decision::Placed { need_mib, .. } => *need_mib,
+            Decision::Unplaced { .. } => panic!("{d:?}"),
+        })
+        .collect();
+    assert_eq!(reserved, [4_000, 0, 0, 4_000, 0], "one load per device reserves the model's footprint");
 }
 
 #[test]
@@ -185,12 +204,17 @@ proptest! {
                 let resident = *was_warm || loading[*index].contains(&task.model);
                 // A model's memory is reserved once per device: by the task that loads it.
                 prop_assert_eq!(*placed, if resident { 0 } else { footprint_mib(task) });
-                if !was_warm {
-                    for (i, other) in devices.iter().enumerate() {
-                        let room = room(other, true).saturating_sub(reserved[i]);
-                        let slot = held[i].0 < other.capacity && (task.interactive || held[i].1 < other.batch_capacity);
-                        let fits_warm = slot && other.warm.contains(&task.model) && policy.headroom_mib <= room;
-                        prop_assert!(!(fits_warm && unhealthy(&policy, other).is_none()), "a warm device had room");
+                // Warm beats loading beats cold: a device of a lower rank is chosen only when no
+                // eligible device of a higher rank had room and a slot.
+                let rank = |i: usize, d: &DeviceView| {
+                    if d.warm.contains(&task.model) { 2 } else { u8::from(loading[i].contains(&task.model)) }
+                };
+                for (i, other) in devices.iter().enumerate() {
+                    let room = room(other, true, held[i].0).saturating_sub(reserved[i]);
+                    let slot = held[i].0 < other.capacity && (task.interactive || held[i].1 < other.batch_capacity);
+                    let fits_resident = slot && rank(i, other) > 0 && policy.headroom_mib <= room;
+                    if fits_resident && unhealthy(&policy, other).is_none() {
+                        prop_assert!(rank(*index, d) >= rank(i, other), "a warmer device had room: {:?}", other);
                     }
                 }
                 reserved[*index] += placed;

@@ -1,8 +1,10 @@
 //! The project's own reference matting model: a small U-Net trained on the synthetic
-//! catalog, traced to TorchScript, and its held-out evaluation.
+//! catalog, traced to TorchScript (and scripted with trainable weights for fine-tuning), and
+//! its held-out evaluation.
 
 pub mod eval;
 pub mod train;
+pub mod trainable;
 pub mod unet;
 
 pub use eval::{evaluate, score, EvalReport};

@@ -1,5 +1,5 @@
 //! Training the reference matting model on the synthetic catalog, tracing it to TorchScript
-//! and writing it with its manifest. Built once per version and cached: the demo and the
+//! (plus a trainable copy, see `trainable`) and writing it with its manifest. Built once per version and cached: the demo and the
 //! tests load the cached folder.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,7 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{CModule, Device, Kind, Reduction, Tensor};
 
 use super::eval::{evaluate, EvalReport};
+use super::trainable::{self, TRAINABLE_FILE};
 use super::unet::{UNet, EMBEDDING_DIM, WIDTHS};
 use crate::engine::InferenceThread;
 
@@ -79,12 +80,17 @@ pub fn model_dir(models_root: &Path) -> PathBuf {
     models_root.join(NAME).join(VERSION)
 }
 
-/// Returns the cached reference model folder, training it first when it is missing.
+/// Returns the cached reference model folder, training it first when it is missing. A
+/// folder built before `trainable.pt` existed gets it added from its weights.
 pub fn ensure_reference_model(models_root: &Path) -> anyhow::Result<PathBuf> {
     let dir = model_dir(models_root);
     if let Ok(bytes) = std::fs::read(dir.join("manifest.json")) {
-        let complete = ["model.pt", EMBEDDING_FILE].iter().all(|f| dir.join(f).exists());
-        if ModelManifest::from_json(&bytes).is_ok() && complete {
+        let complete = ["model.pt", EMBEDDING_FILE, "weights.safetensors"].iter().all(|f| dir.join(f).exists());
+        if let (Ok(manifest), true) = (ModelManifest::from_json(&bytes), complete) {
+            if !manifest.trainable_file.as_deref().is_some_and(|f| dir.join(f).exists()) {
+                tracing::info!(dir = %dir.display(), "adding the trainable module to the cached reference model");
+                trainable::add_in_place(&trainable::python(), &dir, manifest)?;
+            }
             tracing::info!(dir = %dir.display(), "reference model is cached");
             return Ok(dir);
         }
@@ -125,6 +131,8 @@ pub fn build(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<ModelManifest> {
     })?;
     embed.set_eval();
     embed.save(tmp.path().join(EMBEDDING_FILE))?;
+    let trainable_path = tmp.path().join(TRAINABLE_FILE);
+    trainable::export(&trainable::python(), tmp.path(), &trainable_path, cfg.input_side, cfg.input_side)?;
     let mut manifest = manifest(
         cfg,
         &vs,
@@ -271,6 +279,7 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
         version: VERSION.to_string(),
         task: Task::Matting,
         file: "model.pt".to_string(),
+        trainable_file: Some(TRAINABLE_FILE.to_string()),
         input: InputSpec { height: cfg.input_side, width: cfg.input_side, scale: 1.0 / 255.0, mean: MEAN, std: STD },
         output: OutputSpec {
             alpha: AlphaKind::Probability,
@@ -289,9 +298,8 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_tiny_build_traces_loads_and_records_its_metrics() {
-        let cfg = TrainConfig {
+    fn tiny() -> TrainConfig {
+        TrainConfig {
             samples: 24,
             input_side: 32,
             render_long_side: 48,
@@ -300,11 +308,17 @@ mod tests {
             warmup_steps: 2,
             eval_samples: 3,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_tiny_build_traces_loads_and_records_its_metrics() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("m").join("1");
-        let manifest = build(&cfg, &dir).unwrap();
+        let manifest = build(&tiny(), &dir).unwrap();
         assert_eq!(manifest.training["steps"], 3);
+        assert_eq!(manifest.trainable_file.as_deref(), Some(TRAINABLE_FILE));
+        assert!(dir.join(TRAINABLE_FILE).is_file());
         assert_eq!(manifest.metrics.as_ref().map(|m| m.samples), Some(3));
         let reread = ModelManifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
         assert_eq!((reread.output, reread.input, reread.metrics), (manifest.output, manifest.input, manifest.metrics));
@@ -317,6 +331,34 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with(".building")));
+    }
+
+    #[test]
+    fn a_cached_folder_without_the_trainable_module_gets_it_without_retraining() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = model_dir(root.path());
+        build(&tiny(), &dir).unwrap();
+        std::fs::remove_file(dir.join(TRAINABLE_FILE)).unwrap();
+        let read_manifest = || ModelManifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        let old = ModelManifest { trainable_file: None, ..read_manifest() };
+        std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&old).unwrap()).unwrap();
+        let traced = std::fs::read(dir.join("model.pt")).unwrap();
+
+        assert_eq!(ensure_reference_model(root.path()).unwrap(), dir);
+        let added = read_manifest();
+        assert_eq!(added.trainable_file.as_deref(), Some(TRAINABLE_FILE));
+        assert!(dir.join(TRAINABLE_FILE).is_file());
+        assert_eq!(added.training, old.training, "the model was not retrained");
+        assert_eq!(std::fs::read(dir.join("model.pt")).unwrap(), traced);
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions();
+        assert_eq!((mode(TRAINABLE_FILE), mode("manifest.json")), (mode("model.pt"), mode("model.pt")));
+        let leftovers: Vec<_> = dir
+            .read_dir()
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
     }
 
     #[test]

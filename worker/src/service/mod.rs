@@ -18,6 +18,7 @@
 //! reports wait for the next session. Cordon, drain or SIGTERM: nothing new is taken, tasks
 //! not started are given back at once, tasks in hand finish.
 
+pub mod fine_tune;
 pub mod heartbeat;
 pub mod models;
 pub mod task;
@@ -408,7 +409,7 @@ impl Accepted {
         async {
             let Some(device) = worker.devices.get(lease.device as usize) else {
                 let reason = format!("placed on device {} but this worker has {}", lease.device, worker.devices.len());
-                let _ = report(worker, &lost, task.priority, &failed(worker, &task, &lease, reason)).await;
+                let _ = report_to_scheduler(worker, &lost, task.priority, &failed(worker, &task, &lease, reason)).await;
                 return;
             };
             // Wait for a slot on the device's lane, unless told to stop taking work.
@@ -425,7 +426,7 @@ impl Accepted {
                     token: lease.token,
                     worker: worker.config.id.clone(),
                 };
-                let _ = report(worker, &lost, task.priority, &released).await;
+                let _ = report_to_scheduler(worker, &lost, task.priority, &released).await;
                 return;
             };
             let held = InFlight::hold(&worker.live, task.id());
@@ -464,7 +465,7 @@ async fn handle(worker: &Worker, device: &Device, task: &TaskMessage, lease: &Le
         Err(Handback::Retry(reason)) => {
             metrics::WORKER_TASKS.with_label_values(&[&priority, "failed_attempt"]).inc();
             tracing::warn!(%reason, "attempt failed; the scheduler retries it");
-            let _ = report(worker, lost, task.priority, &failed(worker, task, lease, reason)).await;
+            let _ = report_to_scheduler(worker, lost, task.priority, &failed(worker, task, lease, reason)).await;
         }
         Err(Handback::Fenced) => {
             metrics::WORKER_TASKS.with_label_values(&[&priority, "lease_lost"]).inc();
@@ -511,7 +512,7 @@ async fn work(
     if matches!(worker.jobs.get(&tenant, &task.job).await, Ok(Some(job)) if job.state == JobState::Cancelled) {
         tracing::info!("job cancelled; task skipped");
         let skipped = Report::Skipped { tenant: task.tenant.clone(), job: task.job.clone(), task: task.task, token };
-        return report(worker, lost, task.priority, &skipped).await;
+        return report_to_scheduler(worker, lost, task.priority, &skipped).await;
     }
     let id = worker.config.id.clone();
     let (tenant_name, job) = (task.tenant.clone(), task.job.clone());
@@ -524,18 +525,42 @@ async fn work(
         worker: id.clone(),
         at_ms: now_ms(),
     };
-    report(worker, lost, task.priority, &started).await?;
+    report_to_scheduler(worker, lost, task.priority, &started).await?;
     let started_at_ms = now_ms();
     let fence = Fence { jobs: &worker.jobs, task_id: task.id(), token, lost };
-    let result = match worker.config.executor {
-        Executor::Noop => {
+    let result = match (&task.fine_tune, worker.config.executor) {
+        (Some(spec), Executor::Engine) => {
+            let priority = task.priority;
+            let relay = move |progress: fleet_common::protocol::TrainingProgress| {
+                let report = fine_tune::report_for(task, token, progress);
+                Box::pin(async move {
+                    let _ = report_to_scheduler(worker, lost, priority, &report).await;
+                }) as futures::future::BoxFuture<'_, ()>
+            };
+            let ctx = fine_tune::FineTuneContext {
+                s3: &worker.s3,
+                model_cache: &worker.config.model_cache,
+                device: device.config.spec,
+                fence: &fence,
+                progress: &relay,
+            };
+            match fine_tune::run(&ctx, task, spec).await {
+                Ok(result) => result,
+                Err(_) if fence.is_lost() => return Err(Handback::Fenced),
+                Err(e) => return Err(Handback::Retry(e.0)),
+            }
+        }
+        (_, Executor::Noop) => {
             // A stand-in for device time, so the dispatch path can be measured with busy workers.
             tokio::time::sleep(worker.config.noop_task_time).await;
             TaskResult { succeeded: task.keys.len() as u64, failures: Vec::new(), manifest: String::new() }
         }
-        Executor::Engine => {
-            let engine =
-                device.models.get(&worker.s3, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
+        (None, Executor::Engine) => {
+            let engine = device
+                .models
+                .get(&worker.s3, &tenant, &task.model)
+                .await
+                .map_err(|e| Handback::Retry(e.to_string()))?;
             let ctx = TaskContext { s3: &worker.s3, engine, worker: &id, attempt: lease.attempt, fence: &fence };
             match task::run(&ctx, task).await {
                 Ok(result) => result,
@@ -560,7 +585,7 @@ async fn work(
         started_at_ms,
         finished_at_ms: now_ms(),
     };
-    report(worker, lost, task.priority, &completed).await
+    report_to_scheduler(worker, lost, task.priority, &completed).await
 }
 
 /// Confirm-mode channels for reports, one per priority: confirms come back in order per
@@ -573,7 +598,12 @@ struct Reports {
 /// Publishes a report and waits for the broker's confirm; while the broker is away it waits
 /// for the next session (the lease is renewed meanwhile). A task whose lease was lost
 /// reports nothing.
-async fn report(worker: &Worker, lost: &AtomicBool, priority: Priority, report: &Report) -> Result<(), Handback> {
+async fn report_to_scheduler(
+    worker: &Worker,
+    lost: &AtomicBool,
+    priority: Priority,
+    report: &Report,
+) -> Result<(), Handback> {
     let body = serde_json::to_vec(report).expect("a report serialises");
     let mut wait = Duration::from_millis(100);
     loop {

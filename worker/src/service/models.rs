@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleet_common::registry;
+use fleet_common::keys::TenantId;
+use fleet_common::registry::{self, Scope};
 use fleet_common::store::s3::S3Store;
 use fleet_common::{DeviceSpec, ModelManifest, ModelRef};
 use tokio::sync::Mutex;
@@ -32,7 +33,7 @@ struct Entry {
 
 #[derive(Default)]
 struct Entries {
-    by_model: HashMap<ModelRef, Entry>,
+    by_model: HashMap<(Scope, ModelRef), Entry>,
     clock: u64,
 }
 
@@ -46,7 +47,12 @@ pub struct ModelCache {
     warm: std::sync::Mutex<Vec<String>>,
     /// Their footprint, MiB.
     used: std::sync::Mutex<f64>,
+    /// Where each tenant's models were found.
+    scopes: std::sync::Mutex<HashMap<(TenantId, ModelRef), (std::time::Instant, Scope)>>,
 }
+
+/// How long a model's location (tenant or shared registry) is trusted.
+const SCOPE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl ModelCache {
     /// An empty cache over the local folder `root`; `budget_mib` bounds the device memory
@@ -59,6 +65,7 @@ impl ModelCache {
             entries: Mutex::new(Entries::default()),
             warm: std::sync::Mutex::new(Vec::new()),
             used: std::sync::Mutex::new(0.0),
+            scopes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,18 +82,21 @@ impl ModelCache {
     /// The warm engine for `model`, loading it the first time (and evicting the least
     /// recently used models if the budget needs the room). Loads are serialised, so two tasks
     /// arriving together for a cold model load it once.
-    pub async fn get(&self, s3: &S3Store, model: &str) -> anyhow::Result<Arc<Engine>> {
+    /// `tenant`'s own models come before shared ones of the same name and version.
+    pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> anyhow::Result<Arc<Engine>> {
         let model: ModelRef = model.parse()?;
+        let scope = self.scope_of(s3, tenant, &model).await?;
+        let key = (scope.clone(), model.clone());
         let mut entries = self.entries.lock().await;
         entries.clock += 1;
         let now = entries.clock;
-        if let Some(entry) = entries.by_model.get_mut(&model) {
+        if let Some(entry) = entries.by_model.get_mut(&key) {
             entry.last_used = now;
             let engine = entry.engine.clone();
             self.publish_warm(&entries);
             return Ok(engine);
         }
-        let dir = registry::fetch(s3, &model, &self.root).await?;
+        let (dir, _) = registry::fetch_in(s3, &scope, &model, &self.root).await?;
         let manifest_path = dir.join("manifest.json");
         let manifest = ModelManifest::from_json(&std::fs::read(&manifest_path)?)?;
         let mib = footprint_mib(&manifest);
@@ -104,9 +114,23 @@ impl ModelCache {
             mib = mib.round(), "model loaded and kept warm");
         let engine = Arc::new(Engine::new(inference));
         fleet_common::metrics::MODEL_LOADS.inc();
-        entries.by_model.insert(model, Entry { engine: engine.clone(), mib, last_used: now });
+        entries.by_model.insert(key, Entry { engine: engine.clone(), mib, last_used: now });
         self.publish_warm(&entries);
         Ok(engine)
+    }
+
+    /// Where `tenant` finds `model`, remembered for a while so a task does not cost a
+    /// registry read.
+    async fn scope_of(&self, s3: &S3Store, tenant: &TenantId, model: &ModelRef) -> anyhow::Result<Scope> {
+        let key = (tenant.clone(), model.clone());
+        if let Some((at, scope)) = self.scopes.lock().expect("scope cache").get(&key) {
+            if at.elapsed() < SCOPE_TTL {
+                return Ok(scope.clone());
+            }
+        }
+        let (scope, _) = registry::locate(s3, tenant, model).await?;
+        self.scopes.lock().expect("scope cache").insert(key, (std::time::Instant::now(), scope.clone()));
+        Ok(scope)
     }
 
     /// Evicts least recently used models until `mib` more fits in `budget`.
@@ -116,18 +140,18 @@ impl ModelCache {
             if used + mib <= budget {
                 return;
             }
-            let Some(oldest) = entries.by_model.iter().min_by_key(|(_, e)| e.last_used).map(|(m, _)| m.clone()) else {
+            let Some(oldest) = entries.by_model.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| k.clone()) else {
                 return;
             };
             let evicted = entries.by_model.remove(&oldest).expect("the oldest entry exists");
-            tracing::info!(model = %oldest, freed_mib = evicted.mib.round(), budget_mib = budget.round(),
+            tracing::info!(model = %oldest.1, scope = %oldest.0, freed_mib = evicted.mib.round(), budget_mib = budget.round(),
                 "model evicted (least recently used) to make room");
             fleet_common::metrics::MODEL_EVICTIONS.inc();
         }
     }
 
     fn publish_warm(&self, entries: &Entries) {
-        let mut by_use: Vec<(&ModelRef, u64)> = entries.by_model.iter().map(|(m, e)| (m, e.last_used)).collect();
+        let mut by_use: Vec<(&ModelRef, u64)> = entries.by_model.iter().map(|((_, m), e)| (m, e.last_used)).collect();
         by_use.sort_by_key(|(_, t)| *t);
         *self.warm.lock().expect("warm list") = by_use.into_iter().map(|(m, _)| m.to_string()).collect();
         *self.used.lock().expect("used memory") = entries.by_model.values().map(|e| e.mib).sum();

@@ -231,11 +231,7 @@ type Fetched = Result<(Vec<u8>, f64), ItemFailureReport>;
 
 /// Fetches one input: an item failure when the key is not the tenant's or not there, an
 /// attempt failure when the store keeps failing.
-async fn fetch_item(
-    s3: &S3Store,
-    tenant: &TenantId,
-    key: &str,
-) -> Result<Fetched, AttemptError> {
+async fn fetch_item(s3: &S3Store, tenant: &TenantId, key: &str) -> Result<Fetched, AttemptError> {
     let fail =
         |code: &str, reason: String| Ok(Err(ItemFailureReport { key: key.to_string(), code: code.into(), reason }));
     if let Err(e) = check_tenant_key(tenant, key) {
