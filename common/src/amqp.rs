@@ -192,28 +192,7 @@ pub type Outgoing = (String, Vec<u8>, BasicProperties);
 /// Publishes a batch persistently with `mandatory` and waits for every confirm; the sends
 /// are pipelined, so a batch costs about one round trip instead of one per message.
 pub async fn publish_all(channel: &Channel, exchange: &str, messages: Vec<Outgoing>) -> Result<(), AmqpError> {
-    let mut pending = Vec::with_capacity(messages.len());
-    for (routing_key, payload, properties) in messages {
-        let confirm = channel
-            .basic_publish(
-                exchange,
-                &routing_key,
-                BasicPublishOptions { mandatory: true, ..Default::default() },
-                &payload,
-                properties.with_delivery_mode(2),
-            )
-            .await?;
-        pending.push((routing_key, confirm));
-    }
-    for (routing_key, confirm) in pending {
-        let exchange = exchange.to_string();
-        match confirm.await? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => {}
-            Confirmation::Ack(Some(_)) => return Err(AmqpError::Unroutable { exchange, routing_key }),
-            Confirmation::Nack(_) => return Err(AmqpError::Nacked { exchange, routing_key }),
-        }
-    }
-    Ok(())
+    publish_each(channel, exchange, messages).await.into_iter().collect()
 }
 
 /// Like [`publish_all`], but every message gets its own outcome, so one unroutable message
