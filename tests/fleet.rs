@@ -432,7 +432,7 @@ async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_
         serde_json::from_slice(&std::fs::read(fleet_tests::reference_dir().join("manifest.json")).unwrap()).unwrap();
     manifest["name"] = json!("broken-weights");
     std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    for file in ["model.pt", "embed.pt"] {
+    for file in ["model.pt", "embed.pt", "trainable.pt"] {
         std::fs::write(dir.path().join(file), b"these are not weights").unwrap();
     }
     fleet_common::registry::publish(&client.s3, dir.path()).await.unwrap();
@@ -587,7 +587,7 @@ async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() 
         serde_json::from_slice(&std::fs::read(reference.join("manifest.json")).unwrap()).unwrap();
     manifest["name"] = json!("matting-ref-copy");
     std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
-    for file in ["model.pt", "embed.pt"] {
+    for file in ["model.pt", "embed.pt", "trainable.pt"] {
         std::fs::copy(reference.join(file), dir.path().join(file)).unwrap();
     }
     fleet_common::registry::publish(&client.s3, dir.path()).await.unwrap();
