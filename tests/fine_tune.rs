@@ -277,3 +277,62 @@ async fn a_killed_fine_tune_resumes_from_its_checkpoint_on_another_worker() {
     assert_eq!(steps.keys().copied().collect::<Vec<_>>(), (0..60).collect::<Vec<_>>());
     assert!(fleet.log(&w2).contains("resuming the fine-tune"), "{}", fleet.log(&w2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn interactive_work_preempts_a_fine_tune_which_resumes_from_its_yield_checkpoint() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    let worker = unique("ft-only");
+    // One worker, one device: the fine-tune holds it whole until interactive work arrives.
+    fleet.scheduler("scheduler").worker(&worker, 1);
+    let client = client(TENANT).await;
+    let data = seed_dataset(&client, 12, 0).await;
+    let id = unique("ft-preempt");
+    let total = 120u32;
+    let hyper = json!({"steps_phase1": total, "steps_phase2": 0, "batch_size": 4, "lr": 0.002, "warmup_steps": 5,
+                       "pixel_budget": 16384, "checkpoint_every": 50, "seed": 9});
+    let mut events = client.subscribe(id.as_str()).await.unwrap();
+    let body = fine_tune_job(&id, &data.key, &unique("preempted"), hyper);
+    assert_eq!(client.submit(&id, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut all = Vec::new();
+    loop {
+        let e = events.next_before(deadline).await.unwrap().expect("progress before the deadline");
+        let step = e.training.as_ref().map(|t| t.step).unwrap_or(0);
+        all.push(e);
+        if step >= 8 {
+            break;
+        }
+    }
+    // Interactive work arrives: the only device is held whole by the fine-tune.
+    let keys: Vec<String> = (0..2).map(|i| data.key.replace("dataset.jsonl", &format!("images/{i:03}.png"))).collect();
+    let rerender = unique("urgent");
+    let body = serde_json::to_vec(&json!({
+        "id": rerender, "priority": "interactive", "kind": "background_replace",
+        "spec": {"input": {"keys": keys}, "background": {"mode": "color", "color": "#ffffff"},
+                 "output": {"format": "png"}, "model": "matting-ref@1.0.0"}
+    }))
+    .unwrap();
+    assert_eq!(client.submit(&rerender, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
+    let urgent = client.wait(&rerender, Duration::from_secs(120), |_| {}).await.unwrap();
+    assert_eq!(urgent.record.state, JobState::Succeeded, "{}", fleet.log(&worker));
+    assert_eq!(urgent.progress.items_succeeded, 2);
+    let ft = client.job(&id).await.unwrap().unwrap();
+    assert!(!ft.record.state.is_terminal(), "the interactive job ran while the fine-tune waited: {:?}", ft.record);
+
+    // The fine-tune resumes from the checkpoint it saved when it yielded, and ends at the
+    // requested step count with every step reported once.
+    all.extend(collect_events(&client, &id, &mut events, Duration::from_secs(900)).await);
+    let view = client.job(&id).await.unwrap().unwrap();
+    assert_eq!(view.record.state, JobState::Succeeded, "{}", fleet.log(&worker));
+    let resumed: Vec<u32> = all.iter().filter_map(|e| e.training.as_ref()?.resumed_from).collect();
+    assert!(!resumed.is_empty() && resumed[0] >= 8 && resumed[0] < total, "resumed from the yield: {resumed:?}");
+    let report = result_report(&client, &id).await;
+    assert_eq!(report["resumed_from"].as_u64(), Some(u64::from(resumed[0])));
+    assert_eq!(report["steps"].as_u64(), Some(u64::from(total)));
+    let steps = steps_of(&all);
+    assert_eq!(steps.keys().copied().collect::<Vec<_>>(), (0..total).collect::<Vec<_>>());
+    let log = fleet.log(&worker);
+    assert!(log.contains("preempted for interactive work") && log.contains("gave its device back"), "{log}");
+    assert!(fleet.log("scheduler").contains("preempting a fine-tune for interactive work"));
+}

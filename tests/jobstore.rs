@@ -6,7 +6,7 @@ use fleet_common::jobstore::{
     Created, JobRecord, JobStoreError, LeaseOp, RedisJobStore, TaskNote, TaskOutcome, TaskUpdate,
 };
 use fleet_common::keys::TenantId;
-use fleet_common::lease::Grant;
+use fleet_common::lease::{Grant, Renewal};
 use fleet_common::state::TaskEvent;
 use fleet_common::state::{JobEvent, JobState};
 use fleet_tests::unique;
@@ -171,8 +171,12 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         "a second copy of a task a live worker holds is not granted again"
     );
     assert_eq!(store.load().await.unwrap().get(&(w1.to_string(), 0, "batch".to_string())), Some(&1));
-    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], now).await.unwrap(), Vec::<String>::new());
-    assert_eq!(store.renew_leases(w2, &[(id.clone(), first)], now).await.unwrap(), vec![id.clone()]);
+    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], now).await.unwrap(), Renewal::default());
+    assert_eq!(store.renew_leases(w2, &[(id.clone(), first)], now).await.unwrap().lost, vec![id.clone()]);
+    // A preemption reaches the holder on its next renewal, and only the holder.
+    assert!(store.request_preemption(&id).await.unwrap());
+    let renewal = store.renew_leases(w1, &[(id.clone(), first)], now).await.unwrap();
+    assert_eq!((renewal.lost, renewal.preempt), (Vec::new(), vec![id.clone()]));
     let start = TaskEvent::Start { attempt: 1 };
     let none = TaskOutcome::default();
     let started =
@@ -198,6 +202,11 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         panic!("the task is granted to the next worker")
     };
     assert!(second > first, "tokens increase");
+    assert_eq!(
+        store.renew_leases(w2, &[(id.clone(), second)], later).await.unwrap(),
+        Renewal::default(),
+        "a new grant clears the old holder's preemption"
+    );
     assert!(!store.requeue_due(later).await.unwrap().iter().any(|l| l.id == id), "granted: no longer waiting");
     let start = TaskEvent::Start { attempt: 2 };
     let started =
@@ -210,7 +219,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note, LeaseOp::End { token: Some(first) });
     assert_eq!(stale.await.unwrap(), TaskUpdate::Fenced);
     assert_eq!(store.progress(&tenant, &job).await.unwrap().items_succeeded, 0);
-    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap(), vec![id.clone()]);
+    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap().lost, vec![id.clone()]);
     // w2 completes under the current token: counted once, lease gone.
     assert!(
         serde_json::from_str::<fleet_common::protocol::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body)

@@ -33,6 +33,36 @@ pub struct FineTuneSpec {
     /// Training settings; every field has a default.
     #[serde(default)]
     pub hyper: Hyper,
+    /// What it holds on a device while it trains, and whether interactive work may preempt
+    /// it; by default a whole device, preemptible.
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// What a fine-tune asks of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    /// Device memory it declares it needs, MiB (256..=1,048,576): it shares the device with
+    /// other work within that share. Absent: it takes a whole device, which runs nothing else
+    /// while it trains.
+    pub memory_mib: Option<u64>,
+    /// Whether interactive work that finds no device may preempt it: it checkpoints, gives
+    /// its device back and resumes from that checkpoint when a device is free again.
+    pub preemptible: bool,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources { memory_mib: None, preemptible: true }
+    }
+}
+
+impl Resources {
+    /// Whether it takes a whole device.
+    pub fn whole_device(&self) -> bool {
+        self.memory_mib.is_none()
+    }
 }
 
 /// Where the trained model is registered: `<tenant>/models/<name>/<version>/`.
@@ -230,6 +260,11 @@ pub fn check(spec: &FineTuneSpec, tenant: &TenantId) -> Result<ModelRef, Rejecti
     within("corruption_ratio", (0.0..=0.9).contains(&h.corruption_ratio), "0..=0.9")?;
     within("quality_threshold", (0.0..=1.0).contains(&h.quality_threshold), "0..=1")?;
     within("checkpoint_every", (1..=100_000).contains(&h.checkpoint_every), "1..=100000")?;
+    if let Some(mib) = spec.resources.memory_mib {
+        if !(256..=1_048_576).contains(&mib) {
+            return Err(invalid("resources.memory_mib must be within 256..=1048576".into()));
+        }
+    }
     Ok(base)
 }
 
@@ -247,6 +282,7 @@ mod tests {
             data: "tenant-a/ds.jsonl".into(),
             output: OutputModel { name: "glass".into(), version: "1".into() },
             hyper: Hyper::default(),
+            resources: Resources::default(),
         }
     }
 
@@ -271,6 +307,9 @@ mod tests {
         let mut other = spec();
         other.data = "tenant-b/ds.jsonl".into();
         assert_eq!(check(&other, &tenant()).unwrap_err().code, "forbidden");
+        let mut tiny_share = spec();
+        tiny_share.resources.memory_mib = Some(10);
+        assert!(check(&tiny_share, &tenant()).unwrap_err().reason.contains("resources.memory_mib"));
         let mut bad_name = spec();
         bad_name.output.name = "../x".into();
         assert!(check(&bad_name, &tenant()).is_err());

@@ -65,6 +65,22 @@ pub struct WorkerDevice {
     pub running: u32,
     /// Task slots per priority lane.
     pub slots: usize,
+    /// Fine-tunes it holds (running or waiting for their slot).
+    #[serde(default)]
+    pub training: Vec<TrainingHold>,
+}
+
+/// A fine-tune a device holds, as placement and preemption see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingHold {
+    /// Task id (`<tenant>/<job>/<task>`).
+    pub task: String,
+    /// It holds the whole device: nothing else runs there.
+    pub whole_device: bool,
+    /// The memory share it declared, MiB (0 with a whole device).
+    pub memory_mib: u64,
+    /// Interactive work may preempt it.
+    pub preemptible: bool,
 }
 
 /// How often a worker beats.

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! fleet:lease:<tenant>/<job>/<task>  hash: token, worker, device, priority, expires_ms,
-//!                                    grants, not_before_ms, body (the TaskMessage JSON)
+//!                                    grants, not_before_ms, body (the TaskMessage JSON),
+//!                                    preempt (set: the holder is asked to give the task back)
 //! fleet:leases                       sorted set task id -> expires_ms (held leases only)
 //! fleet:load                         hash "<worker>|<device>|<priority>" -> leases held
 //! fleet:requeue                      set of task ids taken from their worker, to dispatch again
@@ -79,28 +80,54 @@ local grants = redis.call('HINCRBY', KEYS[1], 'grants', 1)
 local expires = tonumber(ARGV[6]) + tonumber(ARGV[7])
 redis.call('HSET', KEYS[1], 'token', token, 'worker', ARGV[3], 'device', ARGV[4], 'priority', ARGV[5],
   'expires_ms', expires, 'body', ARGV[8], 'not_before_ms', 0)
+redis.call('HDEL', KEYS[1], 'preempt')
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5], 1)
 redis.call('SREM', KEYS[4], ARGV[1])
 return {'granted', tostring(token), tostring(grants)}
 ";
 
-/// Renews the leases a worker holds; returns the ids of those it no longer holds.
+/// Renews the leases a worker holds; returns the ids of those it no longer holds and of
+/// those it is asked to give back.
 const RENEW: &str = r"
 local lost = {}
+local preempt = {}
 local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
 for i = 4, #ARGV, 2 do
   local key = 'fleet:lease:' .. ARGV[i]
-  local held = redis.call('HMGET', key, 'token', 'worker')
+  local held = redis.call('HMGET', key, 'token', 'worker', 'preempt')
   if held[1] == ARGV[i + 1] and held[2] == ARGV[1] then
     redis.call('HSET', key, 'expires_ms', expires)
     redis.call('ZADD', KEYS[1], expires, ARGV[i])
+    if held[3] then
+      table.insert(preempt, ARGV[i])
+    end
   else
     table.insert(lost, ARGV[i])
   end
 end
-return lost
+return {lost, preempt}
 ";
+
+/// Asks the holder of a lease to give its task back (a preemption), if a worker holds it.
+const PREEMPT: &str = r"
+local holder = redis.call('HGET', KEYS[1], 'worker')
+if not holder or holder == '' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'preempt', '1')
+return 1
+";
+
+/// What a renewal found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Renewal {
+    /// Tasks whose lease the worker no longer holds: it must abandon them.
+    pub lost: Vec<String>,
+    /// Tasks it still holds but is asked to give back (preempted): it checkpoints them and
+    /// reports them released.
+    pub preempt: Vec<String>,
+}
 
 /// Gives back a lease while it still carries token `ARGV[1]`: its worker loses it (a new
 /// token), and with `ARGV[3]` = 1 the lease is deleted outright.
@@ -241,15 +268,24 @@ impl RedisJobStore {
         Ok(done == 1)
     }
 
-    /// Renews `worker`'s leases `(task id, token)`; returns the ids it no longer holds.
+    /// Asks the worker holding task `id` to give it back; false if no worker holds it.
+    pub async fn request_preemption(&self, id: &str) -> Result<bool, JobStoreError> {
+        let mut conn = self.conn.clone();
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(PREEMPT));
+        let done: i64 = SCRIPT.key(lease_key(id)).invoke_async(&mut conn).await?;
+        Ok(done == 1)
+    }
+
+    /// Renews `worker`'s leases `(task id, token)`; says which it no longer holds and which
+    /// it is asked to give back.
     pub async fn renew_leases(
         &self,
         worker: &str,
         held: &[(String, u64)],
         now_ms: u64,
-    ) -> Result<Vec<String>, JobStoreError> {
+    ) -> Result<Renewal, JobStoreError> {
         if held.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Renewal::default());
         }
         let mut conn = self.conn.clone();
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(RENEW));
@@ -258,7 +294,8 @@ impl RedisJobStore {
         for (id, token) in held {
             invocation.arg(id).arg(token);
         }
-        Ok(invocation.invoke_async(&mut conn).await?)
+        let (lost, preempt): (Vec<String>, Vec<String>) = invocation.invoke_async(&mut conn).await?;
+        Ok(Renewal { lost, preempt })
     }
 
     /// The current token of task `id`'s lease, if it has one.

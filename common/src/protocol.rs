@@ -186,7 +186,8 @@ pub enum Report {
         /// The figures.
         progress: TrainingProgress,
     },
-    /// The worker gives the task back unstarted (it is draining): dispatch it elsewhere now,
+    /// The worker gives the task back: unstarted (it is draining), or a fine-tune that saved
+    /// a checkpoint and yielded its device (preempted or drained). Dispatch it elsewhere now,
     /// without counting an attempt against it.
     Released {
         /// Tenant.
@@ -199,6 +200,9 @@ pub enum Report {
         token: u64,
         /// Worker id.
         worker: String,
+        /// For a fine-tune that yielded: the step of the checkpoint it resumes from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkpoint_step: Option<u32>,
     },
 }
 

@@ -23,7 +23,7 @@ use fleet_common::amqp::{
     confirmed_channel, header_str, publish_confirmed, publish_each, string_headers, task_queue, worker_queue, Outgoing,
     BATCH_QUEUE, INTERACTIVE_QUEUE, TASKS_EXCHANGE,
 };
-use fleet_common::heartbeat::Heartbeat;
+use fleet_common::heartbeat::{Heartbeat, TrainingHold};
 use fleet_common::job::Priority;
 use fleet_common::keys::TenantId;
 use fleet_common::lease::Grant;
@@ -55,6 +55,11 @@ const ACTIVATION_BATCH: u32 = 8;
 /// Batch tasks a device may hold per lane slot: one running and the rest waiting on the
 /// worker, so its slots never wait for a dispatch round trip.
 const LEASES_PER_SLOT: u32 = 3;
+/// How long after a grant the dispatcher vouches for a fine-tune its worker's heartbeat does
+/// not list yet.
+const TRAINING_GRACE_MS: u64 = 2_000;
+/// A preemption not answered in this long is asked for again.
+const PREEMPT_AGAIN: Duration = Duration::from_secs(10);
 /// How long a worker whose queue refused a task is left out.
 const EXCLUDE_FOR: Duration = Duration::from_secs(2);
 
@@ -75,6 +80,14 @@ struct Recent {
     at_ms: u64,
 }
 
+/// A fine-tune sent to a device, until the device's heartbeats report it themselves.
+struct GrantedTraining {
+    worker: String,
+    device: u32,
+    hold: TrainingHold,
+    at_ms: u64,
+}
+
 struct Dispatcher {
     sched: Arc<Scheduler>,
     out: Channel,
@@ -84,6 +97,8 @@ struct Dispatcher {
     beats_at: Option<Instant>,
     ecc_seen: HashMap<(String, u32), u64>,
     recent: Vec<Recent>,
+    training: Vec<GrantedTraining>,
+    preempting: HashMap<String, Instant>,
     excluded: HashMap<String, Instant>,
     blocked_logged: Option<Instant>,
 }
@@ -101,6 +116,8 @@ pub async fn run(sched: Arc<Scheduler>, connection: &Connection) -> anyhow::Resu
         beats_at: None,
         ecc_seen: HashMap::new(),
         recent: Vec::new(),
+        training: Vec::new(),
+        preempting: HashMap::new(),
         excluded: HashMap::new(),
         blocked_logged: None,
     };
@@ -176,16 +193,24 @@ impl Dispatcher {
                 _ => Default::default(),
             };
             let need = match &w.message.fine_tune {
-                // Training holds weights, gradients and two optimiser moments, and a batch's
-                // activations and their gradients.
-                Some(ft) => TaskNeed {
-                    id: w.message.id(),
-                    interactive: w.message.priority == Priority::Interactive,
-                    model: format!("{} (training)", w.message.model),
-                    weights_mib: 4 * need.weights_mib,
-                    memory_per_image_mib: 3 * need.memory_per_image_mib,
-                    batch: ft.hyper.batch_size,
-                },
+                // A whole device, or the declared share; otherwise as much as training holds:
+                // weights, gradients and two optimiser moments, and a batch's activations and
+                // their gradients. Its own "model" name: training memory is never shared.
+                Some(ft) => {
+                    let (weights_mib, memory_per_image_mib, batch) = match ft.resources.memory_mib {
+                        Some(share) => (share, 0, 1),
+                        None => (4 * need.weights_mib, 3 * need.memory_per_image_mib, ft.hyper.batch_size),
+                    };
+                    TaskNeed {
+                        id: w.message.id(),
+                        interactive: w.message.priority == Priority::Interactive,
+                        model: format!("{} (training {})", w.message.model, w.message.id()),
+                        weights_mib,
+                        memory_per_image_mib,
+                        batch,
+                        whole_device: ft.resources.whole_device(),
+                    }
+                }
                 None => TaskNeed {
                     id: w.message.id(),
                     interactive: w.message.priority == Priority::Interactive,
@@ -193,11 +218,13 @@ impl Dispatcher {
                     weights_mib: need.weights_mib,
                     memory_per_image_mib: need.memory_per_image_mib,
                     batch: ACTIVATION_BATCH,
+                    whole_device: false,
                 },
             };
             needs.push(need);
         }
         let decisions = placement::place(&self.sched.config.placement, &devices, &needs);
+        self.preempt(&devices, &needs, &decisions).await;
         let now = now_ms();
         let mut placed = Vec::new();
         let mut unplaced: Vec<(usize, Vec<String>)> = Vec::new();
@@ -261,6 +288,19 @@ impl Dispatcher {
                     fleet_common::metrics::TASKS.with_label_values(&["leased"]).inc();
                     let label = if warm { "warm" } else { "cold" };
                     fleet_common::metrics::PLACEMENTS.with_label_values(&[label]).inc();
+                    if let Some(ft) = &w.message.fine_tune {
+                        self.training.push(GrantedTraining {
+                            worker: device.worker.clone(),
+                            device: device.device,
+                            hold: TrainingHold {
+                                task: w.message.id(),
+                                whole_device: ft.resources.whole_device(),
+                                memory_mib: ft.resources.memory_mib.unwrap_or(0),
+                                preemptible: ft.resources.preemptible,
+                            },
+                            at_ms: now,
+                        });
+                    }
                     if need_mib > 0 {
                         self.recent.push(Recent {
                             worker: device.worker.clone(),
@@ -330,6 +370,12 @@ impl Dispatcher {
             self.beats_at = Some(Instant::now());
             let oldest = self.beats.iter().map(|b| b.at_ms).min().unwrap_or(0);
             self.recent.retain(|r| r.at_ms >= oldest);
+            // A worker lists a fine-tune from the moment it takes it: two periods after the
+            // grant, its heartbeat speaks for it.
+            let beats = &self.beats;
+            self.training.retain(|t| {
+                beats.iter().find(|b| b.id == t.worker).is_some_and(|b| b.at_ms < t.at_ms + TRAINING_GRACE_MS)
+            });
             self.excluded.retain(|_, at| at.elapsed() < EXCLUDE_FOR);
         }
         let load = self.sched.store.load().await?;
@@ -371,10 +417,17 @@ impl Dispatcher {
                     self.ecc_seen.entry(slot_key).and_modify(|seen| *seen = (*seen).min(ecc)).or_insert(ecc);
                 }
                 let slots = device.slots.max(1) as u32;
+                let mut training = device.training.clone();
+                for t in self.training.iter().filter(|t| t.worker == beat.id && t.device == device.index) {
+                    if !training.iter().any(|h| h.task == t.hold.task) {
+                        training.push(t.hold.clone());
+                    }
+                }
                 out.push(DeviceView {
                     worker: beat.id.clone(),
                     device: device.index,
                     state,
+                    total_mib: device.memory_total_mib,
                     free_mib: device.memory_free_mib.saturating_sub(granted_since),
                     evictable_mib: device.warm_mib,
                     load: interactive + batch,
@@ -386,10 +439,35 @@ impl Dispatcher {
                     temperature_c: gpu.and_then(|g| g.temperature_c),
                     ecc_growing,
                     heartbeat_age_ms: now.saturating_sub(beat.at_ms),
+                    training,
                 });
             }
         }
         Ok(out)
+    }
+
+    /// Asks the fine-tunes standing in the way of interactive tasks that fit nowhere to
+    /// checkpoint and give their devices back (once per [`PREEMPT_AGAIN`] each).
+    async fn preempt(&mut self, devices: &[DeviceView], needs: &[TaskNeed], decisions: &[(usize, Decision)]) {
+        self.preempting.retain(|_, at| at.elapsed() < PREEMPT_AGAIN);
+        for p in placement::preemptions(&self.sched.config.placement, devices, needs, decisions) {
+            let device = &devices[p.index];
+            for victim in p.victims {
+                if self.preempting.contains_key(&victim) {
+                    continue;
+                }
+                match self.sched.store.request_preemption(&victim).await {
+                    Ok(true) => {
+                        tracing::info!(fine_tune = %victim, worker = %device.worker, device = device.device,
+                            for_task = %needs[p.for_task].id, "preempting a fine-tune for interactive work");
+                        fleet_common::metrics::TASKS.with_label_values(&["preempt_requested"]).inc();
+                        self.preempting.insert(victim, Instant::now());
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, fine_tune = %victim, "preemption not requested"),
+                }
+            }
+        }
     }
 
     /// Publishes what could not be placed, and why, for operators (every few seconds in the

@@ -26,8 +26,17 @@
 //!    have it until their slots are full, and only then spill over and load it elsewhere;
 //! 5. then `Spread` takes the least loaded device (most free memory on ties), `Pack` the most
 //!    loaded one that still fits (least free memory on ties).
+//!
+//! A fine-tune that asks for a whole device goes only to an idle device (no task, no other
+//! fine-tune), and its device takes nothing else while it holds it. One that declares a
+//! memory share is placed like any task needing that much memory. An interactive task that
+//! fits nowhere may preempt fine-tunes ([`preemptions`]): on a healthy device whose
+//! preemptible fine-tunes, once gone, leave room for it, they are asked to checkpoint and give
+//! the device back; the task is placed on a later round, once the device is free.
 
 use std::collections::BTreeSet;
+
+use fleet_common::heartbeat::TrainingHold;
 
 /// What a worker says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +58,8 @@ pub struct DeviceView {
     pub device: u32,
     /// The worker's state.
     pub state: WorkerState,
+    /// Device memory the worker may use, MiB.
+    pub total_mib: u64,
     /// Free device memory at the last heartbeat, MiB.
     pub free_mib: u64,
     /// Memory held by warm models that the worker evicts (least recently used first) to load
@@ -73,6 +84,15 @@ pub struct DeviceView {
     pub ecc_growing: bool,
     /// Milliseconds since its last heartbeat.
     pub heartbeat_age_ms: u64,
+    /// Fine-tunes it holds.
+    pub training: Vec<TrainingHold>,
+}
+
+impl DeviceView {
+    /// The fine-tune holding the whole device, if one does.
+    pub fn held_whole_by(&self) -> Option<&TrainingHold> {
+        self.training.iter().find(|t| t.whole_device)
+    }
 }
 
 /// What a task needs.
@@ -90,6 +110,8 @@ pub struct TaskNeed {
     pub memory_per_image_mib: u64,
     /// Images per forward pass.
     pub batch: u32,
+    /// A fine-tune that takes a whole device.
+    pub whole_device: bool,
 }
 
 /// Spread load across devices, or pack it onto as few as possible.
@@ -209,6 +231,17 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                     reasons.push(format!("{}/{}: {reason}", d.worker, d.device));
                     continue;
                 }
+                if let Some(holder) = d.held_whole_by() {
+                    reasons.push(format!("{}/{}: held whole by fine-tune {}", d.worker, d.device, holder.task));
+                    continue;
+                }
+                if task.whole_device && (load[i] > 0 || !d.training.is_empty()) {
+                    reasons.push(format!(
+                        "{}/{}: a whole-device fine-tune needs an idle device ({} tasks held)",
+                        d.worker, d.device, load[i]
+                    ));
+                    continue;
+                }
                 if load[i] >= d.capacity || (!task.interactive && batch_load[i] >= d.batch_capacity) {
                     let (held, cap) =
                         if task.interactive { (load[i], d.capacity) } else { (batch_load[i], d.batch_capacity) };
@@ -249,12 +282,72 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                     if !task.interactive {
                         batch_load[index] += 1;
                     }
+                    if task.whole_device {
+                        // Nothing else goes there this round.
+                        load[index] = load[index].max(devices[index].capacity);
+                        batch_load[index] = batch_load[index].max(devices[index].batch_capacity);
+                    }
                     (t, Decision::Placed { index, need_mib: need, warm: was_warm })
                 }
                 None => (t, Decision::Unplaced { reasons }),
             }
         })
         .collect()
+}
+
+/// Fine-tunes to preempt on one device so that an interactive task can run there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preemption {
+    /// Index into the devices given.
+    pub index: usize,
+    /// Task ids of the fine-tunes asked to give the device back.
+    pub victims: Vec<String>,
+    /// The interactive task (index into the tasks given) it makes room for.
+    pub for_task: usize,
+}
+
+/// For each interactive task `place` left unplaced, a device to free for it by preempting
+/// fine-tunes: healthy, holding only preemptible fine-tunes where any blocks it (a whole-device
+/// one, or memory shares without which it fits), one device per task. Batch tasks never
+/// preempt.
+pub fn preemptions(
+    policy: &Policy,
+    devices: &[DeviceView],
+    tasks: &[TaskNeed],
+    decisions: &[(usize, Decision)],
+) -> Vec<Preemption> {
+    let mut taken = vec![false; devices.len()];
+    let mut out = Vec::new();
+    for (t, decision) in decisions {
+        let task = &tasks[*t];
+        if !task.interactive || !matches!(decision, Decision::Unplaced { .. }) {
+            continue;
+        }
+        let freed_room = |d: &DeviceView| -> Option<(u64, Vec<String>)> {
+            if d.training.is_empty() || d.training.iter().any(|h| !h.preemptible) || unhealthy(policy, d).is_some() {
+                return None;
+            }
+            let room = if d.held_whole_by().is_some() {
+                d.total_mib
+            } else {
+                d.free_mib + d.training.iter().map(|h| h.memory_mib).sum::<u64>()
+            };
+            (footprint_mib(task) + policy.headroom_mib <= room)
+                .then(|| (room, d.training.iter().map(|h| h.task.clone()).collect()))
+        };
+        let best = devices
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !taken[*i])
+            .filter_map(|(i, d)| freed_room(d).map(|(room, victims)| (i, room, victims)))
+            // Fewest fine-tunes interrupted, then the most room.
+            .min_by_key(|(_, room, victims)| (victims.len(), std::cmp::Reverse(*room)));
+        if let Some((index, _, victims)) = best {
+            taken[index] = true;
+            out.push(Preemption { index, victims, for_task: *t });
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -70,8 +70,13 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             sched.store.update_task(&tenant, &job, task, TaskEvent::Cancel, &none, TaskNote::default(), lease).await?
         }
         Report::Training { .. } => unreachable!("handled above"),
-        Report::Released { worker, .. } => {
-            tracing::info!(job = %job, task, worker = %worker, "task given back unstarted; dispatching it elsewhere");
+        Report::Released { worker, checkpoint_step, .. } => {
+            match checkpoint_step {
+                Some(step) => tracing::info!(job = %job, task, worker = %worker, step,
+                    "fine-tune yielded its device at a checkpoint; it resumes from there when a device is free"),
+                None => tracing::info!(job = %job, task, worker = %worker,
+                    "task given back unstarted; dispatching it elsewhere"),
+            }
             let lease = LeaseOp::Requeue { token, not_before_ms: 0 };
             let note = TaskNote { worker: Some(worker), ..Default::default() };
             sched.store.update_task(&tenant, &job, task, TaskEvent::LeaseLost, &none, note, lease).await?
@@ -85,6 +90,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         (Report::AttemptFailed { .. }, TaskUpdate::Applied { ended: true, .. }) => "dead_lettered",
         (Report::AttemptFailed { .. }, _) => "retried",
         (Report::Skipped { .. }, _) => "skipped",
+        (Report::Released { checkpoint_step: Some(_), .. }, _) => "yielded",
         (Report::Released { .. }, _) => "released",
         (Report::Training { .. }, _) => "training",
     };

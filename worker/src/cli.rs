@@ -102,6 +102,25 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// The fine-tune benchmark: the fleet's training loop against a bare tch loop over the
+    /// same in-memory batches, and the checkpoint overhead (checkpoints go to S3 when the
+    /// FLEET_S3_* variables are set, to a local folder otherwise).
+    BenchTrain {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long, default_value_t = 48)]
+        samples: usize,
+        #[arg(long, default_value_t = 150)]
+        steps: u32,
+        #[arg(long, default_value_t = 8)]
+        batch: u32,
+        #[arg(long, default_value_t = 16_384)]
+        pixel_budget: u32,
+        #[arg(long, default_value_t = 50)]
+        checkpoint_every: u32,
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -244,6 +263,42 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 set_cpu_threads(threads)?;
             }
             bench_prefix(&model, &prefix, batch)?
+        }
+        Command::BenchTrain { model, samples, steps, batch, pixel_budget, checkpoint_every, repeats } => {
+            let model_dir = match &model.model {
+                Some(m) => {
+                    let r: ModelRef = m.parse()?;
+                    model.models.join(&r.name).join(&r.version)
+                }
+                None => reference::model_dir(&model.models),
+            };
+            let s3 = fleet_common::store::s3::S3Config::from_env().ok().map(|c| fleet_common::store::s3::S3Store::new(&c));
+            let bench = crate::service::fine_tune::bench::BenchTrain {
+                model_dir,
+                device: model.device.parse()?,
+                samples,
+                steps,
+                batch,
+                pixel_budget,
+                checkpoint_every,
+                s3,
+                repeats,
+            };
+            let r = bench.run()?;
+            println!("| device | steps | batch | pixels | bare tch steps/s | fleet steps/s | fleet / bare | with checkpoints every {checkpoint_every} steps | checkpoint overhead |");
+            println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+            println!(
+                "| {} | {steps} | {batch} | {pixel_budget} | {:.2} | {:.2} | {:.1} % | {:.2} steps/s ({} checkpoints to {}, {:.2} s) | {:.1} % |",
+                model.device,
+                r.bare_steps_per_s,
+                r.fleet_steps_per_s,
+                100.0 * r.fleet_vs_bare,
+                r.checkpointed_steps_per_s,
+                r.checkpoints,
+                if bench.s3.is_some() { "S3" } else { "local disk" },
+                r.checkpoint_seconds,
+                100.0 * r.checkpoint_overhead
+            );
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ fn device(worker: &str, free_mib: u64, load: u32, warm: &[&str]) -> DeviceView {
         worker: worker.into(),
         device: 0,
         state: WorkerState::Active,
+        total_mib: 80_000,
         free_mib,
         evictable_mib: 0,
         load,
@@ -22,6 +23,7 @@ fn device(worker: &str, free_mib: u64, load: u32, warm: &[&str]) -> DeviceView {
         temperature_c: Some(50),
         ecc_growing: false,
         heartbeat_age_ms: 100,
+        training: Vec::new(),
     }
 }
 
@@ -33,7 +35,16 @@ fn task(id: &str, interactive: bool, model: &str) -> TaskNeed {
         weights_mib: 2_000,
         memory_per_image_mib: 500,
         batch: 4,
+        whole_device: false,
     }
+}
+
+fn hold(task: &str, whole_device: bool, memory_mib: u64, preemptible: bool) -> TrainingHold {
+    TrainingHold { task: task.into(), whole_device, memory_mib, preemptible }
+}
+
+fn fine_tune(id: &str) -> TaskNeed {
+    TaskNeed { whole_device: true, model: format!("a@1 (training {id})"), ..task(id, false, "a@1") }
 }
 
 fn placed_on(decisions: &[(usize, Decision)], task: usize) -> Option<usize> {
@@ -140,6 +151,7 @@ fn arb_device() -> impl proptest::strategy::Strategy<Value = DeviceView> {
                     worker: format!("w{n}"),
                     device: n % 4,
                     state,
+                    total_mib: free_mib + 8_000,
                     free_mib,
                     evictable_mib: free_mib / 4,
                     load,
@@ -156,6 +168,7 @@ fn arb_device() -> impl proptest::strategy::Strategy<Value = DeviceView> {
                     temperature_c,
                     ecc_growing,
                     heartbeat_age_ms,
+                    training: Vec::new(),
                 }
             },
         )
@@ -170,6 +183,7 @@ fn arb_task() -> impl proptest::strategy::Strategy<Value = TaskNeed> {
             weights_mib,
             memory_per_image_mib,
             batch,
+            whole_device: false,
         },
     )
 }
@@ -228,6 +242,99 @@ proptest! {
                 prop_assert!(held[*index].0 <= d.capacity.max(d.load), "over capacity {:?}", d);
                 prop_assert!(task.interactive || held[*index].1 <= d.batch_capacity.max(d.batch_load), "batch over capacity {:?}", d);
             }
+        }
+    }
+}
+
+#[test]
+fn a_whole_device_fine_tune_takes_only_an_idle_device_and_shares_it_with_nothing() {
+    let devices = [device("busy", 80_000, 1, &["a@1"]), device("idle", 80_000, 0, &[])];
+    let tasks = [fine_tune("ft"), task("b", false, "a@1"), task("i", true, "a@1")];
+    let decisions = place(&Policy::default(), &devices, &tasks);
+    assert_eq!(placed_on(&decisions, 0), Some(1), "only the idle device takes it");
+    assert_eq!(placed_on(&decisions, 1), Some(0), "batch work goes to the other device");
+    assert_eq!(placed_on(&decisions, 2), Some(0), "and so does interactive work");
+    let mut held = device("held", 80_000, 1, &[]);
+    held.training = vec![hold("t/ft/0", true, 0, true)];
+    let decisions = place(&Policy::default(), &[held], &[task("i", true, "a@1")]);
+    let Decision::Unplaced { reasons } = &decisions[0].1 else { panic!("{decisions:?}") };
+    assert!(reasons[0].contains("held whole by fine-tune t/ft/0"), "{reasons:?}");
+}
+
+#[test]
+fn interactive_work_that_fits_nowhere_preempts_preemptible_fine_tunes_only() {
+    let policy = Policy::default();
+    let mut whole = device("whole", 60_000, 1, &[]);
+    whole.training = vec![hold("t/ft/0", true, 0, true)];
+    let tasks = [task("i", true, "a@1"), task("b", false, "a@1")];
+    let decisions = place(&policy, std::slice::from_ref(&whole), &tasks);
+    let chosen = preemptions(&policy, std::slice::from_ref(&whole), &tasks, &decisions);
+    assert_eq!(chosen, [Preemption { index: 0, victims: vec!["t/ft/0".into()], for_task: 0 }], "batch never preempts");
+    whole.training[0].preemptible = false;
+    let decisions = place(&policy, std::slice::from_ref(&whole), &tasks);
+    assert!(preemptions(&policy, &[whole], &tasks, &decisions).is_empty(), "not preemptible");
+    // A memory share is preempted only where giving its memory back makes room.
+    let mut shared = device("shared", 3_000, 1, &[]);
+    shared.training = vec![hold("t/ft/1", false, 3_000, true)];
+    let mut short = device("short", 100, 1, &[]);
+    short.training = vec![hold("t/ft/2", false, 500, true)];
+    let devices = [short, shared];
+    let decisions = place(&policy, &devices, &tasks[..1]);
+    let chosen = preemptions(&policy, &devices, &tasks[..1], &decisions);
+    assert_eq!(chosen, [Preemption { index: 1, victims: vec!["t/ft/1".into()], for_task: 0 }]);
+    // An interactive task that fits somewhere preempts nothing.
+    let free = device("free", 80_000, 0, &[]);
+    let devices = [devices[1].clone(), free];
+    let decisions = place(&policy, &devices, &tasks[..1]);
+    assert!(preemptions(&policy, &devices, &tasks[..1], &decisions).is_empty());
+}
+
+proptest! {
+    #[test]
+    fn whole_device_fine_tunes_never_share_a_device_and_preemption_frees_one_device_per_task(
+        devices in proptest::collection::vec(arb_device(), 0..6),
+        holds in proptest::collection::vec((any::<bool>(), 0u64..4_000, any::<bool>()), 0..6),
+        tasks in proptest::collection::vec((arb_task(), proptest::bool::weighted(0.3)), 0..12),
+    ) {
+        let mut devices = devices;
+        for (i, (whole, mib, preemptible)) in holds.into_iter().enumerate() {
+            if let Some(d) = devices.get_mut(i) {
+                d.training.push(hold(&format!("t/ft/{i}"), whole, if whole { 0 } else { mib }, preemptible));
+                d.load = d.load.max(1);
+            }
+        }
+        let tasks: Vec<TaskNeed> = tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, whole))| TaskNeed { id: format!("t{i}"), whole_device: whole && !t.interactive, ..t })
+            .collect();
+        let policy = Policy::default();
+        let decisions = place(&policy, &devices, &tasks);
+        let mut on_device: Vec<Vec<usize>> = vec![Vec::new(); devices.len()];
+        for (t, d) in &decisions {
+            if let Decision::Placed { index, .. } = d {
+                on_device[*index].push(*t);
+            }
+        }
+        for (i, placed) in on_device.iter().enumerate() {
+            let d = &devices[i];
+            prop_assert!(placed.is_empty() || d.held_whole_by().is_none(), "a device held whole got work");
+            if placed.iter().any(|&t| tasks[t].whole_device) {
+                prop_assert_eq!(placed.len(), 1, "a whole-device fine-tune shared its device");
+                prop_assert!(d.load == 0 && d.training.is_empty(), "a whole-device fine-tune on a busy device");
+            }
+        }
+        let chosen = preemptions(&policy, &devices, &tasks, &decisions);
+        let mut freed = std::collections::BTreeSet::new();
+        for p in &chosen {
+            let d = &devices[p.index];
+            prop_assert!(freed.insert(p.index), "one device freed twice");
+            prop_assert!(tasks[p.for_task].interactive, "batch work preempted a fine-tune");
+            prop_assert!(unhealthy(&policy, d).is_none());
+            prop_assert!(d.training.iter().all(|h| h.preemptible));
+            prop_assert_eq!(p.victims.len(), d.training.len());
+            let unplaced = decisions.iter().any(|(t, dec)| *t == p.for_task && matches!(dec, Decision::Unplaced { .. }));
+            prop_assert!(unplaced, "a placed task preempted");
         }
     }
 }

@@ -35,10 +35,16 @@ use fleet_imaging::resize::{resize_gray, resize_rgb};
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, IValue, Kind, Tensor};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::task::{AttemptError, Fence, TaskResult};
 use crate::train;
+
+pub mod bench;
+
+/// Samples fetched from S3 at once.
+const SAMPLE_FETCHES: usize = 8;
 
 /// What the training thread tells the task.
 enum Event {
@@ -75,6 +81,7 @@ struct Phase2 {
 }
 
 /// One sample ready to train on.
+#[derive(Clone)]
 struct Loaded {
     line: usize,
     sample: Sample,
@@ -94,14 +101,24 @@ pub struct FineTuneContext<'a> {
     pub fence: &'a Fence<'a>,
     /// Sends a report (progress) to the scheduler.
     pub progress: &'a (dyn Fn(TrainingProgress) -> futures::future::BoxFuture<'a, ()> + Sync),
+    /// Set when the fine-tune must give its device back (preempted, or the worker drains):
+    /// it saves a checkpoint at the next step boundary and stops.
+    pub yield_now: std::sync::Arc<AtomicBool>,
+}
+
+/// How a fine-tune attempt ended.
+pub enum Ended {
+    /// Trained and registered; its one item is the model.
+    Trained(TaskResult),
+    /// Saved a checkpoint at `step` and gave the device back; it resumes from there.
+    Yielded {
+        /// The checkpoint's step.
+        step: u32,
+    },
 }
 
 /// Runs the fine-tune of `task`; its one item is the registered model.
-pub async fn run(
-    ctx: &FineTuneContext<'_>,
-    task: &TaskMessage,
-    spec: &FineTuneSpec,
-) -> Result<TaskResult, AttemptError> {
+pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneSpec) -> Result<Ended, AttemptError> {
     let started = Instant::now();
     let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError(e.to_string()))?;
     let results = results_prefix(&tenant, &task.job);
@@ -112,25 +129,30 @@ pub async fn run(
     let text = match ctx.s3.get(&spec.data).await {
         Ok(bytes) => String::from_utf8(bytes).map_err(|e| fail(format!("data set {} is not UTF-8: {e}", spec.data)))?,
         Err(StoreError::NotFound { .. }) => {
-            return finished_without_model(ctx, &results, task, spec, "no data set at that key").await
+            return finished_without_model(ctx, &results, task, spec, "no data set at that key").await.map(Ended::Trained)
         }
         Err(e) => return Err(fail(format!("data set: {e}"))),
     };
     let digest = sha256_hex(text.as_bytes());
     let (listed, mut refusals) = parse_dataset(&text, &tenant);
+    // Fetched and decoded eight samples at a time, in data-set order.
     let mut loaded = Vec::new();
-    for (line, sample) in listed {
-        match load_sample(ctx.s3, &sample).await? {
+    let mut fetches = futures::stream::iter(listed)
+        .map(|(line, sample)| async move { (line, load_sample(ctx.s3, &sample).await, sample) })
+        .buffered(SAMPLE_FETCHES);
+    while let Some((line, fetched, sample)) = fetches.next().await {
+        match fetched? {
             Ok((rgb, mask)) => loaded.push(Loaded { line, sample, rgb, mask }),
             Err((code, reason)) => refusals.push(Refusal { line, image: sample.image.clone(), code, reason }),
         }
     }
+    drop(fetches);
     let min_samples = 2;
     if loaded.len() < min_samples {
         let reason = format!("{} usable samples; a fine-tune needs at least {min_samples}", loaded.len());
         return finished_without_model(ctx, &results, task, spec, &reason).await.map(|mut r| {
             r.failures[0].reason = format!("{reason}; refused: {}", summarize(&refusals));
-            r
+            Ended::Trained(r)
         });
     }
 
@@ -157,6 +179,7 @@ pub async fn run(
         output: spec.output.model_ref(),
         parent: base_ref.clone(),
         stop: std::sync::Arc::new(AtomicBool::new(false)),
+        yield_now: ctx.yield_now.clone(),
     };
     let stop = job.stop.clone();
     let trainer = tokio::task::spawn_blocking(move || job.train(&tx));
@@ -178,7 +201,10 @@ pub async fn run(
             }
         }
     }
-    let outcome = trainer.await.map_err(|e| fail(format!("training thread: {e}")))?.map_err(fail)?;
+    let outcome = match trainer.await.map_err(|e| fail(format!("training thread: {e}")))?.map_err(fail)? {
+        Trained::Done(outcome) => outcome,
+        Trained::Yielded(step) => return Ok(Ended::Yielded { step }),
+    };
 
     // Register the model in the tenant's space: extra files first, manifest last.
     ctx.fence.check().await?;
@@ -210,7 +236,7 @@ pub async fn run(
     let key = format!("{results}fine-tune.json");
     ctx.fence.check().await?;
     put(ctx.s3, &key, serde_json::to_vec_pretty(&report).expect("a report serialises"), "application/json").await?;
-    Ok(TaskResult { succeeded: 1, failures: Vec::new(), manifest: key })
+    Ok(Ended::Trained(TaskResult { succeeded: 1, failures: Vec::new(), manifest: key }))
 }
 
 /// A fine-tune that cannot train: its one item fails with `reason`.
@@ -325,6 +351,15 @@ struct TrainJob {
     output: ModelRef,
     parent: ModelRef,
     stop: std::sync::Arc<AtomicBool>,
+    yield_now: std::sync::Arc<AtomicBool>,
+}
+
+/// How the training thread ended.
+enum Trained {
+    /// Every step ran.
+    Done(TrainOutcome),
+    /// A checkpoint at this step was saved and training stopped to give the device back.
+    Yielded(u32),
 }
 
 /// What training produced: a model folder ready to register, and its report.
@@ -341,7 +376,7 @@ struct Prepared {
 }
 
 impl TrainJob {
-    fn train(self, events: &mpsc::Sender<Event>) -> Result<TrainOutcome, String> {
+    fn train(self, events: &mpsc::Sender<Event>) -> Result<Trained, String> {
         let started = Instant::now();
         let device = crate::engine::runtime::resolve_device(self.device).map_err(|e| e.to_string())?;
         let manifest =
@@ -406,6 +441,24 @@ impl TrainJob {
             if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
                 return Err("stopped: a checkpoint could not be saved under the lease".into());
             }
+            if self.yield_now.load(std::sync::atomic::Ordering::Relaxed) {
+                // Every step so far is reported and saved: the next holder starts here.
+                let batch = std::mem::take(&mut pending);
+                let phase = if step < h.steps_phase1 { 1 } else { 2 };
+                let report = progress(step, total, phase, batch, &mut resumed_from, started, start, None);
+                events.blocking_send(Event::Progress(report)).map_err(|_| "the task stopped listening")?;
+                if step > start {
+                    let state = CheckpointState {
+                        step,
+                        history: history.clone(),
+                        phase1_validation,
+                        phase2: phase2.clone(),
+                        seed: h.seed,
+                    };
+                    self.checkpoint(&module, &optimizer, &state, events)?;
+                }
+                return Ok(Trained::Yielded(step));
+            }
             let (phase, step_in_phase, phase_steps) = if step < h.steps_phase1 {
                 (1u8, step, h.steps_phase1)
             } else {
@@ -465,10 +518,6 @@ impl TrainJob {
             pending.push(record);
             let done = step + 1;
             if done % h.checkpoint_every == 0 && done < total {
-                let dir = self.work.join(format!("checkpoint-{done}"));
-                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                module.save(dir.join("module.pt")).map_err(|e| e.to_string())?;
-                optimizer.save(dir.join("optimizer.pt")).map_err(|e| e.to_string())?;
                 let state = CheckpointState {
                     step: done,
                     history: history.clone(),
@@ -476,14 +525,7 @@ impl TrainJob {
                     phase2: phase2.clone(),
                     seed: h.seed,
                 };
-                std::fs::write(dir.join("state.json"), serde_json::to_vec(&state).expect("state serialises"))
-                    .map_err(|e| e.to_string())?;
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                events
-                    .blocking_send(Event::Checkpoint { dir: dir.clone(), step: done, done: tx })
-                    .map_err(|_| "the task stopped listening")?;
-                rx.recv().map_err(|_| "the task stopped listening")??;
-                let _ = std::fs::remove_dir_all(&dir);
+                self.checkpoint(&module, &optimizer, &state, events)?;
             }
             if last_report.elapsed().as_millis() >= 500 || done == total {
                 last_report = Instant::now();
@@ -502,6 +544,7 @@ impl TrainJob {
                     .map_err(|_| "the task stopped listening")?;
             }
         }
+        let loop_seconds = train_started.elapsed().as_secs_f64();
         module.set_eval();
         let final_validation = validate_module(&module, &manifest, &self.samples, &val_idx, device)?;
         if h.steps_phase2 == 0 {
@@ -592,8 +635,32 @@ impl TrainJob {
             "resumed_from": self.resume.as_ref().map(|s| s.step),
             "steps": total,
             "train_seconds": train_seconds,
+            "loop_seconds": loop_seconds,
         });
-        Ok(TrainOutcome { dir, report })
+        Ok(Trained::Done(TrainOutcome { dir, report }))
+    }
+
+    /// Writes a checkpoint locally, has the task upload it under the lease, and waits for it.
+    fn checkpoint(
+        &self,
+        module: &tch::TrainableCModule,
+        optimizer: &train::adamw::AdamW,
+        state: &CheckpointState,
+        events: &mpsc::Sender<Event>,
+    ) -> Result<(), String> {
+        let dir = self.work.join(format!("checkpoint-{}", state.step));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        module.save(dir.join("module.pt")).map_err(|e| e.to_string())?;
+        optimizer.save(dir.join("optimizer.pt")).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("state.json"), serde_json::to_vec(state).expect("state serialises"))
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        events
+            .blocking_send(Event::Checkpoint { dir: dir.clone(), step: state.step, done: tx })
+            .map_err(|_| "the task stopped listening")?;
+        rx.recv().map_err(|_| "the task stopped listening")??;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
     }
 }
 

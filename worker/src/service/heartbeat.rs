@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use fleet_common::heartbeat::{DeviceSample, Heartbeat, Order, WorkerDevice};
+use fleet_common::heartbeat::{DeviceSample, Heartbeat, Order, TrainingHold, WorkerDevice};
 use fleet_common::protocol::now_ms;
 use fleet_common::DeviceSpec;
 
@@ -18,6 +18,9 @@ pub struct HeldLease {
     pub token: u64,
     /// Set when a renewal finds the lease taken over.
     pub lost: Arc<AtomicBool>,
+    /// Set when the scheduler asks for the task back (a preemption): a fine-tune checkpoints
+    /// and yields.
+    pub preempt: Arc<AtomicBool>,
 }
 
 /// The parts of a heartbeat that change while the worker runs.
@@ -29,6 +32,18 @@ pub struct Live {
     pub leases: Mutex<HashMap<String, HeldLease>>,
     /// Set once the worker has finished everything it held after a cordon or drain.
     pub drained: AtomicBool,
+    /// Fine-tunes held, by task id: the device index and what they hold there.
+    pub training: Mutex<HashMap<String, (u32, TrainingHold)>>,
+}
+
+impl Live {
+    /// The fine-tunes held on device `index`.
+    pub fn training_on(&self, index: u32) -> Vec<TrainingHold> {
+        let held = self.training.lock().expect("training table");
+        let mut on: Vec<TrainingHold> = held.values().filter(|(d, _)| *d == index).map(|(_, h)| h.clone()).collect();
+        on.sort_by(|a, b| a.task.cmp(&b.task));
+        on
+    }
 }
 
 /// What a device reports on one beat.
@@ -43,6 +58,8 @@ pub struct DeviceState {
     pub warm_mib: f64,
     /// Tasks running on it.
     pub running: u32,
+    /// Fine-tunes it holds.
+    pub training: Vec<TrainingHold>,
 }
 
 /// Builds the current heartbeat.
@@ -85,7 +102,9 @@ fn device_report(index: u32, d: &DeviceState, samples: &[DeviceSample], slots: u
         _ => None,
     };
     let budget = d.memory_mib.max(0.0) as u64;
-    let by_budget = (d.memory_mib - d.warm_mib).max(0.0) as u64;
+    // Memory shares declared by fine-tunes count as taken even before training allocates.
+    let shares: f64 = d.training.iter().map(|t| t.memory_mib as f64).sum();
+    let by_budget = (d.memory_mib - d.warm_mib - shares).max(0.0) as u64;
     let (total, free) = match gpu {
         Some(g) => (budget.min(g.memory_total_mib), by_budget.min(g.memory_free_mib)),
         None => (budget, by_budget),
@@ -99,6 +118,7 @@ fn device_report(index: u32, d: &DeviceState, samples: &[DeviceSample], slots: u
         warm_mib: d.warm_mib.round() as u64,
         running: d.running,
         slots,
+        training: d.training.clone(),
     }
 }
 
@@ -129,7 +149,14 @@ mod tests {
 
     #[test]
     fn device_memory_comes_from_nvml_on_a_gpu_and_from_the_declared_capacity_on_a_cpu() {
-        let state = |spec, warm_mib| DeviceState { spec, memory_mib: 20_000.0, warm: vec![], warm_mib, running: 0 };
+        let state = |spec, warm_mib| DeviceState {
+            spec,
+            memory_mib: 20_000.0,
+            warm: vec![],
+            warm_mib,
+            running: 0,
+            training: Vec::new(),
+        };
         let samples = [gpu(0, 81_559, 70_000), gpu(1, 24_000, 3_000)];
         let on_gpu0 = device_report(0, &state(DeviceSpec::Cuda(0), 500.0), &samples, 2);
         assert_eq!((on_gpu0.memory_total_mib, on_gpu0.memory_free_mib), (20_000, 19_500), "bounded by the budget");
@@ -138,5 +165,10 @@ mod tests {
         let on_cpu = device_report(0, &state(DeviceSpec::Cpu, 1_500.0), &samples, 2);
         assert_eq!((on_cpu.memory_total_mib, on_cpu.memory_free_mib), (20_000, 18_500));
         assert_eq!(on_cpu.spec, "cpu");
+        let share = TrainingHold { task: "t/ft/0".into(), whole_device: false, memory_mib: 4_000, preemptible: true };
+        let training = DeviceState { training: vec![share.clone()], ..state(DeviceSpec::Cpu, 1_500.0) };
+        let on_cpu = device_report(0, &training, &samples, 2);
+        assert_eq!(on_cpu.memory_free_mib, 14_500, "a fine-tune's declared share is taken");
+        assert_eq!(on_cpu.training, [share]);
     }
 }

@@ -210,12 +210,14 @@ async fn beat_until(
         let devices: Vec<heartbeat::DeviceState> = worker
             .devices
             .iter()
-            .map(|d| heartbeat::DeviceState {
+            .enumerate()
+            .map(|(i, d)| heartbeat::DeviceState {
                 spec: d.config.spec,
                 memory_mib: d.config.memory_mib,
                 warm: d.models.warm(),
                 warm_mib: d.models.used_mib(),
                 running: d.running.load(Ordering::Relaxed),
+                training: worker.live.training_on(i as u32),
             })
             .collect();
         let beat = heartbeat::beat(&base, &gpus, &worker.live, now, &devices);
@@ -251,20 +253,29 @@ async fn beat_until(
 
 /// Renews every lease the worker holds; a lease it no longer holds (the scheduler took the
 /// task over while the worker was silent) is marked lost, so its task writes nothing more and
-/// reports nothing.
+/// reports nothing; a lease the scheduler asks back is marked preempted (a fine-tune then
+/// checkpoints and yields).
 async fn renew_leases(worker: &Worker) {
     let held: Vec<(String, u64)> = {
         let leases = worker.live.leases.lock().expect("lease table");
         leases.iter().map(|(id, l)| (id.clone(), l.token)).collect()
     };
     match worker.jobs.renew_leases(&worker.config.id, &held, now_ms()).await {
-        Ok(lost) => {
+        Ok(renewal) => {
             let leases = worker.live.leases.lock().expect("lease table");
-            for id in lost {
+            for id in renewal.lost {
                 if let Some(lease) = leases.get(&id) {
                     if !lease.lost.swap(true, Ordering::Relaxed) {
                         tracing::warn!(task = %id, token = lease.token,
                             "lease lost: the scheduler took the task over; abandoning it");
+                    }
+                }
+            }
+            for id in renewal.preempt {
+                if let Some(lease) = leases.get(&id) {
+                    if !lease.preempt.swap(true, Ordering::Relaxed) {
+                        tracing::info!(task = %id, token = lease.token,
+                            "preempted for interactive work: checkpointing and giving the device back");
                     }
                 }
             }
@@ -379,6 +390,7 @@ struct Accepted {
     lease: LeaseGrant,
     traceparent: String,
     lost: Arc<AtomicBool>,
+    preempt: Arc<AtomicBool>,
 }
 
 /// Reads a delivery and registers its lease, so the next heartbeat renews it.
@@ -395,15 +407,25 @@ fn accept(worker: &Worker, delivery: Delivery) -> Option<Accepted> {
         return None;
     };
     let lost = Arc::new(AtomicBool::new(false));
-    let held = heartbeat::HeldLease { token: lease.token, lost: lost.clone() };
+    let preempt = Arc::new(AtomicBool::new(false));
+    let held = heartbeat::HeldLease { token: lease.token, lost: lost.clone(), preempt: preempt.clone() };
     worker.live.leases.lock().expect("lease table").insert(task.id(), held);
+    if let Some(ft) = &task.fine_tune {
+        let hold = fleet_common::heartbeat::TrainingHold {
+            task: task.id(),
+            whole_device: ft.resources.whole_device(),
+            memory_mib: ft.resources.memory_mib.unwrap_or(0),
+            preemptible: ft.resources.preemptible,
+        };
+        worker.live.training.lock().expect("training table").insert(task.id(), (lease.device, hold));
+    }
     let traceparent = header_str(&delivery.properties, TRACEPARENT_HEADER).unwrap_or_default();
-    Some(Accepted { task, lease, traceparent, lost })
+    Some(Accepted { task, lease, traceparent, lost, preempt })
 }
 
 impl Accepted {
     async fn run(self, worker: &Worker, mut order: watch::Receiver<Order>) {
-        let Accepted { task, lease, traceparent, lost } = self;
+        let Accepted { task, lease, traceparent, lost, preempt } = self;
         let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task,
             attempt = lease.attempt, token = lease.token, trace_id = trace_id(&traceparent).unwrap_or(""));
         async {
@@ -419,26 +441,34 @@ impl Accepted {
                 permit = device.lane(task.priority).clone().acquire_owned() => permit.ok(),
             };
             let Some(permit) = permit else {
-                let released = Report::Released {
-                    tenant: task.tenant.clone(),
-                    job: task.job.clone(),
-                    task: task.task,
-                    token: lease.token,
-                    worker: worker.config.id.clone(),
-                };
-                let _ = report_to_scheduler(worker, &lost, task.priority, &released).await;
+                let report = released(worker, &task, &lease, None);
+                let _ = report_to_scheduler(worker, &lost, task.priority, &report).await;
                 return;
             };
             let held = InFlight::hold(&worker.live, task.id());
+            // A fine-tune runs for hours: on cordon, drain or SIGTERM it checkpoints and yields
+            // rather than holding the worker until it ends.
+            let yield_on_drain = task.fine_tune.is_some().then(|| {
+                let (mut order, preempt) = (order.clone(), preempt.clone());
+                tokio::spawn(async move {
+                    if order.wait_for(|o| *o != Order::Run).await.is_ok() {
+                        preempt.store(true, Ordering::Relaxed);
+                    }
+                })
+            });
             device.running.fetch_add(1, Ordering::Relaxed);
-            handle(worker, device, &task, &lease, &lost).await;
+            handle(worker, device, &task, &lease, &lost, &preempt).await;
             device.running.fetch_sub(1, Ordering::Relaxed);
+            if let Some(watch) = yield_on_drain {
+                watch.abort();
+            }
             drop(held);
             drop(permit);
         }
         .instrument(span)
         .await;
         worker.live.leases.lock().expect("lease table").remove(&task.id());
+        worker.live.training.lock().expect("training table").remove(&task.id());
     }
 }
 
@@ -454,10 +484,29 @@ fn failed(worker: &Worker, task: &TaskMessage, lease: &LeaseGrant, reason: Strin
     }
 }
 
-async fn handle(worker: &Worker, device: &Device, task: &TaskMessage, lease: &LeaseGrant, lost: &Arc<AtomicBool>) {
+/// The task given back: unstarted, or a fine-tune at its checkpoint `checkpoint_step`.
+fn released(worker: &Worker, task: &TaskMessage, lease: &LeaseGrant, checkpoint_step: Option<u32>) -> Report {
+    Report::Released {
+        tenant: task.tenant.clone(),
+        job: task.job.clone(),
+        task: task.task,
+        token: lease.token,
+        worker: worker.config.id.clone(),
+        checkpoint_step,
+    }
+}
+
+async fn handle(
+    worker: &Worker,
+    device: &Device,
+    task: &TaskMessage,
+    lease: &LeaseGrant,
+    lost: &Arc<AtomicBool>,
+    preempt: &Arc<AtomicBool>,
+) {
     let priority = format!("{:?}", task.priority).to_lowercase();
     let timer = metrics::WORKER_TASK_SECONDS.with_label_values(&[&priority]).start_timer();
-    match work(worker, device, task, lease, lost).await {
+    match work(worker, device, task, lease, lost, preempt).await {
         Ok(()) => {
             metrics::WORKER_TASKS.with_label_values(&[&priority, "ended"]).inc();
             timer.observe_duration();
@@ -470,6 +519,12 @@ async fn handle(worker: &Worker, device: &Device, task: &TaskMessage, lease: &Le
         Err(Handback::Fenced) => {
             metrics::WORKER_TASKS.with_label_values(&[&priority, "lease_lost"]).inc();
             tracing::warn!("lease lost mid-task: outputs not written, nothing reported");
+        }
+        Err(Handback::Yielded(step)) => {
+            metrics::WORKER_TASKS.with_label_values(&[&priority, "yielded"]).inc();
+            tracing::info!(step, "fine-tune checkpointed and gave its device back");
+            let report = released(worker, task, lease, Some(step));
+            let _ = report_to_scheduler(worker, lost, task.priority, &report).await;
         }
     }
 }
@@ -498,6 +553,8 @@ enum Handback {
     Retry(String),
     /// The lease was taken over: stop, write and report nothing.
     Fenced,
+    /// A fine-tune saved a checkpoint at this step and gives its device back.
+    Yielded(u32),
 }
 
 async fn work(
@@ -506,6 +563,7 @@ async fn work(
     task: &TaskMessage,
     lease: &LeaseGrant,
     lost: &Arc<AtomicBool>,
+    preempt: &Arc<AtomicBool>,
 ) -> Result<(), Handback> {
     let tenant = TenantId::new(&task.tenant).map_err(|e| Handback::Retry(e.to_string()))?;
     let token = lease.token;
@@ -543,9 +601,11 @@ async fn work(
                 device: device.config.spec,
                 fence: &fence,
                 progress: &relay,
+                yield_now: preempt.clone(),
             };
             match fine_tune::run(&ctx, task, spec).await {
-                Ok(result) => result,
+                Ok(fine_tune::Ended::Trained(result)) => result,
+                Ok(fine_tune::Ended::Yielded { step }) => return Err(Handback::Yielded(step)),
                 Err(_) if fence.is_lost() => return Err(Handback::Fenced),
                 Err(e) => return Err(Handback::Retry(e.0)),
             }
