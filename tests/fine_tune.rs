@@ -237,6 +237,46 @@ async fn a_fine_tune_learns_a_new_domain_in_two_phases_and_registers_a_tenant_mo
     }
 }
 
+/// Events of a fine-tune until its progress reaches `step`.
+async fn until_step(events: &mut fleet_client::Events, step: u32) -> Vec<JobEventMessage> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut seen = Vec::new();
+    loop {
+        let e = events.next_before(deadline).await.unwrap().expect("progress before the deadline");
+        let reached = e.training.as_ref().map(|t| t.step).unwrap_or(0);
+        seen.push(e);
+        if reached >= step {
+            return seen;
+        }
+    }
+}
+
+/// Checks that a fine-tune that was interrupted resumed from a checkpoint and ended at
+/// exactly `total` steps, each reported; returns the step it resumed from.
+async fn assert_resumed_to_the_end(client: &Client, id: &str, all: &[JobEventMessage], total: u32, log: &str) -> u32 {
+    let view = client.job(id).await.unwrap().unwrap();
+    assert_eq!(view.record.state, JobState::Succeeded, "{log}");
+    let resumed: Vec<u32> = all.iter().filter_map(|e| e.training.as_ref()?.resumed_from).collect();
+    assert!(!resumed.is_empty() && resumed[0] > 0 && resumed[0] < total, "resumed from a checkpoint: {resumed:?}");
+    let report = result_report(client, id).await;
+    assert_eq!(report["resumed_from"].as_u64(), Some(u64::from(resumed[0])));
+    assert_eq!(report["steps"].as_u64(), Some(u64::from(total)), "the final step count is exactly what was asked");
+    let steps = steps_of(all);
+    assert_eq!(steps.keys().copied().collect::<Vec<_>>(), (0..total).collect::<Vec<_>>());
+    resumed[0]
+}
+
+/// Seeds a small data set and submits a fine-tune of `total` phase-1 steps; its events.
+async fn start_fine_tune(client: &Client, id: &str, total: u32, checkpoint_every: u32) -> fleet_client::Events {
+    let data = seed_dataset(client, 12, 0).await;
+    let hyper = json!({"steps_phase1": total, "steps_phase2": 0, "batch_size": 4, "lr": 0.002, "warmup_steps": 5,
+                       "pixel_budget": 16384, "checkpoint_every": checkpoint_every, "seed": 5});
+    let events = client.subscribe(id).await.unwrap();
+    let body = fine_tune_job(id, &data.key, &unique("resumed"), hyper);
+    assert_eq!(client.submit(id, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_fine_tune_resumes_from_its_checkpoint_on_another_worker() {
     let _turn = SERIAL.lock().await;
@@ -244,38 +284,35 @@ async fn a_killed_fine_tune_resumes_from_its_checkpoint_on_another_worker() {
     let (w1, w2) = (unique("ft-a"), unique("ft-b"));
     fleet.scheduler("scheduler").worker(&w1, 1);
     let client = client(TENANT).await;
-    let data = seed_dataset(&client, 12, 0).await;
     let id = unique("ft-resume");
-    let hyper = json!({"steps_phase1": 40, "steps_phase2": 20, "batch_size": 4, "lr": 0.002, "warmup_steps": 5,
-                       "pixel_budget": 16384, "checkpoint_every": 10, "seed": 5});
-    let mut events = client.subscribe(id.as_str()).await.unwrap();
-    let body = fine_tune_job(&id, &data.key, &unique("resumed"), hyper);
-    assert_eq!(client.submit(&id, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
+    let mut events = start_fine_tune(&client, &id, 60, 10).await;
     // Kill the worker once a checkpoint exists and training went past it.
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut seen = Vec::new();
-    loop {
-        let e = events.next_before(deadline).await.unwrap().expect("progress before the deadline");
-        let step = e.training.as_ref().map(|t| t.step).unwrap_or(0);
-        seen.push(e);
-        if step >= 13 {
-            break;
-        }
-    }
+    let mut all = until_step(&mut events, 13).await;
     fleet.kill9(&w1);
     fleet.worker(&w2, 1);
-    let mut all = seen;
     all.extend(collect_events(&client, &id, &mut events, Duration::from_secs(900)).await);
-    let view = client.job(&id).await.unwrap().unwrap();
-    assert_eq!(view.record.state, JobState::Succeeded, "{}", fleet.log(&w2));
-    let resumed: Vec<u32> = all.iter().filter_map(|e| e.training.as_ref()?.resumed_from).collect();
-    assert!(!resumed.is_empty() && resumed[0] >= 10 && resumed[0] % 10 == 0, "resumed from a checkpoint: {resumed:?}");
-    let report = result_report(&client, &id).await;
-    assert_eq!(report["resumed_from"].as_u64(), Some(u64::from(resumed[0])));
-    assert_eq!(report["steps"].as_u64(), Some(60), "the final step count is exactly what was asked");
-    let steps = steps_of(&all);
-    assert_eq!(steps.keys().copied().collect::<Vec<_>>(), (0..60).collect::<Vec<_>>());
+    let resumed = assert_resumed_to_the_end(&client, &id, &all, 60, &fleet.log(&w2)).await;
+    assert!(resumed >= 10 && resumed % 10 == 0, "resumed from a periodic checkpoint: {resumed}");
     assert!(fleet.log(&w2).contains("resuming the fine-tune"), "{}", fleet.log(&w2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drained_worker_s_fine_tune_checkpoints_and_resumes_elsewhere_from_that_step() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    let (w1, w2) = (unique("ft-drain-a"), unique("ft-drain-b"));
+    fleet.scheduler("scheduler").worker(&w1, 1);
+    let client = client(TENANT).await;
+    let id = unique("ft-drain");
+    // Checkpoints every 50 steps: the drain must not lose the steps since the last one.
+    let mut events = start_fine_tune(&client, &id, 70, 50).await;
+    let mut all = until_step(&mut events, 8).await;
+    assert!(fleet.terminate(&w1, Duration::from_secs(60)), "SIGTERM: the worker yields its fine-tune and exits");
+    assert!(fleet.log(&w1).contains("gave its device back"), "{}", fleet.log(&w1));
+    fleet.worker(&w2, 1);
+    all.extend(collect_events(&client, &id, &mut events, Duration::from_secs(900)).await);
+    let resumed = assert_resumed_to_the_end(&client, &id, &all, 70, &fleet.log(&w2)).await;
+    assert!((8..50).contains(&resumed), "resumed from the step it was drained at, not from 0: {resumed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -286,26 +323,13 @@ async fn interactive_work_preempts_a_fine_tune_which_resumes_from_its_yield_chec
     // One worker, one device: the fine-tune holds it whole until interactive work arrives.
     fleet.scheduler("scheduler").worker(&worker, 1);
     let client = client(TENANT).await;
-    let data = seed_dataset(&client, 12, 0).await;
     let id = unique("ft-preempt");
-    let total = 120u32;
-    let hyper = json!({"steps_phase1": total, "steps_phase2": 0, "batch_size": 4, "lr": 0.002, "warmup_steps": 5,
-                       "pixel_budget": 16384, "checkpoint_every": 50, "seed": 9});
-    let mut events = client.subscribe(id.as_str()).await.unwrap();
-    let body = fine_tune_job(&id, &data.key, &unique("preempted"), hyper);
-    assert_eq!(client.submit(&id, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut all = Vec::new();
-    loop {
-        let e = events.next_before(deadline).await.unwrap().expect("progress before the deadline");
-        let step = e.training.as_ref().map(|t| t.step).unwrap_or(0);
-        all.push(e);
-        if step >= 8 {
-            break;
-        }
-    }
+    let total = 120;
+    let mut events = start_fine_tune(&client, &id, total, 50).await;
+    let mut all = until_step(&mut events, 8).await;
     // Interactive work arrives: the only device is held whole by the fine-tune.
-    let keys: Vec<String> = (0..2).map(|i| data.key.replace("dataset.jsonl", &format!("images/{i:03}.png"))).collect();
+    let images = seed_dataset(&client, 2, 0).await;
+    let keys: Vec<String> = (0..2).map(|i| images.key.replace("dataset.jsonl", &format!("images/{i:03}.png"))).collect();
     let rerender = unique("urgent");
     let body = serde_json::to_vec(&json!({
         "id": rerender, "priority": "interactive", "kind": "background_replace",
@@ -313,25 +337,21 @@ async fn interactive_work_preempts_a_fine_tune_which_resumes_from_its_yield_chec
                  "output": {"format": "png"}, "model": "matting-ref@1.0.0"}
     }))
     .unwrap();
+    let submitted = Instant::now();
     assert_eq!(client.submit(&rerender, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
     let urgent = client.wait(&rerender, Duration::from_secs(120), |_| {}).await.unwrap();
+    eprintln!("interactive job behind a whole-device fine-tune: done {} ms after submission", submitted.elapsed().as_millis());
     assert_eq!(urgent.record.state, JobState::Succeeded, "{}", fleet.log(&worker));
     assert_eq!(urgent.progress.items_succeeded, 2);
     let ft = client.job(&id).await.unwrap().unwrap();
     assert!(!ft.record.state.is_terminal(), "the interactive job ran while the fine-tune waited: {:?}", ft.record);
 
-    // The fine-tune resumes from the checkpoint it saved when it yielded, and ends at the
-    // requested step count with every step reported once.
+    // The fine-tune resumes from the checkpoint it saved when it yielded (not a periodic one:
+    // the first comes at step 50), and ends at the requested step count.
     all.extend(collect_events(&client, &id, &mut events, Duration::from_secs(900)).await);
-    let view = client.job(&id).await.unwrap().unwrap();
-    assert_eq!(view.record.state, JobState::Succeeded, "{}", fleet.log(&worker));
-    let resumed: Vec<u32> = all.iter().filter_map(|e| e.training.as_ref()?.resumed_from).collect();
-    assert!(!resumed.is_empty() && resumed[0] >= 8 && resumed[0] < total, "resumed from the yield: {resumed:?}");
-    let report = result_report(&client, &id).await;
-    assert_eq!(report["resumed_from"].as_u64(), Some(u64::from(resumed[0])));
-    assert_eq!(report["steps"].as_u64(), Some(u64::from(total)));
-    let steps = steps_of(&all);
-    assert_eq!(steps.keys().copied().collect::<Vec<_>>(), (0..total).collect::<Vec<_>>());
+    let resumed = assert_resumed_to_the_end(&client, &id, &all, total, &fleet.log(&worker)).await;
+    eprintln!("the fine-tune yielded at step {resumed} and resumed from it");
+    assert!(resumed >= 8, "{resumed}");
     let log = fleet.log(&worker);
     assert!(log.contains("preempted for interactive work") && log.contains("gave its device back"), "{log}");
     assert!(fleet.log("scheduler").contains("preempting a fine-tune for interactive work"));
