@@ -118,7 +118,7 @@ enum Command {
         pixel_budget: u32,
         #[arg(long, default_value_t = 50)]
         checkpoint_every: u32,
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 5)]
         repeats: usize,
     },
 }
@@ -285,14 +285,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 repeats,
             };
             let r = bench.run()?;
-            println!("| device | steps | batch | pixels | bare tch steps/s | fleet steps/s | fleet / bare | with checkpoints every {checkpoint_every} steps | checkpoint overhead |");
+            println!("| device | steps | batch | pixels | bare tch steps/s | fleet steps/s | fleet / bare (median round, range) | with checkpoints every {checkpoint_every} steps | checkpoint overhead |");
             println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
             println!(
-                "| {} | {steps} | {batch} | {pixel_budget} | {:.2} | {:.2} | {:.1} % | {:.2} steps/s ({} checkpoints to {}, {:.2} s) | {:.1} % |",
+                "| {} | {steps} | {batch} | {pixel_budget} | {:.2} | {:.2} | {:.1} % ({:.1} to {:.1} %) | {:.2} steps/s ({} checkpoints to {}, {:.2} s) | {:.1} % |",
                 model.device,
                 r.bare_steps_per_s,
                 r.fleet_steps_per_s,
                 100.0 * r.fleet_vs_bare,
+                100.0 * r.fleet_vs_bare_range.0,
+                100.0 * r.fleet_vs_bare_range.1,
                 r.checkpointed_steps_per_s,
                 r.checkpoints,
                 if bench.s3.is_some() { "S3" } else { "local disk" },

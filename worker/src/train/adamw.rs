@@ -103,15 +103,20 @@ impl AdamW {
                 let p = &mut self.params[i];
                 let m = &mut self.exp_avg[i];
                 let v = &mut self.exp_avg_sq[i];
-                *p *= 1.0 - lr * weight_decay;
-                *m *= BETA1;
-                *m += &grad * (1.0 - BETA1);
-                *v *= BETA2;
-                let _ = v.addcmul_(&grad, &(&grad * (1.0 - BETA2)));
+                // In place where libtorch allows it: few kernels and two temporaries per
+                // parameter, so the optimiser costs what libtorch's own AdamW does.
+                let _ = p.g_mul_scalar_(1.0 - lr * weight_decay);
+                let _ = m.lerp_(&grad, 1.0 - BETA1);
+                let _ = v.lerp_(&grad.square(), 1.0 - BETA2);
                 let bias_correction1 = 1.0 - BETA1.powf(t);
                 let bias_correction2 = 1.0 - BETA2.powf(t);
-                let denom = v.sqrt() / bias_correction2.sqrt() + EPS;
-                *p += (&*m / denom) * (-lr / bias_correction1);
+                // p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps), as p += m / denom with
+                // denom = (sqrt(v) / sqrt(bc2) + eps) * (-bc1 / lr).
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bias_correction2.sqrt());
+                let _ = denom.g_add_scalar_(EPS);
+                let _ = denom.g_mul_scalar_(-bias_correction1 / lr);
+                let _ = p.addcdiv_(m, &denom);
             }
         });
         self.steps += 1;

@@ -45,7 +45,7 @@ pub struct BenchTrain {
     /// Where checkpoints go; a local folder without it.
     pub s3: Option<S3Store>,
 
-    /// Runs of each loop; the best of each is reported.
+    /// Rounds of the three loops; the median round is reported.
     pub repeats: usize,
 }
 
@@ -58,8 +58,10 @@ pub struct BenchTrainReport {
     pub fleet_steps_per_s: f64,
     /// Steps per second of the fleet's loop with checkpoints.
     pub checkpointed_steps_per_s: f64,
-    /// Fleet against bare.
+    /// Fleet against bare: the median of the rounds' ratios.
     pub fleet_vs_bare: f64,
+    /// The lowest and highest round's ratio.
+    pub fleet_vs_bare_range: (f64, f64),
     /// Checkpoint time as a share of the checkpointed run's training time.
     pub checkpoint_overhead: f64,
     /// Seconds spent writing and uploading checkpoints in the checkpointed run.
@@ -104,35 +106,48 @@ impl BenchTrain {
         }
     }
 
-    /// Runs every loop `repeats` times, interleaved, and reports the best of each.
+    /// Runs every loop `repeats` times, interleaved (so drift on a shared machine hits all
+    /// three alike), and reports the median round of each and the per-round ratios.
     pub fn run(&self) -> anyhow::Result<BenchTrainReport> {
         let manifest = ModelManifest::from_json(&std::fs::read(self.model_dir.join("manifest.json"))?)?;
         let loaded = samples(self.samples);
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let (mut bare, mut fleet, mut checkpointed) = (0f64, 0f64, (0f64, 0f64, 0u32));
+        let mut rounds = Vec::new();
         for round in 0..self.repeats.max(1) {
-            let b = self.bare(&manifest, &loaded)?;
+            // Both loops train on a thread of their own, as a worker's fine-tune does.
+            let b = std::thread::scope(|scope| scope.spawn(|| self.bare(&manifest, &loaded)).join())
+                .map_err(|_| anyhow::anyhow!("bare loop panicked"))??;
             let (f, _, _) = self.fleet(&rt, &loaded, self.steps + 1)?;
             let c = self.fleet(&rt, &loaded, self.checkpoint_every)?;
             eprintln!(
-                "round {round}: bare {b:.2} steps/s, fleet {f:.2}, fleet + checkpoints {:.2} ({} in {:.2} s)",
-                c.0, c.2, c.1
+                "round {round}: bare {b:.2} steps/s, fleet {f:.2} ({:.1} %), fleet + checkpoints {:.2} ({} in {:.2} s)",
+                100.0 * f / b,
+                c.0,
+                c.2,
+                c.1
             );
-            bare = bare.max(b);
-            fleet = fleet.max(f);
-            if c.0 > checkpointed.0 {
-                checkpointed = c;
-            }
+            rounds.push((b, f, c));
         }
-        let train_s = f64::from(self.steps) / checkpointed.0;
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let ratios: Vec<f64> = rounds.iter().map(|(b, f, _)| f / b).collect();
+        let checkpointed = median(rounds.iter().map(|r| r.2 .0).collect());
+        let (_, _, c) = rounds.iter().find(|r| r.2 .0 == checkpointed).expect("a median round");
+        let train_s = f64::from(self.steps) / c.0;
         Ok(BenchTrainReport {
-            bare_steps_per_s: bare,
-            fleet_steps_per_s: fleet,
-            checkpointed_steps_per_s: checkpointed.0,
-            fleet_vs_bare: fleet / bare,
-            checkpoint_overhead: checkpointed.1 / train_s,
-            checkpoint_seconds: checkpointed.1,
-            checkpoints: checkpointed.2,
+            bare_steps_per_s: median(rounds.iter().map(|r| r.0).collect()),
+            fleet_steps_per_s: median(rounds.iter().map(|r| r.1).collect()),
+            checkpointed_steps_per_s: c.0,
+            fleet_vs_bare: median(ratios.clone()),
+            fleet_vs_bare_range: (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            ),
+            checkpoint_overhead: c.1 / train_s,
+            checkpoint_seconds: c.1,
+            checkpoints: c.2,
         })
     }
 
