@@ -134,8 +134,10 @@ pub struct Policy {
     pub heartbeat_timeout_ms: u64,
     /// Spread or pack.
     pub strategy: Strategy,
-    /// Prefer a device where the task's model is warm (rule 4). Off only to measure what
-    /// the preference saves.
+    /// Place by where models are (rule 4, and a busy device never evicts for a cold model).
+    /// Off only to measure what that saves: placement then ignores warm models and lets any
+    /// device load any model that fits its memory, as a fleet where the first free worker
+    /// takes the task would.
     pub prefer_warm: bool,
 }
 
@@ -251,7 +253,8 @@ pub fn place(policy: &Policy, devices: &[DeviceView], tasks: &[TaskNeed]) -> Vec
                 let is_warm = d.warm.contains(&task.model);
                 let resident = is_warm || loading[i].contains(task.model.as_str());
                 let need = if resident { 0 } else { footprint_mib(task) };
-                let free = room(d, resident, load[i]).saturating_sub(reserved[i]);
+                let busy = if policy.prefer_warm { load[i] } else { 0 };
+                let free = room(d, resident, busy).saturating_sub(reserved[i]);
                 if need + policy.headroom_mib > free {
                     reasons.push(format!(
                         "{}/{}: needs {need} MiB + {} MiB headroom, {free} MiB free",
