@@ -329,7 +329,8 @@ async fn interactive_work_preempts_a_fine_tune_which_resumes_from_its_yield_chec
     let mut all = until_step(&mut events, 8).await;
     // Interactive work arrives: the only device is held whole by the fine-tune.
     let images = seed_dataset(&client, 2, 0).await;
-    let keys: Vec<String> = (0..2).map(|i| images.key.replace("dataset.jsonl", &format!("images/{i:03}.png"))).collect();
+    let keys: Vec<String> =
+        (0..2).map(|i| images.key.replace("dataset.jsonl", &format!("images/{i:03}.png"))).collect();
     let rerender = unique("urgent");
     let body = serde_json::to_vec(&json!({
         "id": rerender, "priority": "interactive", "kind": "background_replace",
@@ -340,7 +341,10 @@ async fn interactive_work_preempts_a_fine_tune_which_resumes_from_its_yield_chec
     let submitted = Instant::now();
     assert_eq!(client.submit(&rerender, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
     let urgent = client.wait(&rerender, Duration::from_secs(120), |_| {}).await.unwrap();
-    eprintln!("interactive job behind a whole-device fine-tune: done {} ms after submission", submitted.elapsed().as_millis());
+    eprintln!(
+        "interactive job behind a whole-device fine-tune: done {} ms after submission",
+        submitted.elapsed().as_millis()
+    );
     assert_eq!(urgent.record.state, JobState::Succeeded, "{}", fleet.log(&worker));
     assert_eq!(urgent.progress.items_succeeded, 2);
     let ft = client.job(&id).await.unwrap().unwrap();

@@ -239,3 +239,45 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         "a duplicate copy of an ended task is dropped"
     );
 }
+
+#[tokio::test]
+async fn a_task_given_back_does_not_use_up_a_grant() {
+    let store = store().await;
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let job = unique("given-back");
+    store.create_task(&tenant, &job, 0, 1).await.unwrap();
+    let id = fleet_common::protocol::task_id("tenant-a", &job, 0);
+    let now = fleet_common::protocol::now_ms();
+    let body = serde_json::to_vec(&serde_json::json!({
+        "tenant": "tenant-a", "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
+        "keys": ["tenant-a/x.jpg"], "background": {"mode": "transparent"}, "output": {"format": "png"},
+        "accepted_at_ms": now,
+    }))
+    .unwrap();
+    let (w1, w2) = (unique("w1"), unique("w2"));
+    let Grant::Granted { token, grants: 1 } =
+        store.grant_lease(&tenant, &job, 0, &w1, 0, "batch", now, &body).await.unwrap()
+    else {
+        panic!("first grant")
+    };
+    let none = TaskOutcome::default();
+    let started = TaskEvent::Start { attempt: 1 };
+    let op = LeaseOp::Check { token };
+    store.update_task(&tenant, &job, 0, started, &none, TaskNote::default(), op).await.unwrap();
+    // The worker gives the task back (a preempted fine-tune): re-queued, the grant forgiven.
+    let op = LeaseOp::Requeue { token, not_before_ms: 0 };
+    let given = store.update_task(&tenant, &job, 0, TaskEvent::LeaseLost, &none, TaskNote::default(), op);
+    assert!(matches!(given.await.unwrap(), TaskUpdate::Applied { ended: false, .. }));
+    store.forgive_grant(&id).await.unwrap();
+    let Grant::Granted { token: again, grants } =
+        store.grant_lease(&tenant, &job, 0, &w2, 0, "batch", now, &body).await.unwrap()
+    else {
+        panic!("granted again")
+    };
+    assert_eq!(grants, 1, "a give-back is not a lost worker");
+    assert!(again > token, "a new token all the same");
+    let started = TaskEvent::Start { attempt: grants };
+    let op = LeaseOp::Check { token: again };
+    let update = store.update_task(&tenant, &job, 0, started, &none, TaskNote::default(), op).await.unwrap();
+    assert!(matches!(update, TaskUpdate::Applied { .. }), "the next holder starts the task: {update:?}");
+}

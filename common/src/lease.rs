@@ -119,6 +119,15 @@ redis.call('HSET', KEYS[1], 'preempt', '1')
 return 1
 ";
 
+/// Takes back one grant of a task its worker gave back (drained or preempted).
+const FORGIVE: &str = r"
+local grants = tonumber(redis.call('HGET', KEYS[1], 'grants') or '0')
+if grants > 0 then
+  redis.call('HINCRBY', KEYS[1], 'grants', -1)
+end
+return grants
+";
+
 /// What a renewal found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Renewal {
@@ -266,6 +275,16 @@ impl RedisJobStore {
             .invoke_async(&mut conn)
             .await?;
         Ok(done == 1)
+    }
+
+    /// Takes back the last grant of task `id`, which its worker gave back rather than lost:
+    /// the grant count (the attempt number, and the limit on workers dying with the task)
+    /// counts losses and failures, not preemptions and drains.
+    pub async fn forgive_grant(&self, id: &str) -> Result<(), JobStoreError> {
+        let mut conn = self.conn.clone();
+        static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(FORGIVE));
+        let _: i64 = SCRIPT.key(lease_key(id)).invoke_async(&mut conn).await?;
+        Ok(())
     }
 
     /// Asks the worker holding task `id` to give it back; false if no worker holds it.

@@ -79,7 +79,14 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             }
             let lease = LeaseOp::Requeue { token, not_before_ms: 0 };
             let note = TaskNote { worker: Some(worker), ..Default::default() };
-            sched.store.update_task(&tenant, &job, task, TaskEvent::LeaseLost, &none, note, lease).await?
+            let update = sched.store.update_task(&tenant, &job, task, TaskEvent::LeaseLost, &none, note, lease).await?;
+            if matches!(update, TaskUpdate::Applied { .. }) {
+                // Given back, not lost: the grant does not count toward the limit on workers
+                // dying with the task.
+                let id = fleet_common::protocol::task_id(tenant.as_str(), &job, task);
+                sched.store.forgive_grant(&id).await?;
+            }
+            update
         }
     };
     let event = match (&report, &update) {

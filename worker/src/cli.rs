@@ -272,7 +272,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => reference::model_dir(&model.models),
             };
-            let s3 = fleet_common::store::s3::S3Config::from_env().ok().map(|c| fleet_common::store::s3::S3Store::new(&c));
+            let s3 =
+                fleet_common::store::s3::S3Config::from_env().ok().map(|c| fleet_common::store::s3::S3Store::new(&c));
             let bench = crate::service::fine_tune::bench::BenchTrain {
                 model_dir,
                 device: model.device.parse()?,

@@ -32,10 +32,10 @@ use fleet_common::store::{ObjectStore, StoreError};
 use fleet_common::DeviceSpec;
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::resize::{resize_gray, resize_rgb};
+use futures::StreamExt;
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, IValue, Kind, Tensor};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::task::{AttemptError, Fence, TaskResult};
@@ -129,7 +129,9 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     let text = match ctx.s3.get(&spec.data).await {
         Ok(bytes) => String::from_utf8(bytes).map_err(|e| fail(format!("data set {} is not UTF-8: {e}", spec.data)))?,
         Err(StoreError::NotFound { .. }) => {
-            return finished_without_model(ctx, &results, task, spec, "no data set at that key").await.map(Ended::Trained)
+            return finished_without_model(ctx, &results, task, spec, "no data set at that key")
+                .await
+                .map(Ended::Trained)
         }
         Err(e) => return Err(fail(format!("data set: {e}"))),
     };

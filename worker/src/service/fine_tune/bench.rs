@@ -165,8 +165,9 @@ impl BenchTrain {
         let started = Instant::now();
         for step in 0..self.steps {
             let batch = pick_batch(&prepared, &set, h.batch_size as usize, h.seed, step);
-            let inputs = Tensor::stack(&batch.iter().map(|&k| prepared[k].1.input.shallow_clone()).collect::<Vec<_>>(), 0)
-                .to_device(device);
+            let inputs =
+                Tensor::stack(&batch.iter().map(|&k| prepared[k].1.input.shallow_clone()).collect::<Vec<_>>(), 0)
+                    .to_device(device);
             let targets =
                 Tensor::stack(&batch.iter().map(|&k| prepared[k].1.target.shallow_clone()).collect::<Vec<_>>(), 0)
                     .to_device(device);
@@ -233,7 +234,9 @@ impl BenchTrain {
         for file in super::CHECKPOINT_FILES {
             let bytes = std::fs::read(dir.join(file))?;
             match &self.s3 {
-                Some(s3) => s3.put(&format!("bench/training/checkpoint/{file}"), bytes, "application/octet-stream").await?,
+                Some(s3) => {
+                    s3.put(&format!("bench/training/checkpoint/{file}"), bytes, "application/octet-stream").await?
+                }
                 None => {
                     std::fs::create_dir_all(sink)?;
                     std::fs::write(sink.join(format!("{step}-{file}")), bytes)?;
