@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod diffusion;
 pub mod engine;
 pub mod folder;
 pub mod options;
