@@ -154,6 +154,48 @@ pub struct BackgroundReplaceSpec {
     /// Images per task; the scheduler's default when absent.
     #[serde(default)]
     pub shard_size: Option<u32>,
+    /// A shadow under the product, with any background.
+    #[serde(default)]
+    pub shadow: Option<ShadowSpec>,
+}
+
+/// A shadow the product casts on its new background.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSpec {
+    /// `drop` (the silhouette, offset and blurred) or `contact` (a soft ellipse at the base).
+    pub kind: ShadowKindName,
+    /// Darkness where the shadow is full, in [0, 1].
+    #[serde(default = "default_shadow_opacity")]
+    pub opacity: f32,
+    /// Softness: blur as a percentage of the long side, in [0, 10].
+    #[serde(default = "default_shadow_blur")]
+    pub blur_pct: f32,
+    /// `[right, down]` offset as percentages of the long side, each in [-20, 20] (drop).
+    #[serde(default = "default_shadow_offset")]
+    pub offset_pct: [f32; 2],
+}
+
+/// Shadow kinds a job may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowKindName {
+    /// Offset, blurred silhouette.
+    Drop,
+    /// Soft ellipse under the base.
+    Contact,
+}
+
+fn default_shadow_opacity() -> f32 {
+    0.5
+}
+
+fn default_shadow_blur() -> f32 {
+    1.5
+}
+
+fn default_shadow_offset() -> [f32; 2] {
+    [1.5, 2.5]
 }
 
 /// Why a job was refused, for the submitter.
@@ -261,6 +303,18 @@ fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId) -> Result<(), Rej
             return Err(Rejection::new("invalid", "background.strength_pct must be in (0, 20]"));
         }
         BackgroundSpec::Transparent | BackgroundSpec::Blur { .. } => {}
+    }
+    if let Some(shadow) = &spec.shadow {
+        let within = |v: f32, lo: f32, hi: f32| v >= lo && v <= hi;
+        if !within(shadow.opacity, 0.0, 1.0) {
+            return Err(Rejection::new("invalid", "shadow.opacity must be in [0, 1]"));
+        }
+        if !within(shadow.blur_pct, 0.0, 10.0) {
+            return Err(Rejection::new("invalid", "shadow.blur_pct must be in [0, 10]"));
+        }
+        if !shadow.offset_pct.iter().all(|&o| within(o, -20.0, 20.0)) {
+            return Err(Rejection::new("invalid", "shadow.offset_pct values must be in [-20, 20]"));
+        }
     }
     let out = &spec.output;
     if !(1..=100).contains(&out.quality) {

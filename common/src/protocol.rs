@@ -67,6 +67,9 @@ pub struct TaskMessage {
     pub background: BackgroundSpec,
     /// Result encoding.
     pub output: OutputSpec,
+    /// A shadow under the product, if asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<crate::job::ShadowSpec>,
     /// When the job was accepted (ms since the epoch), for queueing-delay figures.
     pub accepted_at_ms: u64,
     /// A fine-tune's spec (its one task trains; `keys` then holds the data set key).

@@ -301,6 +301,7 @@ async fn split_fine_tune(
         keys: vec![spec.data.clone()],
         background: fleet_common::job::BackgroundSpec::Transparent,
         output: fleet_common::job::OutputSpec { format: OutputFormatName::Png, quality: 90, max_side: None },
+        shadow: None,
         accepted_at_ms: record.accepted_at_ms,
         fine_tune: Some(spec),
     };
@@ -359,6 +360,7 @@ pub fn make_tasks(
             keys: chunk.to_vec(),
             background: spec.background.clone(),
             output: spec.output.clone(),
+            shadow: spec.shadow,
             accepted_at_ms: record.accepted_at_ms,
             fine_tune: None,
         })

@@ -80,6 +80,9 @@ fn bounds_and_combinations_are_checked() {
         ("/background", serde_json::json!({"mode": "blur", "strength_pct": 50.0})),
         ("/background", serde_json::json!({"mode": "image", "key": "tenant-b/bg.jpg"})),
         ("/background", serde_json::json!({"mode": "transparent"})),
+        ("/shadow", serde_json::json!({"kind": "drop", "opacity": 1.5})),
+        ("/shadow", serde_json::json!({"kind": "drop", "blur_pct": -1.0})),
+        ("/shadow", serde_json::json!({"kind": "drop", "offset_pct": [0.0, 40.0]})),
     ];
     for (path, value) in tweaks {
         let mut spec = good_spec();
@@ -133,4 +136,17 @@ fn a_fine_tune_validates_with_its_base_model_and_bounds() {
     assert_eq!((spec.hyper.steps_phase1, spec.hyper.warmup_steps, spec.hyper.batch_size), (10, 5, 8));
     let refused = validate(&body(serde_json::json!({"steps_phase1": 10, "warmup_steps": 50})), &tenant()).unwrap_err();
     assert!(refused.reason.contains("warmup_steps"), "{refused:?}");
+}
+
+#[test]
+fn a_shadow_goes_with_any_background_and_has_defaults() {
+    let mut spec = good_spec();
+    spec["shadow"] = serde_json::json!({"kind": "contact"});
+    let valid = validate(&job(spec), &tenant()).unwrap();
+    let JobKind::BackgroundReplace(spec) = valid.work else { panic!("{:?}", valid.work) };
+    let shadow = spec.shadow.expect("the shadow is kept");
+    assert_eq!((shadow.kind, shadow.opacity, shadow.blur_pct), (ShadowKindName::Contact, 0.5, 1.5));
+    let mut spec = good_spec();
+    spec["shadow"] = serde_json::json!({"kind": "sideways"});
+    assert_eq!(rejected(&job(spec)).code, "malformed");
 }

@@ -6,6 +6,7 @@
 mod background;
 mod decontam;
 mod grid;
+pub mod shadow;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ use image::{GrayImage, RgbImage, RgbaImage};
 use rayon::prelude::*;
 
 use self::decontam::{Decontam, Scratch};
+pub use self::shadow::{Shadow, ShadowKind};
 use crate::resize::resize_gray;
 
 /// What the product is placed on.
@@ -50,11 +52,20 @@ pub struct CompositeOptions {
     pub clear_below: u8,
     /// Whether to remove the old background's colour from edge pixels (blur fusion).
     pub decontaminate: bool,
+    /// A shadow cast on the new background (on a cut-out: semi-transparent black where the
+    /// matte is surely background).
+    pub shadow: Option<Shadow>,
 }
 
 impl Default for CompositeOptions {
     fn default() -> Self {
-        CompositeOptions { background: Background::default(), preserve_at: 240, clear_below: 5, decontaminate: true }
+        CompositeOptions {
+            background: Background::default(),
+            preserve_at: 240,
+            clear_below: 5,
+            decontaminate: true,
+            shadow: None,
+        }
     }
 }
 
@@ -133,10 +144,38 @@ pub fn composite(rgb: &RgbImage, alpha: &GrayImage, opts: &CompositeOptions) -> 
         || background::plane(&opts.background, rgb, &alpha),
     );
     let job = Job { rgb: rgb.as_raw(), alpha: alpha.as_raw(), width, height, band, decontam: decontam.as_ref() };
+    let shadow = opts.shadow.map(|s| shadow::shadow_mask(&alpha, &s));
+    // A shadow darkens the background plane before the product goes over it, so pixels kept
+    // from the input are untouched; a flat colour becomes a plane for it.
+    let plane = match (shadow.as_ref(), plane, &opts.background) {
+        (Some(mask), Some(plane), _) => {
+            let mut plane = plane.into_owned();
+            shadow::darken(&mut plane, mask);
+            Some(Cow::Owned(plane))
+        }
+        (Some(mask), None, Background::Color(c)) => {
+            let mut plane = RgbImage::from_pixel(w, h, image::Rgb(*c));
+            shadow::darken(&mut plane, mask);
+            Some(Cow::Owned(plane))
+        }
+        (_, plane, _) => plane,
+    };
     match (&opts.background, plane) {
         (_, Some(plane)) => Composited::Rgb(image_of(w, h, job.render::<3, _>(&Plane(plane.as_raw())))),
         (Background::Color(c), None) => Composited::Rgb(image_of(w, h, job.render::<3, _>(&Flat(*c)))),
-        (_, None) => Composited::Rgba(image_of(w, h, job.render::<4, _>(&Flat([0; 3])))),
+        (_, None) => {
+            let mut cutout: RgbaImage = image_of(w, h, job.render::<4, _>(&Flat([0; 3])));
+            if let Some(mask) = shadow {
+                // Where the matte is surely background the cut-out is clear: the shadow shows
+                // there as black at its darkness; the product and its edge are left alone.
+                for ((p, a), m) in cutout.pixels_mut().zip(alpha.pixels()).zip(mask.pixels()) {
+                    if a.0[0] < band.lo {
+                        p.0 = [0, 0, 0, m.0[0]];
+                    }
+                }
+            }
+            Composited::Rgba(cutout)
+        }
     }
 }
 

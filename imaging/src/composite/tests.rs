@@ -60,9 +60,18 @@ proptest! {
         let rgb = RgbImage::from_fn(w, h, |_, _| Rgb([next(), next(), next()]));
         let alpha = random_matte(w, h, seed);
         for background in backgrounds(w, h) {
-            let opts = CompositeOptions { background: background.clone(), preserve_at, clear_below, decontaminate };
+            let shadow = (seed % 3 == 0).then_some(Shadow {
+                kind: if seed % 2 == 0 { ShadowKind::Drop } else { ShadowKind::Contact },
+                opacity: 0.6,
+                blur_pct: 2.0,
+                offset_pct: [3.0, 4.0],
+            });
+            let opts = CompositeOptions { background: background.clone(), preserve_at, clear_below, decontaminate, shadow };
             let out = composite(&rgb, &alpha, &opts);
             prop_assert_eq!((out.width(), out.height()), (w, h));
+            // Where the matte is surely background, the shadow's darkness (none without one).
+            let mask = shadow.map(|s| shadow::shadow_mask(&alpha, &s));
+            let dark = |x: u32, y: u32| mask.as_ref().map_or(0u16, |m| u16::from(m.get_pixel(x, y).0[0]));
             for (x, y, a) in alpha.enumerate_pixels() {
                 let a = a.0[0];
                 if a >= preserve_at {
@@ -70,11 +79,12 @@ proptest! {
                 }
                 match (&out, &background) {
                     (Composited::Rgba(img), Background::Transparent) => {
-                        let expected = if a < clear_below { 0 } else { a };
+                        let expected = if a < clear_below { dark(x, y) as u8 } else { a };
                         prop_assert_eq!(img.get_pixel(x, y).0[3], expected);
                     }
                     (Composited::Rgb(_), Background::Color(c)) if a < clear_below => {
-                        prop_assert_eq!(&rgb_of(&out, x, y), c);
+                        let shaded = c.map(|v| ((u16::from(v) * (255 - dark(x, y)) + 127) / 255) as u8);
+                        prop_assert_eq!(rgb_of(&out, x, y), shaded);
                     }
                     (Composited::Rgb(_), Background::Transparent) => prop_assert!(false, "rgb for transparent"),
                     (Composited::Rgba(_), _) => prop_assert!(false, "rgba for an opaque background"),
@@ -191,4 +201,45 @@ fn three_boxes_match_the_gaussian_variance() {
 fn empty_images_composite_to_empty_images() {
     let out = composite(&RgbImage::new(0, 0), &GrayImage::new(0, 0), &CompositeOptions::default());
     assert_eq!((out.width(), out.height()), (0, 0));
+}
+
+/// A 200x160 photo: a mid-grey square product at (60..120, 40..100) on white.
+fn square_scene() -> (RgbImage, GrayImage) {
+    let inside = |x: u32, y: u32| (60..120).contains(&x) && (40..100).contains(&y);
+    let rgb = RgbImage::from_fn(200, 160, |x, y| if inside(x, y) { Rgb([120, 90, 60]) } else { Rgb([255, 255, 255]) });
+    let alpha = GrayImage::from_fn(200, 160, |x, y| image::Luma([if inside(x, y) { 255 } else { 0 }]));
+    (rgb, alpha)
+}
+
+#[test]
+fn a_drop_shadow_darkens_the_background_on_its_side_and_leaves_the_product_alone() {
+    let (rgb, alpha) = square_scene();
+    let shadow = Shadow { kind: ShadowKind::Drop, opacity: 0.5, blur_pct: 1.0, offset_pct: [5.0, 5.0] };
+    let plain = CompositeOptions { background: Background::Color([240, 240, 240]), ..Default::default() };
+    let shaded = CompositeOptions { shadow: Some(shadow), ..plain.clone() };
+    let (a, b) = (composite(&rgb, &alpha, &plain), composite(&rgb, &alpha, &shaded));
+    for (x, y, p) in alpha.enumerate_pixels() {
+        if p.0[0] == 255 {
+            assert_eq!(rgb_of(&b, x, y), rgb.get_pixel(x, y).0, "product pixel {x},{y} altered");
+        }
+    }
+    // Below-right of the product (the offset is 10 px right, 10 px down) it is darker; above
+    // and to the left, untouched.
+    let below_right = rgb_of(&b, 125, 105)[0];
+    assert!(below_right < 200, "shadowed background: {below_right}");
+    assert_eq!(rgb_of(&b, 50, 30), rgb_of(&a, 50, 30), "no shadow on the far side");
+    assert_eq!(rgb_of(&a, 125, 105), [240, 240, 240]);
+}
+
+#[test]
+fn a_contact_shadow_sits_under_the_base_and_a_cutout_carries_it_as_alpha() {
+    let (rgb, alpha) = square_scene();
+    let shadow = Shadow { kind: ShadowKind::Contact, opacity: 0.8, blur_pct: 0.5, offset_pct: [0.0, 0.0] };
+    let opts = CompositeOptions { background: Background::Transparent, shadow: Some(shadow), ..Default::default() };
+    let Composited::Rgba(out) = composite(&rgb, &alpha, &opts) else { panic!("a cut-out") };
+    let under = out.get_pixel(90, 101).0;
+    assert!(under[3] > 60 && under[..3] == [0, 0, 0], "under the base: {under:?}");
+    assert_eq!(out.get_pixel(90, 20).0[3], 0, "nothing above the product");
+    assert_eq!(out.get_pixel(10, 101).0[3], 0, "nothing far to the side");
+    assert_eq!(out.get_pixel(90, 70).0, [120, 90, 60, 255], "the product as it was");
 }

@@ -10,6 +10,7 @@ fn spec(input: InputSpec) -> BackgroundReplaceSpec {
         output: OutputSpec { format: OutputFormatName::Png, quality: 90, max_side: None },
         model: "m@1".into(),
         shard_size: None,
+        shadow: None,
     }
 }
 

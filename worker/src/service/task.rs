@@ -117,6 +117,21 @@ pub struct TaskContext<'a> {
     pub fence: &'a Fence<'a>,
 }
 
+/// The compositor's shadow for a job's.
+fn shadow(spec: fleet_common::job::ShadowSpec) -> fleet_imaging::composite::Shadow {
+    use fleet_common::job::ShadowKindName;
+    use fleet_imaging::composite::ShadowKind;
+    fleet_imaging::composite::Shadow {
+        kind: match spec.kind {
+            ShadowKindName::Drop => ShadowKind::Drop,
+            ShadowKindName::Contact => ShadowKind::Contact,
+        },
+        opacity: spec.opacity,
+        blur_pct: spec.blur_pct,
+        offset_pct: spec.offset_pct,
+    }
+}
+
 /// Runs the task and writes its outputs; item problems are failures in the result, store or
 /// device problems fail the attempt.
 pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult, AttemptError> {
@@ -126,6 +141,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     let opts = EngineOptions {
         composite: CompositeOptions {
             background: background(ctx.s3, &tenant, &task.background, &limits).await?,
+            shadow: task.shadow.map(shadow),
             ..Default::default()
         },
         format: output_format(&task.output),
