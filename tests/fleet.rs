@@ -622,3 +622,52 @@ async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() 
     assert_eq!(beat.warm_models, std::slice::from_ref(&copy), "the first model made room for the second");
     assert!(fleet.log(&worker).contains("model evicted (least recently used)"), "{}", fleet.log(&worker));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shadow_darkens_the_background_and_leaves_the_product_bit_exact() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 2);
+    let client = client(TENANT).await;
+    let (_, seeded) = catalog(&client, 2).await;
+    let keys: Vec<String> = seeded.entries.iter().map(|e| e.image.clone()).collect();
+    let body = |id: &str, shadow: serde_json::Value| {
+        let mut spec = json!({"input": {"keys": keys}, "background": {"mode": "color", "color": "#ffffff"},
+                              "output": {"format": "png"}, "model": "matting-ref@1.0.0"});
+        if !shadow.is_null() {
+            spec["shadow"] = shadow;
+        }
+        serde_json::to_vec(&json!({"id": id, "priority": "interactive", "kind": "background_replace", "spec": spec}))
+            .unwrap()
+    };
+    let (plain, shaded) = (unique("plain"), unique("shadow"));
+    let shadow = json!({"kind": "drop", "opacity": 0.8, "blur_pct": 0.5, "offset_pct": [4.0, 4.0]});
+    assert_eq!(submit(&client, &plain, &body(&plain, serde_json::Value::Null)).await, Submitted::Accepted);
+    assert_eq!(submit(&client, &shaded, &body(&shaded, shadow)).await, Submitted::Accepted);
+    for id in [&plain, &shaded] {
+        let view = client.wait(id, Duration::from_secs(120), |_| {}).await.unwrap();
+        assert_eq!(view.record.state, JobState::Succeeded, "{}", fleet.log("w1"));
+    }
+    let tenant = TenantId::new(TENANT).unwrap();
+    for key in &keys {
+        let load = |job: &str| {
+            let (result, matte, _) = fleet_common::keys::output_keys(&tenant, job, key, "png");
+            (result, matte)
+        };
+        let ((plain_key, matte_key), (shaded_key, _)) = (load(&plain), load(&shaded));
+        let decode = |bytes: Vec<u8>| image::load_from_memory(&bytes).unwrap();
+        let a = decode(client.s3.get(&plain_key).await.unwrap()).to_rgb8();
+        let b = decode(client.s3.get(&shaded_key).await.unwrap()).to_rgb8();
+        let matte = decode(client.s3.get(&matte_key).await.unwrap()).to_luma8();
+        assert_eq!(a.dimensions(), b.dimensions());
+        let mut darker = 0;
+        for ((pa, pb), m) in a.pixels().zip(b.pixels()).zip(matte.pixels()) {
+            if m.0[0] >= 240 {
+                assert_eq!(pa, pb, "a product pixel changed with the shadow");
+            }
+            let sum = |p: &image::Rgb<u8>| p.0.iter().map(|&v| u32::from(v)).sum::<u32>();
+            darker += usize::from(sum(pb) < sum(pa));
+        }
+        assert!(darker > 100, "{key}: the shadow darkened {darker} pixels");
+    }
+}
