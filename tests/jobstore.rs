@@ -143,6 +143,16 @@ async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
     assert_eq!(store.task(&tenant, &job, 1).await.unwrap().unwrap().last_error.as_deref(), Some("boom"));
 }
 
+/// The message of task 0 of `job`, as a lease stores it.
+fn task_body(job: &str, now: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "tenant": "tenant-a", "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
+        "keys": ["tenant-a/x.jpg"], "background": {"mode": "transparent"}, "output": {"format": "png"},
+        "accepted_at_ms": now,
+    }))
+    .unwrap()
+}
+
 #[tokio::test]
 async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     let store = store().await;
@@ -153,12 +163,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     let (w1, w2, w3) = (unique("w1"), unique("w2"), unique("w3"));
     let (w1, w2, w3) = (w1.as_str(), w2.as_str(), w3.as_str());
     let now = fleet_common::protocol::now_ms();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "tenant": "tenant-a", "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
-        "keys": ["tenant-a/x.jpg"], "background": {"mode": "transparent"}, "output": {"format": "png"},
-        "accepted_at_ms": now,
-    }))
-    .unwrap();
+    let body = task_body(&job, now);
     let body = body.as_slice();
     let Grant::Granted { token: first, grants: 1 } =
         store.grant_lease(&tenant, &job, 0, w1, 0, "batch", now, body).await.unwrap()
@@ -248,12 +253,7 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
     store.create_task(&tenant, &job, 0, 1).await.unwrap();
     let id = fleet_common::protocol::task_id("tenant-a", &job, 0);
     let now = fleet_common::protocol::now_ms();
-    let body = serde_json::to_vec(&serde_json::json!({
-        "tenant": "tenant-a", "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
-        "keys": ["tenant-a/x.jpg"], "background": {"mode": "transparent"}, "output": {"format": "png"},
-        "accepted_at_ms": now,
-    }))
-    .unwrap();
+    let body = task_body(&job, now);
     let (w1, w2) = (unique("w1"), unique("w2"));
     let Grant::Granted { token, grants: 1 } =
         store.grant_lease(&tenant, &job, 0, &w1, 0, "batch", now, &body).await.unwrap()

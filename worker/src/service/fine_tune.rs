@@ -388,12 +388,7 @@ impl TrainJob {
         let total = h.total_steps();
 
         // Validation split and mask-quality scores, both from the seed and the base model.
-        let n = self.samples.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        shuffle(&mut order, h.seed);
-        let n_val = ((n as f64 * h.validation_fraction).ceil() as usize).clamp(1, n - 1);
-        let (val_idx, train_idx) = order.split_at(n_val);
-        let (val_idx, train_idx) = (val_idx.to_vec(), train_idx.to_vec());
+        let (val_idx, train_idx) = split(self.samples.len(), h);
         let base = crate::engine::model::LoadedModel::load(&self.base_dir, device).map_err(|e| e.to_string())?;
         let base_validation = validate_loaded(&base, &self.samples, &val_idx)?;
         drop(base);
@@ -416,18 +411,7 @@ impl TrainJob {
             None => (Vec::new(), None, None, 0),
         };
 
-        // Samples at their bucket sizes.
-        let buckets = train::buckets::buckets(h.pixel_budget);
-        let prepared: Vec<(usize, Prepared)> = train_idx
-            .iter()
-            .map(|&i| {
-                let s = &self.samples[i];
-                let (w, hgt) = train::buckets::nearest(&buckets, s.rgb.width(), s.rgb.height());
-                let corrupt = train::corrupt::chosen(i, h.corruption_ratio, h.seed);
-                let p = prepare(s, i, (w, hgt), &manifest, corrupt.then_some(h.seed));
-                (buckets.iter().position(|b| *b == (w, hgt)).unwrap_or(0), p)
-            })
-            .collect();
+        let prepared = prepare_training(&self.samples, &train_idx, h, &manifest);
         let all_train: Vec<usize> = (0..prepared.len()).collect();
         let mut phase2_set: Vec<usize> = match &phase2 {
             Some(p) => (0..prepared.len()).filter(|&k| p.kept.contains(&prepared[k].1.index)).collect(),
@@ -497,15 +481,7 @@ impl TrainJob {
             }
             let set = if phase == 1 || phase2_set.is_empty() { &all_train } else { &phase2_set };
             let lr = train::schedule::learning_rate(h, phase_steps, step_in_phase);
-            let batch = pick_batch(&prepared, set, h.batch_size as usize, h.seed, step);
-            let inputs =
-                Tensor::stack(&batch.iter().map(|&k| prepared[k].1.input.shallow_clone()).collect::<Vec<_>>(), 0)
-                    .to_device(device);
-            let targets =
-                Tensor::stack(&batch.iter().map(|&k| prepared[k].1.target.shallow_clone()).collect::<Vec<_>>(), 0)
-                    .to_device(device);
-            let inputs = if flip(h.seed, step) { inputs.flip([3]) } else { inputs };
-            let targets = if flip(h.seed, step) { targets.flip([3]) } else { targets };
+            let (inputs, targets) = step_batch(&prepared, set, h, step, device);
             optimizer.zero_grad();
             let alpha = forward(&module, &manifest, &inputs)?;
             let loss = matting_loss(&alpha, &targets, manifest.output.alpha);
@@ -689,6 +665,51 @@ fn progress(
         // Said once, in the first report after a resume.
         resumed_from: resumed_from.take(),
         validation,
+    }
+}
+
+/// The seeded validation and training split of `n` samples (indices).
+fn split(n: usize, h: &Hyper) -> (Vec<usize>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..n).collect();
+    shuffle(&mut order, h.seed);
+    let n_val = ((n as f64 * h.validation_fraction).ceil() as usize).clamp(1, n - 1);
+    let (val_idx, train_idx) = order.split_at(n_val);
+    (val_idx.to_vec(), train_idx.to_vec())
+}
+
+/// The training samples as tensors at their aspect-ratio bucket's size, with their bucket.
+fn prepare_training(
+    samples: &[Loaded],
+    train_idx: &[usize],
+    h: &Hyper,
+    manifest: &ModelManifest,
+) -> Vec<(usize, Prepared)> {
+    let buckets = train::buckets::buckets(h.pixel_budget);
+    train_idx
+        .iter()
+        .map(|&i| {
+            let s = &samples[i];
+            let (w, hgt) = train::buckets::nearest(&buckets, s.rgb.width(), s.rgb.height());
+            let corrupt = train::corrupt::chosen(i, h.corruption_ratio, h.seed);
+            let p = prepare(s, i, (w, hgt), manifest, corrupt.then_some(h.seed));
+            (buckets.iter().position(|b| *b == (w, hgt)).unwrap_or(0), p)
+        })
+        .collect()
+}
+
+/// The inputs and targets of step `step`: its batch from `set`, stacked on `device`, flipped
+/// when the step says so.
+fn step_batch(prepared: &[(usize, Prepared)], set: &[usize], h: &Hyper, step: u32, device: Device) -> (Tensor, Tensor) {
+    let batch = pick_batch(prepared, set, h.batch_size as usize, h.seed, step);
+    let stack = |part: fn(&Prepared) -> &Tensor| {
+        Tensor::stack(&batch.iter().map(|&k| part(&prepared[k].1).shallow_clone()).collect::<Vec<_>>(), 0)
+            .to_device(device)
+    };
+    let (inputs, targets) = (stack(|p| &p.input), stack(|p| &p.target));
+    if flip(h.seed, step) {
+        (inputs.flip([3]), targets.flip([3]))
+    } else {
+        (inputs, targets)
     }
 }
 

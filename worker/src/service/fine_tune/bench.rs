@@ -20,11 +20,9 @@ use fleet_common::store::s3::S3Store;
 use fleet_common::store::ObjectStore;
 use fleet_common::DeviceSpec;
 use tch::nn::{self, OptimizerConfig};
-use tch::Tensor;
 use tokio::sync::mpsc;
 
-use super::{forward, matting_loss, pick_batch, prepare, shuffle, Event, Loaded, TrainJob, Trained};
-use crate::train;
+use super::{forward, matting_loss, prepare_training, split, step_batch, Event, Loaded, TrainJob, Trained};
 
 /// What to measure.
 pub struct BenchTrain {
@@ -159,20 +157,13 @@ impl BenchTrain {
         let trainable = manifest.trainable_file.clone().unwrap_or_else(|| manifest.file.clone());
         let mut module = tch::TrainableCModule::load(self.model_dir.join(trainable), vs.root())?;
         let mut opt = nn::AdamW { wd: h.weight_decay, ..Default::default() }.build(&vs, h.lr)?;
-        let prepared = prepared(&h, manifest, loaded);
+        let (_, train_idx) = split(loaded.len(), &h);
+        let prepared = prepare_training(loaded, &train_idx, &h, manifest);
         let set: Vec<usize> = (0..prepared.len()).collect();
         module.set_train();
         let started = Instant::now();
         for step in 0..self.steps {
-            let batch = pick_batch(&prepared, &set, h.batch_size as usize, h.seed, step);
-            let inputs =
-                Tensor::stack(&batch.iter().map(|&k| prepared[k].1.input.shallow_clone()).collect::<Vec<_>>(), 0)
-                    .to_device(device);
-            let targets =
-                Tensor::stack(&batch.iter().map(|&k| prepared[k].1.target.shallow_clone()).collect::<Vec<_>>(), 0)
-                    .to_device(device);
-            let (inputs, targets) =
-                if super::flip(h.seed, step) { (inputs.flip([3]), targets.flip([3])) } else { (inputs, targets) };
+            let (inputs, targets) = step_batch(&prepared, &set, &h, step, device);
             opt.zero_grad();
             let alpha = forward(&module, manifest, &inputs).map_err(anyhow::Error::msg)?;
             let loss = matting_loss(&alpha, &targets, manifest.output.alpha);
@@ -245,22 +236,4 @@ impl BenchTrain {
         }
         Ok(())
     }
-}
-
-/// The training split at its bucket sizes, as the fleet's loop prepares it.
-fn prepared(h: &Hyper, manifest: &ModelManifest, loaded: &[Loaded]) -> Vec<(usize, super::Prepared)> {
-    let n = loaded.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    shuffle(&mut order, h.seed);
-    let n_val = ((n as f64 * h.validation_fraction).ceil() as usize).clamp(1, n - 1);
-    let buckets = train::buckets::buckets(h.pixel_budget);
-    order[n_val..]
-        .iter()
-        .map(|&i| {
-            let s = &loaded[i];
-            let (w, hgt) = train::buckets::nearest(&buckets, s.rgb.width(), s.rgb.height());
-            let p = prepare(s, i, (w, hgt), manifest, None);
-            (buckets.iter().position(|b| *b == (w, hgt)).unwrap_or(0), p)
-        })
-        .collect()
 }
