@@ -48,11 +48,15 @@ fn export_variant(dir: &Path) -> ModelManifest {
         version: "0.1.0".into(),
         file: "variant.pt".into(),
         input: InputSpec { height: H as u32, width: W as u32, scale: 1.0 / 255.0, mean: [0.0; 3], std: [1.0; 3] },
-        output: OutputSpec {
+        output: Some(OutputSpec {
             alpha: AlphaKind::Logits,
             alpha_index: None,
-            embedding: EmbeddingSpec::Model { file: "embed.pt".into(), dim: reference.output.embedding.dim() },
-        },
+            embedding: EmbeddingSpec::Model {
+                file: "embed.pt".into(),
+                dim: reference.matting_output().embedding.dim(),
+            },
+        }),
+        generator: None,
         metrics: None,
         trainable_file: None,
         ..reference
@@ -104,7 +108,7 @@ fn a_model_with_another_size_and_logits_gives_the_reference_masks() {
 fn a_manifest_that_misdescribes_the_outputs_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let mut manifest = export_variant(dir.path());
-    manifest.output.embedding = EmbeddingSpec::Model { file: "embed.pt".into(), dim: 7 };
+    manifest.output.as_mut().unwrap().embedding = EmbeddingSpec::Model { file: "embed.pt".into(), dim: 7 };
     std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     let engine = Engine::new(InferenceThread::start(dir.path(), DeviceSpec::Cpu).unwrap());
     let items = vec![png_item("x.png", &render_sample(1, 1, 320, 400))];

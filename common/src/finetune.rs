@@ -37,6 +37,64 @@ pub struct FineTuneSpec {
     /// it; by default a whole device, preemptible.
     #[serde(default)]
     pub resources: Resources,
+    /// What kind of model it trains: `matting` (the default) or `background_generator`.
+    #[serde(default)]
+    pub target: Target,
+    /// How a background generator's training masks are made; needed for that target.
+    #[serde(default)]
+    pub generator: Option<GeneratorTraining>,
+}
+
+/// What kind of model a fine-tune trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// A matting model, on image + mask pairs.
+    #[default]
+    Matting,
+    /// A diffusion inpainting background generator, on images + prompts; its masks come
+    /// from a matting model.
+    BackgroundGenerator,
+}
+
+/// Where a background generator's training masks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSource {
+    /// The background of each image, as the matting model sees it, with the product dilated
+    /// so none of its pixels is in the region to generate (the method's "advanced" masks).
+    #[default]
+    Background,
+    /// Random brush strokes anywhere in the image, as general inpainting models are trained
+    /// (kept for comparison: see EXPERIMENTS.md).
+    Scribble,
+}
+
+/// Settings of a background generator's training data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorTraining {
+    /// Matting model (`name@version`) that makes the background masks, scores their
+    /// quality and embeds the training images.
+    pub mask_model: String,
+    /// Background masks (default) or scribbles.
+    #[serde(default)]
+    pub masks: MaskSource,
+    /// How far the product is dilated, as a percentage of the long side (0..=20).
+    #[serde(default = "default_dilate_pct")]
+    pub dilate_pct: f32,
+    /// Leak filter: a sample whose matte has more than this share of uncertain pixels
+    /// (alpha strictly between 0.1 and 0.9) around the product is dropped (0..=1).
+    #[serde(default = "default_leak_threshold")]
+    pub leak_threshold: f64,
+}
+
+fn default_dilate_pct() -> f32 {
+    4.0
+}
+
+fn default_leak_threshold() -> f64 {
+    0.35
 }
 
 /// What a fine-tune asks of a device.
@@ -120,7 +178,7 @@ pub struct Hyper {
     /// Seed of the split, the batches, the augmentations and the corruption.
     pub seed: u64,
     /// Pixels per training image: each sample is resized into the aspect-ratio bucket
-    /// nearest its own, at this many pixels (4,096..=4,194,304; about 1 MP in production).
+    /// nearest its own, at this many pixels (1,024..=4,194,304; about 1 MP in production).
     pub pixel_budget: u32,
     /// Share of training images corrupted with noise so no contributor's photo is memorised
     /// (0..=0.9).
@@ -164,8 +222,12 @@ impl Hyper {
 pub struct Sample {
     /// Key of the image.
     pub image: String,
-    /// Key of its mask (grey, same size; white = object).
-    pub mask: String,
+    /// Key of its mask (grey, same size; white = object); matting fine-tunes need one.
+    #[serde(default)]
+    pub mask: Option<String>,
+    /// What the image's background shows (background generators).
+    #[serde(default)]
+    pub prompt: Option<String>,
     /// Who contributed it.
     #[serde(default)]
     pub contributor: Option<String>,
@@ -187,9 +249,10 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// Parses a data set, keeping the samples that carry a licence and a contributor and whose
-/// keys are the tenant's; the others are refused with reasons.
-pub fn parse_dataset(text: &str, tenant: &TenantId) -> (Vec<(usize, Sample)>, Vec<Refusal>) {
+/// Parses a data set, keeping the samples that carry a licence and a contributor, whose
+/// keys are the tenant's and that have what `target` trains on (a mask for matting); the
+/// others are refused with reasons.
+pub fn parse_dataset(text: &str, tenant: &TenantId, target: Target) -> (Vec<(usize, Sample)>, Vec<Refusal>) {
     let mut kept = Vec::new();
     let mut refused = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -212,8 +275,15 @@ pub fn parse_dataset(text: &str, tenant: &TenantId) -> (Vec<(usize, Sample)>, Ve
             }
         };
         let present = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
-        if let Err(e) = check_tenant_key(tenant, &sample.image).and_then(|_| check_tenant_key(tenant, &sample.mask)) {
+        let keys = check_tenant_key(tenant, &sample.image)
+            .and_then(|_| sample.mask.as_deref().map_or(Ok(()), |m| check_tenant_key(tenant, m)));
+        if let Err(e) = keys {
             refused.push(refuse(&sample.image, "invalid_key", e.to_string()));
+        } else if target == Target::Matting && sample.mask.is_none() {
+            refused.push(refuse(&sample.image, "no_mask", "a matting fine-tune needs a mask per image".into()));
+        } else if sample.prompt.as_ref().is_some_and(|p| p.chars().count() > crate::job::MAX_PROMPT_CHARS) {
+            let reason = format!("prompt longer than {} characters", crate::job::MAX_PROMPT_CHARS);
+            refused.push(refuse(&sample.image, "invalid_prompt", reason));
         } else if !present(&sample.licence) {
             let reason = "no licence: a sample must say under which licence it may be trained on".to_string();
             refused.push(refuse(&sample.image, "no_licence", reason));
@@ -256,10 +326,28 @@ pub fn check(spec: &FineTuneSpec, tenant: &TenantId) -> Result<ModelRef, Rejecti
     within("cycle_steps", (2..=100_000).contains(&h.cycle_steps), "2..=100000")?;
     within("weight_decay", (0.0..=1.0).contains(&h.weight_decay), "0..=1")?;
     within("validation_fraction", (0.05..=0.5).contains(&h.validation_fraction), "0.05..=0.5")?;
-    within("pixel_budget", (4_096..=4_194_304).contains(&h.pixel_budget), "4096..=4194304")?;
+    within("pixel_budget", (1_024..=4_194_304).contains(&h.pixel_budget), "1024..=4194304")?;
     within("corruption_ratio", (0.0..=0.9).contains(&h.corruption_ratio), "0..=0.9")?;
     within("quality_threshold", (0.0..=1.0).contains(&h.quality_threshold), "0..=1")?;
     within("checkpoint_every", (1..=100_000).contains(&h.checkpoint_every), "1..=100000")?;
+    match (spec.target, &spec.generator) {
+        (Target::BackgroundGenerator, None) => {
+            return Err(invalid("a background_generator fine-tune needs generator.mask_model".into()))
+        }
+        (Target::BackgroundGenerator, Some(g)) => {
+            g.mask_model.parse::<ModelRef>().map_err(|e| invalid(format!("generator.mask_model: {e}")))?;
+            if !(0.0..=20.0).contains(&g.dilate_pct) {
+                return Err(invalid("generator.dilate_pct must be within 0..=20".into()));
+            }
+            if !(0.0..=1.0).contains(&g.leak_threshold) {
+                return Err(invalid("generator.leak_threshold must be within 0..=1".into()));
+            }
+        }
+        (Target::Matting, Some(_)) => {
+            return Err(invalid("generator settings are for target background_generator only".into()))
+        }
+        (Target::Matting, None) => {}
+    }
     if let Some(mib) = spec.resources.memory_mib {
         if !(256..=1_048_576).contains(&mib) {
             return Err(invalid("resources.memory_mib must be within 256..=1048576".into()));
@@ -283,6 +371,8 @@ mod tests {
             output: OutputModel { name: "glass".into(), version: "1".into() },
             hyper: Hyper::default(),
             resources: Resources::default(),
+            target: Target::Matting,
+            generator: None,
         }
     }
 
@@ -329,11 +419,41 @@ mod tests {
             r#"{"image": "tenant-b/i/4.png", "mask": "tenant-a/m/4.png", "contributor": "c4", "licence": "cc-by"}"#,
             "# a comment",
             "not json",
+            r#"{"image": "tenant-a/i/7.png", "prompt": "wood", "contributor": "c7", "licence": "cc-by"}"#,
         ]
         .join("\n");
-        let (kept, refused) = parse_dataset(&text, &tenant());
+        let (kept, refused) = parse_dataset(&text, &tenant(), Target::Matting);
         assert_eq!(kept.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [1]);
         let codes: Vec<(usize, &str)> = refused.iter().map(|r| (r.line, r.code.as_str())).collect();
-        assert_eq!(codes, [(2, "no_licence"), (3, "no_contributor"), (4, "invalid_key"), (6, "unreadable")]);
+        assert_eq!(
+            codes,
+            [(2, "no_licence"), (3, "no_contributor"), (4, "invalid_key"), (6, "unreadable"), (7, "no_mask")]
+        );
+        // A generator trains on images and prompts: no mask needed.
+        let (kept, _) = parse_dataset(&text, &tenant(), Target::BackgroundGenerator);
+        assert_eq!(kept.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [1, 7]);
+        assert_eq!(kept[1].1.prompt.as_deref(), Some("wood"));
+    }
+
+    #[test]
+    fn a_generator_fine_tune_needs_its_mask_model_and_sane_mask_settings() {
+        let mut g = spec();
+        g.target = Target::BackgroundGenerator;
+        assert!(check(&g, &tenant()).unwrap_err().reason.contains("mask_model"));
+        let settings = GeneratorTraining {
+            mask_model: "matting-ref@1.0.0".into(),
+            masks: MaskSource::Background,
+            dilate_pct: 4.0,
+            leak_threshold: 0.35,
+        };
+        g.generator = Some(settings.clone());
+        assert!(check(&g, &tenant()).is_ok());
+        g.generator = Some(GeneratorTraining { dilate_pct: 25.0, ..settings.clone() });
+        assert!(check(&g, &tenant()).unwrap_err().reason.contains("dilate_pct"));
+        g.generator = Some(GeneratorTraining { mask_model: "no-version".into(), ..settings.clone() });
+        assert!(check(&g, &tenant()).unwrap_err().reason.contains("mask_model"));
+        let mut m = spec();
+        m.generator = Some(settings);
+        assert!(check(&m, &tenant()).unwrap_err().reason.contains("background_generator only"));
     }
 }

@@ -6,11 +6,17 @@
 //! `(x - mean[c]) / std[c]`; output alpha `[B,1,H,W]` as a probability in [0,1] or as logits
 //! (declared in `output.alpha`), either the whole output or one element of a returned tuple;
 //! an optional embedding `[B,D]` from the same tuple or from a separate TorchScript file.
+//! A background generator (`task: background_generator`) names its diffusion components in
+//! a `generator` section instead ([`generator`]); `input` is then its pixel normalisation.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+pub mod generator;
+
+pub use generator::GeneratorSpec;
 
 /// Largest model input side the engine accepts, so a typo cannot ask for a 10^9-pixel tensor.
 pub const MAX_INPUT_SIDE: u32 = 4096;
@@ -21,6 +27,8 @@ pub const MAX_INPUT_SIDE: u32 = 4096;
 pub enum Task {
     /// Image to alpha matte (background removal).
     Matting,
+    /// Background inpainting by diffusion (the `generator` section).
+    BackgroundGenerator,
 }
 
 /// How the alpha output is expressed.
@@ -128,8 +136,12 @@ pub struct ModelManifest {
     pub trainable_file: Option<String>,
     /// Input layout and normalisation.
     pub input: InputSpec,
-    /// Output layout.
-    pub output: OutputSpec,
+    /// Output layout (matting models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputSpec>,
+    /// The diffusion components (background generators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generator: Option<GeneratorSpec>,
     /// Number of parameters.
     pub parameters: u64,
     /// Estimated device memory for one image in a forward pass, in MiB (weights excluded).
@@ -197,22 +209,44 @@ impl ModelManifest {
         if self.input.mean.iter().any(|m| !m.is_finite()) {
             return Err(invalid("input.mean", "every channel must be a finite number"));
         }
-        let dim = self.output.embedding.dim();
-        if dim == 0 || dim > 65_536 {
-            return Err(invalid("output.embedding.dim", "must be within 1..=65536"));
-        }
-        if let EmbeddingSpec::Output { index, .. } = self.output.embedding {
-            if self.output.alpha_index.is_none() || self.output.alpha_index == Some(index) {
+        match (self.task, &self.output, &self.generator) {
+            (Task::Matting, Some(output), None) => {
+                let dim = output.embedding.dim();
+                if dim == 0 || dim > 65_536 {
+                    return Err(invalid("output.embedding.dim", "must be within 1..=65536"));
+                }
+                if let EmbeddingSpec::Output { index, .. } = output.embedding {
+                    if output.alpha_index.is_none() || output.alpha_index == Some(index) {
+                        return Err(invalid(
+                            "output.embedding.index",
+                            "an embedding output needs a tuple output with a distinct alpha_index",
+                        ));
+                    }
+                }
+            }
+            (Task::Matting, _, _) => {
+                return Err(invalid("output", "a matting model needs an output section and no generator section"))
+            }
+            (Task::BackgroundGenerator, None, Some(generator)) => {
+                generator.check().map_err(|(field, reason)| ManifestError::Invalid { field, reason })?;
+            }
+            (Task::BackgroundGenerator, _, _) => {
                 return Err(invalid(
-                    "output.embedding.index",
-                    "an embedding output needs a tuple output with a distinct alpha_index",
-                ));
+                    "generator",
+                    "a background generator needs a generator section and no output section",
+                ))
             }
         }
         if !(self.memory_per_image_mib.is_finite() && self.memory_per_image_mib > 0.0) {
             return Err(invalid("memory_per_image_mib", "must be a positive number"));
         }
         Ok(())
+    }
+
+    /// The output section of a matting model; [`validate`](Self::validate) makes sure a
+    /// matting manifest has one, and callers check the task before they ask.
+    pub fn matting_output(&self) -> &OutputSpec {
+        self.output.as_ref().expect("a validated matting manifest has an output section")
     }
 
     /// `name@version`.

@@ -148,8 +148,11 @@ struct FileList {
 /// Every file a model folder needs, manifest last.
 pub fn model_files(manifest: &ModelManifest) -> Vec<String> {
     let mut files = vec![manifest.file.clone()];
-    if let EmbeddingSpec::Model { file, .. } = &manifest.output.embedding {
+    if let Some(EmbeddingSpec::Model { file, .. }) = manifest.output.as_ref().map(|o| &o.embedding) {
         files.push(file.clone());
+    }
+    if let Some(generator) = &manifest.generator {
+        files.extend(generator.files());
     }
     files.extend(manifest.trainable_file.clone());
     files.push("manifest.json".to_string());

@@ -10,6 +10,7 @@
 //! both, integer-hash noise, and maths built from IEEE basic operations, so the same pair
 //! gives byte-identical pixels on any machine and under any thread count.
 
+pub mod backdrop;
 mod background;
 mod catalog;
 mod detmath;
@@ -24,6 +25,7 @@ mod shapes;
 
 use std::path::PathBuf;
 
+pub use backdrop::{class_of_prompt, prompt, render_backdrop, render_scene, Backdrop, BackdropScene, PROMPT_WORDS};
 pub use catalog::{is_jpeg, read_catalog, sample_id, write_catalog, CatalogEntry, CatalogSpec, CatalogSummary};
 pub use scene::Scene;
 

@@ -141,6 +141,7 @@ fn add(sum: &mut StageTimings, t: &StageTimings) {
     sum.postprocess_ms += t.postprocess_ms;
     sum.composite_ms += t.composite_ms;
     sum.encode_ms += t.encode_ms;
+    sum.generate_ms += t.generate_ms;
 }
 
 fn scale(t: &StageTimings, k: f64) -> StageTimings {
@@ -151,6 +152,7 @@ fn scale(t: &StageTimings, k: f64) -> StageTimings {
         postprocess_ms: t.postprocess_ms * k,
         composite_ms: t.composite_ms * k,
         encode_ms: t.encode_ms * k,
+        generate_ms: t.generate_ms * k,
     }
 }
 

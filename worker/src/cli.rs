@@ -41,6 +41,41 @@ enum Command {
         #[arg(long, env = "FLEET_MODEL_DIR")]
         models: PathBuf,
     },
+    /// Build the reference background generator into MODELS/bg-gen-ref/<version> (and the
+    /// untrained MODELS/bg-gen-base/<version>), unless cached; needs the reference matting model.
+    ReferenceGenerator {
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+    },
+    /// EXPERIMENTS.md: the reference generator trained on scribble masks and on background
+    /// masks with the same budget, each checked on held-out photos; prints the table.
+    GeneratorExperiment {
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+        /// Photos per backdrop class in the training set.
+        #[arg(long, default_value_t = 60)]
+        per_class: usize,
+        /// Steps of phase 1 and of phase 2.
+        #[arg(long, value_delimiter = ',', default_value = "2400,400")]
+        steps: Vec<u32>,
+        /// Held-out photos each model is checked on.
+        #[arg(long, default_value_t = 120)]
+        photos: usize,
+    },
+    /// Check a background generator on held-out synthetic photos (product kept, expansion,
+    /// backdrop recognised) in fast and quality mode; prints the figures as JSON.
+    GeneratorCheck {
+        /// The generator's folder.
+        #[arg(long)]
+        generator: PathBuf,
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+        #[arg(long, default_value_t = 60)]
+        photos: usize,
+        /// Write each input beside its result here (named by the class asked for and seen).
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
     /// Run the engine over every image in a folder, with a contact sheet.
     RunFolder {
         #[command(flatten)]
@@ -210,6 +245,56 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = train::ensure_reference_model(&models)?;
             println!("{}", std::fs::read_to_string(dir.join("manifest.json"))?);
         }
+        Command::ReferenceGenerator { models } => {
+            let matting = train::ensure_reference_model(&models)?;
+            let python = crate::reference::trainable::python();
+            let dir = crate::reference::generator::ensure_reference_generator(&python, &models, &matting)?;
+            println!("{}", std::fs::read_to_string(dir.join("manifest.json"))?);
+        }
+        Command::GeneratorExperiment { models, per_class, steps, photos } => {
+            anyhow::ensure!(steps.len() == 2, "--steps takes two numbers: phase 1, phase 2");
+            let cfg = crate::reference::generator::GeneratorConfig {
+                per_class,
+                steps: (steps[0], steps[1]),
+                ..Default::default()
+            };
+            let python = crate::reference::trainable::python();
+            let arms = crate::reference::generator::masks_experiment(&python, &models, &cfg, photos)?;
+            println!("{}", crate::reference::generator::markdown(&arms));
+            println!("{}", serde_json::to_string_pretty(&arms)?);
+        }
+        Command::GeneratorCheck { generator, models, photos, save } => {
+            let device = crate::engine::resolve_device(fleet_common::DeviceSpec::Auto)?;
+            let matting = crate::engine::model::LoadedModel::load(&train::ensure_reference_model(&models)?, device)?;
+            let generator = crate::generate::Generator::load(&generator, device)?;
+            let classifier = crate::generate::classifier::BackdropClassifier::train(3, 60, 12);
+            for (mode, sampler, steps, guidance) in [
+                ("fast", crate::diffusion::SamplerKind::Ddim { eta: 0.0 }, 8, 3.0),
+                ("quality", crate::diffusion::SamplerKind::Euler, 30, 4.0),
+            ] {
+                let opts = crate::generate::GenerateOptions {
+                    prompt: None,
+                    negative_prompt: None,
+                    reference: None,
+                    seed: 1,
+                    steps,
+                    guidance,
+                    results: 1,
+                    sampler,
+                    dilate_pct: 2.0,
+                };
+                let save = save.as_ref().map(|d| d.join(mode));
+                let e = crate::generate::evaluate::evaluate(
+                    &generator,
+                    &matting,
+                    &classifier,
+                    photos,
+                    &opts,
+                    save.as_deref(),
+                )?;
+                println!("{}", serde_json::json!({"mode": mode, "evaluation": e}));
+            }
+        }
         Command::RunFolder { model, input, output, background, format, morphology, batch, no_decontaminate } => {
             let limits = DecodeLimits::default();
             let opts = EngineOptions {
@@ -224,6 +309,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 limits,
                 preview_height: Some(crate::folder::SHEET_ROW_HEIGHT),
                 max_side: None,
+                generate: None,
             };
             opts.validate().map_err(anyhow::Error::msg)?;
             let engine = model.start()?;

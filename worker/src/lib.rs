@@ -9,6 +9,7 @@ pub mod cli;
 pub mod diffusion;
 pub mod engine;
 pub mod folder;
+pub mod generate;
 pub mod options;
 pub mod reference;
 pub mod service;

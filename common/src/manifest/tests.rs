@@ -8,11 +8,12 @@ fn sample() -> ModelManifest {
         file: "model.pt".into(),
         trainable_file: None,
         input: InputSpec { height: 128, width: 128, scale: 1.0 / 255.0, mean: [0.5; 3], std: [0.25; 3] },
-        output: OutputSpec {
+        output: Some(OutputSpec {
             alpha: AlphaKind::Probability,
             alpha_index: Some(0),
             embedding: EmbeddingSpec::Output { index: 1, dim: 128 },
-        },
+        }),
+        generator: None,
         parameters: 1000,
         memory_per_image_mib: 12.0,
         weights_mib: 1.0,
@@ -54,10 +55,10 @@ fn refuses_values_the_engine_cannot_use() {
         ("file", Box::new(|m| m.file = "../../etc/passwd".into())),
         ("trainable_file", Box::new(|m| m.trainable_file = Some("../model.pt".into()))),
         ("name", Box::new(|m| m.name = "a b".into())),
-        ("output.embedding.index", Box::new(|m| m.output.alpha_index = None)),
+        ("output.embedding.index", Box::new(|m| m.output.as_mut().unwrap().alpha_index = None)),
         (
             "output.embedding.dim",
-            Box::new(|m| m.output.embedding = EmbeddingSpec::Model { file: "e.pt".into(), dim: 0 }),
+            Box::new(|m| m.output.as_mut().unwrap().embedding = EmbeddingSpec::Model { file: "e.pt".into(), dim: 0 }),
         ),
         ("memory_per_image_mib", Box::new(|m| m.memory_per_image_mib = f64::NAN)),
     ];

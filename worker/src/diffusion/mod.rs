@@ -20,15 +20,7 @@ pub use schedule::{NoiseSchedule, Spacing};
 
 use tch::Tensor;
 
-/// What the denoiser predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prediction {
-    /// The noise that was added (`epsilon`).
-    Epsilon,
-    /// `v = sqrt(a) * eps - sqrt(1 - a) * x0` (v-prediction).
-    V,
-}
+pub use fleet_common::manifest::generator::{BetaSchedule, Prediction};
 
 /// What one forward pass of the denoiser is conditioned on, batched like the sample.
 pub struct Conditioning {

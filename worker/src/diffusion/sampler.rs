@@ -11,6 +11,9 @@
 //!   view `x_sigma = x0 + sigma eps`, the model sees `x_sigma / sqrt(1 + sigma^2)`, and
 //!   `x_next = x_sigma + eps (sigma_next - sigma)`, down to `sigma = 0`.
 //!
+//! With `clip`, the clean sample each step implies is clipped before the update (pixel
+//! models).
+//!
 //! Guidance: `pred = uncond + g (cond - uncond)`, both halves in one forward pass; `g = 1`
 //! skips the unconditional half.
 
@@ -57,6 +60,11 @@ pub struct SampleOptions<'a> {
     pub seeds: Vec<u64>,
     /// Guidance, if any.
     pub guidance: Option<Guidance<'a>>,
+    /// Range the predicted clean sample is clipped to at every step, `[-c, c]` (diffusers'
+    /// `clip_sample_range`): pixel-space models need it, since at the noisiest timesteps
+    /// `x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)` multiplies the denoiser's error by up to
+    /// `1 / sqrt(a)`; latent models leave it off.
+    pub clip: Option<f64>,
     /// Where the batch lives.
     pub device: Device,
 }
@@ -158,6 +166,15 @@ fn ddim(
         let a_prev = timesteps.get(i + 1).map_or(1.0, |&p| schedule.alpha_bar(p));
         let eps = epsilon(denoiser, schedule, &x, t, cond, opts.guidance.as_ref())?;
         let x0 = (&x - &eps * (1.0 - a).sqrt()) / a.sqrt();
+        // Clipped, the clean sample decides the noise direction too (as diffusers does).
+        let (x0, eps) = match opts.clip {
+            Some(c) => {
+                let x0 = x0.clamp(-c, c);
+                let eps = (&x - &x0 * a.sqrt()) / (1.0 - a).sqrt();
+                (x0, eps)
+            }
+            None => (x0, eps),
+        };
         let s = eta * ((1.0 - a_prev) / (1.0 - a)).sqrt() * (1.0 - a / a_prev).max(0.0).sqrt();
         let dir = (1.0 - a_prev - s * s).max(0.0).sqrt();
         x = x0 * a_prev.sqrt() + eps * dir;
@@ -184,7 +201,15 @@ fn euler(
         let sigma = sigmas[i];
         let x_t = &x / (sigma * sigma + 1.0).sqrt();
         let eps = epsilon(denoiser, schedule, &x_t, t, cond, opts.guidance.as_ref())?;
-        x += eps * (sigmas[i + 1] - sigma);
+        match opts.clip {
+            // x = x0 + sigma eps: clip the clean sample, then step from it.
+            Some(c) => {
+                let x0 = (&x - &eps * sigma).clamp(-c, c);
+                let eps = (&x - &x0) / sigma.max(1e-12);
+                x = x0 + eps * sigmas[i + 1];
+            }
+            None => x += eps * (sigmas[i + 1] - sigma),
+        }
     }
     Ok(x)
 }

@@ -4,15 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How the training betas run from `beta_start` to `beta_end` (as diffusers names them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BetaSchedule {
-    /// Evenly spaced betas.
-    Linear,
-    /// Evenly spaced square roots of betas (Stable Diffusion).
-    ScaledLinear,
-}
+pub use fleet_common::manifest::generator::BetaSchedule;
 
 /// Which training timesteps a run of `n` steps visits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +43,11 @@ impl NoiseSchedule {
             })
             .collect();
         NoiseSchedule { alphas_cumprod }
+    }
+
+    /// The schedule a manifest declares.
+    pub fn of(spec: &fleet_common::manifest::generator::ScheduleSpec) -> Self {
+        NoiseSchedule::new(spec.beta_schedule, spec.beta_start, spec.beta_end, spec.train_steps as usize)
     }
 
     /// Stable Diffusion's schedule: scaled linear, 0.00085 to 0.012, 1,000 steps.

@@ -9,6 +9,6 @@ pub mod record;
 pub mod runtime;
 
 pub use error::EngineError;
-pub use pipeline::{Engine, EngineOptions, InputItem, ItemOutput, ItemResult, Preview};
-pub use record::{ItemFailure, ItemRecord, StageTimings};
+pub use pipeline::{Engine, EngineOptions, InputItem, ItemOutput, ItemResult, Preview, Variant};
+pub use record::{GeneratedRecord, ItemFailure, ItemRecord, StageTimings};
 pub use runtime::{resolve_device, InferenceThread};

@@ -38,6 +38,9 @@ impl LoadedModel {
         let bytes = std::fs::read(&manifest_path)
             .map_err(|e| EngineError::model(dir, format!("cannot read manifest.json: {e}")))?;
         let manifest = ModelManifest::from_json(&bytes).map_err(|e| EngineError::model(dir, e.to_string()))?;
+        if manifest.task != fleet_common::manifest::Task::Matting {
+            return Err(EngineError::model(dir, format!("{} is not a matting model", manifest.model_ref())));
+        }
         let load = |file: &str| {
             let mut module = CModule::load_on_device(dir.join(file), device)
                 .map_err(|e| EngineError::model(dir, format!("cannot load TorchScript {file}: {e}")))?;
@@ -45,7 +48,7 @@ impl LoadedModel {
             Ok::<_, EngineError>(module)
         };
         let module = load(&manifest.file)?;
-        let embedder = match &manifest.output.embedding {
+        let embedder = match &manifest.matting_output().embedding {
             EmbeddingSpec::Model { file, .. } => Some(load(file)?),
             EmbeddingSpec::Output { .. } => None,
         };
@@ -66,8 +69,8 @@ impl LoadedModel {
             .module
             .forward_is(&[IValue::Tensor(xs.shallow_clone())])
             .map_err(|e| self.contract(format!("forward failed: {e}")))?;
-        let alpha = self.pick(&output, self.manifest.output.alpha_index, "alpha")?;
-        let alpha = match self.manifest.output.alpha {
+        let alpha = self.pick(&output, self.manifest.matting_output().alpha_index, "alpha")?;
+        let alpha = match self.manifest.matting_output().alpha {
             AlphaKind::Probability => alpha,
             AlphaKind::Logits => alpha.sigmoid(),
         };
@@ -75,14 +78,14 @@ impl LoadedModel {
         if shape.len() != 4 || shape[0] != b || shape[1] != 1 {
             return Err(self.contract(format!("alpha must be [{b},1,H,W], got {shape:?}")));
         }
-        let embedding = match (&self.manifest.output.embedding, &self.embedder) {
+        let embedding = match (&self.manifest.matting_output().embedding, &self.embedder) {
             (EmbeddingSpec::Output { index, .. }, _) => self.pick(&output, Some(*index), "embedding")?,
             (EmbeddingSpec::Model { .. }, Some(embedder)) => {
                 embedder.forward_ts(&[xs]).map_err(|e| self.contract(format!("embedding model failed: {e}")))?
             }
             (EmbeddingSpec::Model { .. }, None) => unreachable!("embedder is loaded with the manifest"),
         };
-        let dim = self.manifest.output.embedding.dim() as i64;
+        let dim = self.manifest.matting_output().embedding.dim() as i64;
         if embedding.size() != [b, dim] {
             return Err(self.contract(format!("embedding must be [{b},{dim}], got {:?}", embedding.size())));
         }

@@ -44,6 +44,8 @@ pub struct EngineOptions {
     /// When set, an input whose long side is over this is scaled down first, so the result,
     /// matte and everything after decode work at the smaller size.
     pub max_side: Option<u32>,
+    /// When set, each image's background is generated (several results per image).
+    pub generate: Option<crate::generate::GenerateJob>,
 }
 
 impl Default for EngineOptions {
@@ -56,6 +58,7 @@ impl Default for EngineOptions {
             format: OutputFormat::Png,
             preview_height: None,
             max_side: None,
+            generate: None,
         }
     }
 }
@@ -112,6 +115,19 @@ pub struct ItemOutput {
     pub embedding: Vec<f32>,
     /// Thumbnails, when asked for.
     pub preview: Option<Preview>,
+    /// Results after the first, when several backgrounds were generated.
+    pub variants: Vec<Variant>,
+}
+
+/// One more generated result of an image.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    /// The encoded result.
+    pub image: Vec<u8>,
+    /// Its embedding.
+    pub embedding: Vec<f32>,
+    /// Its seed.
+    pub seed: u64,
 }
 
 /// The outcome for one image.
@@ -261,7 +277,8 @@ impl Engine {
                 let (mut p, (alpha, embedding)) = slot?;
                 p.timings.forward_ms = forward_ms;
                 let small = GrayImage::from_raw(aw, ah, alpha).expect("alpha buffer matches its size");
-                let ctx = FinishContext { model: &model, device: &device, batch: count, opts };
+                let ctx =
+                    FinishContext { model: &model, device: &device, batch: count, opts, inference: &self.inference };
                 finish_one(p, &small, embedding, &ctx)
             })
             .collect()
@@ -273,6 +290,7 @@ struct FinishContext<'a> {
     device: &'a str,
     batch: usize,
     opts: &'a EngineOptions,
+    inference: &'a InferenceThread,
 }
 
 fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &FinishContext) -> ItemResult {
@@ -282,6 +300,9 @@ fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &F
     refine(&mut alpha, ctx.opts.morphology);
     let uncertainty = uncertainty(&alpha);
     timings.postprocess_ms = ms(started);
+    if let Some(job) = &ctx.opts.generate {
+        return finish_generated(Generated { id, rgb, input, timings, alpha, uncertainty }, job, ctx);
+    }
     let started = Instant::now();
     let composited = composite(&rgb, &alpha, &ctx.opts.composite);
     timings.composite_ms = ms(started);
@@ -303,8 +324,102 @@ fn finish_one(p: Prepared, small_alpha: &GrayImage, embedding: Vec<f32>, ctx: &F
         timings_ms: timings,
         uncertainty,
         embedding_dim: embedding.len(),
+        generated: None,
     };
-    Ok(ItemOutput { record, image, matte_png, embedding, preview })
+    Ok(ItemOutput { record, image, matte_png, embedding, preview, variants: Vec::new() })
+}
+
+/// An image whose matte is ready and whose backgrounds are to be generated.
+struct Generated {
+    id: String,
+    rgb: RgbImage,
+    input: ImageInfo,
+    timings: StageTimings,
+    alpha: GrayImage,
+    uncertainty: f32,
+}
+
+/// Generates the image's backgrounds, composites the product over each (its own pixels
+/// kept), encodes them and embeds each result with the matting model.
+fn finish_generated(g: Generated, job: &crate::generate::GenerateJob, ctx: &FinishContext) -> ItemResult {
+    let Generated { id, rgb, input, mut timings, alpha, uncertainty } = g;
+    let fail = |code: &str, reason: String| ItemFailure { id: id.clone(), code: code.into(), reason };
+    let started = Instant::now();
+    let backgrounds = job
+        .generator
+        .backgrounds(&rgb, &alpha, &job.options)
+        .map_err(|e| fail("generation_failed", format!("generating the background: {e:#}")))?;
+    timings.generate_ms = ms(started);
+    let started = Instant::now();
+    let composites: Vec<Composited> = backgrounds
+        .into_iter()
+        .map(|bg| {
+            let opts = CompositeOptions {
+                background: Background::Image(std::sync::Arc::new(bg)),
+                ..ctx.opts.composite.clone()
+            };
+            composite(&rgb, &alpha, &opts)
+        })
+        .collect();
+    timings.composite_ms = ms(started);
+    let started = Instant::now();
+    let spec = &ctx.inference.manifest().input;
+    let plane = 3 * (spec.width * spec.height) as usize;
+    let mut planes = vec![0.0f32; plane * composites.len()];
+    for (c, out) in composites.iter().zip(planes.chunks_mut(plane)) {
+        if let Composited::Rgb(img) = c {
+            normalize_into(img, spec, out);
+        }
+    }
+    let embedded = ctx
+        .inference
+        .infer(planes, composites.len())
+        .map_err(|e| fail("embedding_failed", format!("embedding the generated results: {e}")))?;
+    timings.generate_ms += ms(started);
+    let started = Instant::now();
+    let mut encoded = Vec::with_capacity(composites.len());
+    for c in &composites {
+        encoded.push(encode(c, ctx.opts.format).map_err(|e| ItemFailure::from_image(&id, &e))?);
+    }
+    let matte_png = encode_matte_png(&alpha);
+    timings.encode_ms = ms(started);
+    let seeds: Vec<u64> = (0..composites.len() as u64).map(|k| job.options.seed.wrapping_add(k)).collect();
+    let mut embeddings = embedded.output.embeddings.into_iter();
+    let mut images = encoded.into_iter();
+    let first_image = images.next().ok_or_else(|| fail("generation_failed", "no result was generated".into()))?;
+    let first_embedding = embeddings.next().unwrap_or_default();
+    let variants = images
+        .zip(embeddings)
+        .zip(seeds.iter().skip(1))
+        .map(|((image, embedding), &seed)| Variant { image, embedding, seed })
+        .collect();
+    let preview = ctx.opts.preview_height.map(|h| thumbnails(&rgb, &alpha, &composites[0], h));
+    let (w, h) = (rgb.width(), rgb.height());
+    let o = &job.options;
+    let record = ItemRecord {
+        id,
+        output: OutputInfo::of(&composites[0], ctx.opts.format, first_image.len()),
+        input,
+        matte_bytes: matte_png.len(),
+        model: ctx.model.to_string(),
+        device: ctx.device.to_string(),
+        batch: ctx.batch,
+        timings_ms: timings,
+        uncertainty,
+        embedding_dim: first_embedding.len(),
+        generated: Some(super::record::GeneratedRecord {
+            generator: job.generator.manifest.model_ref().to_string(),
+            seeds,
+            steps: o.steps,
+            guidance: o.guidance,
+            sampler: match o.sampler {
+                crate::diffusion::SamplerKind::Ddim { .. } => "ddim".into(),
+                crate::diffusion::SamplerKind::Euler => "euler".into(),
+            },
+            sample_size: job.generator.sample_size(w, h),
+        }),
+    };
+    Ok(ItemOutput { record, image: first_image, matte_png, embedding: first_embedding, preview, variants })
 }
 
 fn thumbnails(rgb: &RgbImage, alpha: &GrayImage, after: &Composited, height: u32) -> Preview {

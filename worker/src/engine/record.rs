@@ -23,6 +23,9 @@ pub struct StageTimings {
     pub composite_ms: f64,
     /// Encoding of the result and of the matte.
     pub encode_ms: f64,
+    /// Generating the backgrounds (device) and embedding the results, when generated.
+    #[serde(default)]
+    pub generate_ms: f64,
 }
 
 impl StageTimings {
@@ -102,6 +105,26 @@ pub struct ItemRecord {
     pub uncertainty: f32,
     /// Length of the embedding.
     pub embedding_dim: usize,
+    /// How the background was generated, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<GeneratedRecord>,
+}
+
+/// How an item's backgrounds were generated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedRecord {
+    /// `name@version` of the generator.
+    pub generator: String,
+    /// Seed of each result, in order.
+    pub seeds: Vec<u64>,
+    /// Denoiser steps.
+    pub steps: u32,
+    /// Guidance scale.
+    pub guidance: f32,
+    /// `ddim` or `euler`.
+    pub sampler: String,
+    /// Sample size (pixels) the backgrounds were generated at, before scaling to the photo.
+    pub sample_size: (u32, u32),
 }
 
 /// One image that could not be processed, with a reason its owner can act on.

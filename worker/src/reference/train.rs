@@ -283,11 +283,12 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
         file: "model.pt".to_string(),
         trainable_file: Some(TRAINABLE_FILE.to_string()),
         input: InputSpec { height: cfg.input_side, width: cfg.input_side, scale: 1.0 / 255.0, mean: MEAN, std: STD },
-        output: OutputSpec {
+        output: Some(OutputSpec {
             alpha: AlphaKind::Probability,
             alpha_index: None,
             embedding: EmbeddingSpec::Model { file: EMBEDDING_FILE.to_string(), dim: EMBEDDING_DIM as usize },
-        },
+        }),
+        generator: None,
         parameters: parameters as u64,
         memory_per_image_mib: 2.0 * floats * 4.0 / (1024.0 * 1024.0),
         weights_mib: parameters as f64 * 4.0 / (1024.0 * 1024.0),

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use fleet_common::finetune::{parse_dataset, FineTuneSpec, Hyper, Refusal, Sample};
+use fleet_common::finetune::{parse_dataset, FineTuneSpec, Hyper, Refusal, Sample, Target};
 use fleet_common::keys::{results_prefix, TenantId};
 use fleet_common::manifest::{AlphaKind, EmbeddingSpec, ModelManifest, ModelRef};
 use fleet_common::protocol::{Report, StepRecord, TaskMessage, TrainingProgress};
@@ -42,12 +42,13 @@ use super::task::{AttemptError, Fence, TaskResult};
 use crate::train;
 
 pub mod bench;
+pub mod generator;
 
 /// Samples fetched from S3 at once.
 const SAMPLE_FETCHES: usize = 8;
 
 /// What the training thread tells the task.
-enum Event {
+pub enum Event {
     /// Steps since the last event.
     Progress(TrainingProgress),
     /// A checkpoint is written locally in the folder; upload it and answer.
@@ -56,7 +57,7 @@ enum Event {
 
 /// The state saved with a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CheckpointState {
+pub struct CheckpointState {
     /// Steps done (the next step to run).
     step: u32,
     /// Losses and learning rates so far, for the curve and the report.
@@ -71,7 +72,7 @@ struct CheckpointState {
 
 /// The samples phase 2 trains on, chosen by mask quality after phase 1.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Phase2 {
+pub struct Phase2 {
     /// Sample indices kept.
     kept: Vec<usize>,
     /// What was dropped and why (line, image, score, reason).
@@ -136,7 +137,10 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
         Err(e) => return Err(fail(format!("data set: {e}"))),
     };
     let digest = sha256_hex(text.as_bytes());
-    let (listed, mut refusals) = parse_dataset(&text, &tenant);
+    let (listed, mut refusals) = parse_dataset(&text, &tenant, spec.target);
+    if spec.target == Target::BackgroundGenerator {
+        return generator::run(ctx, task, spec, listed, refusals, digest).await;
+    }
     // Fetched and decoded eight samples at a time, in data-set order.
     let mut loaded = Vec::new();
     let mut fetches = futures::stream::iter(listed)
@@ -170,7 +174,7 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     }
 
     // Training runs on its own thread; the task uploads its checkpoints and relays progress.
-    let (tx, mut rx) = mpsc::channel::<Event>(4);
+    let (tx, rx) = mpsc::channel::<Event>(4);
     let job = TrainJob {
         samples: loaded,
         hyper: spec.hyper.clone(),
@@ -185,41 +189,13 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     };
     let stop = job.stop.clone();
     let trainer = tokio::task::spawn_blocking(move || job.train(&tx));
-    let mut checkpoint_s = 0.0;
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Progress(progress) => (ctx.progress)(progress).await,
-            Event::Checkpoint { dir, step, done } => {
-                let t = Instant::now();
-                let uploaded = upload_checkpoint(ctx, &checkpoint_prefix, &dir).await;
-                checkpoint_s += t.elapsed().as_secs_f64();
-                if let Err(e) = &uploaded {
-                    tracing::warn!(step, error = %e, "checkpoint not saved; stopping");
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                } else {
-                    tracing::info!(step, ms = t.elapsed().as_millis() as u64, "checkpoint saved");
-                }
-                let _ = done.send(uploaded.map_err(|e| e.0));
-            }
-        }
-    }
+    let checkpoint_s = relay(ctx, &checkpoint_prefix, rx, &stop).await;
     let outcome = match trainer.await.map_err(|e| fail(format!("training thread: {e}")))?.map_err(fail)? {
         Trained::Done(outcome) => outcome,
         Trained::Yielded(step) => return Ok(Ended::Yielded { step }),
     };
 
-    // Register the model in the tenant's space: extra files first, manifest last.
-    ctx.fence.check().await?;
-    let scope = Scope::Tenant(tenant.clone());
-    let model_prefix = scope.prefix(&spec.output.model_ref());
-    for (file, content_type) in [("training-embeddings.jsonl", "application/x-ndjson"), ("loss-curve.png", "image/png")]
-    {
-        let bytes = std::fs::read(outcome.dir.join(file)).map_err(|e| fail(format!("{file}: {e}")))?;
-        put(ctx.s3, &format!("{model_prefix}{file}"), bytes, content_type).await?;
-    }
-    registry::publish_in(ctx.s3, &scope, &outcome.dir)
-        .await
-        .map_err(|e| fail(format!("registering the model: {e}")))?;
+    let model_prefix = register(ctx, &tenant, spec, &outcome.dir).await?;
     let report = serde_json::json!({
         "model": format!("{model_prefix}"),
         "model_ref": spec.output.model_ref().to_string(),
@@ -239,6 +215,56 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     ctx.fence.check().await?;
     put(ctx.s3, &key, serde_json::to_vec_pretty(&report).expect("a report serialises"), "application/json").await?;
     Ok(Ended::Trained(TaskResult { succeeded: 1, failures: Vec::new(), manifest: key }))
+}
+
+/// Relays the training thread's events until it ends: progress to the scheduler,
+/// checkpoints to S3 under the lease (a failed upload sets `stop`). Returns the seconds
+/// spent uploading checkpoints.
+async fn relay(
+    ctx: &FineTuneContext<'_>,
+    checkpoint_prefix: &str,
+    mut rx: mpsc::Receiver<Event>,
+    stop: &std::sync::Arc<AtomicBool>,
+) -> f64 {
+    let mut checkpoint_s = 0.0;
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Progress(progress) => (ctx.progress)(progress).await,
+            Event::Checkpoint { dir, step, done } => {
+                let t = Instant::now();
+                let uploaded = upload_checkpoint(ctx, checkpoint_prefix, &dir).await;
+                checkpoint_s += t.elapsed().as_secs_f64();
+                if let Err(e) = &uploaded {
+                    tracing::warn!(step, error = %e, "checkpoint not saved; stopping");
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    tracing::info!(step, ms = t.elapsed().as_millis() as u64, "checkpoint saved");
+                }
+                let _ = done.send(uploaded.map_err(|e| e.0));
+            }
+        }
+    }
+    checkpoint_s
+}
+
+/// Registers the trained model folder in the tenant's space under the lease: extra files
+/// first, the model's files and manifest last. Returns the model's prefix.
+async fn register(
+    ctx: &FineTuneContext<'_>,
+    tenant: &TenantId,
+    spec: &FineTuneSpec,
+    dir: &Path,
+) -> Result<String, AttemptError> {
+    ctx.fence.check().await?;
+    let scope = Scope::Tenant(tenant.clone());
+    let model_prefix = scope.prefix(&spec.output.model_ref());
+    for (file, content_type) in [("training-embeddings.jsonl", "application/x-ndjson"), ("loss-curve.png", "image/png")]
+    {
+        let bytes = std::fs::read(dir.join(file)).map_err(|e| AttemptError(format!("{file}: {e}")))?;
+        put(ctx.s3, &format!("{model_prefix}{file}"), bytes, content_type).await?;
+    }
+    registry::publish_in(ctx.s3, &scope, dir).await.map_err(|e| AttemptError(format!("registering the model: {e}")))?;
+    Ok(model_prefix)
 }
 
 /// A fine-tune that cannot train: its one item fails with `reason`.
@@ -277,7 +303,10 @@ async fn load_sample(
 ) -> Result<Result<(RgbImage, GrayImage), (String, String)>, AttemptError> {
     let limits = DecodeLimits::default();
     let mut fetched = Vec::new();
-    for key in [&sample.image, &sample.mask] {
+    let Some(mask_key) = &sample.mask else {
+        return Ok(Err(("no_mask".into(), "a matting fine-tune needs a mask per image".into())));
+    };
+    for key in [&sample.image, mask_key] {
         match s3.get(key).await {
             Ok(bytes) => fetched.push(bytes),
             Err(StoreError::NotFound { .. }) => return Ok(Err(("not_found".into(), format!("no object at {key}")))),
@@ -291,7 +320,7 @@ async fn load_sample(
     };
     let mask = match image::load_from_memory(&fetched[1]) {
         Ok(m) => m.to_luma8(),
-        Err(e) => return Ok(Err(("corrupt".into(), format!("mask {}: {e}", sample.mask)))),
+        Err(e) => return Ok(Err(("corrupt".into(), format!("mask {mask_key}: {e}")))),
     };
     if mask.dimensions() != rgb.dimensions() {
         let (mw, mh) = mask.dimensions();
@@ -357,7 +386,7 @@ struct TrainJob {
 }
 
 /// How the training thread ended.
-enum Trained {
+pub enum Trained {
     /// Every step ran.
     Done(TrainOutcome),
     /// A checkpoint at this step was saved and training stopped to give the device back.
@@ -365,9 +394,11 @@ enum Trained {
 }
 
 /// What training produced: a model folder ready to register, and its report.
-struct TrainOutcome {
-    dir: PathBuf,
-    report: serde_json::Value,
+pub struct TrainOutcome {
+    /// The model folder, ready to register.
+    pub dir: PathBuf,
+    /// What happened, for the job's report.
+    pub report: serde_json::Value,
 }
 
 /// A sample as tensors at its bucket's size.
@@ -484,7 +515,7 @@ impl TrainJob {
             let (inputs, targets) = step_batch(&prepared, set, h, step, device);
             optimizer.zero_grad();
             let alpha = forward(&module, &manifest, &inputs)?;
-            let loss = matting_loss(&alpha, &targets, manifest.output.alpha);
+            let loss = matting_loss(&alpha, &targets, manifest.matting_output().alpha);
             loss.backward();
             optimizer.step(lr, h.weight_decay);
             let loss_value = loss.double_value(&[]);
@@ -553,7 +584,7 @@ impl TrainJob {
         out.file = "model.pt".into();
         // The saved module keeps its weights as parameters: `file` itself fine-tunes again.
         out.trainable_file = None;
-        if let EmbeddingSpec::Model { file, .. } = &manifest.output.embedding {
+        if let EmbeddingSpec::Model { file, .. } = &manifest.matting_output().embedding {
             std::fs::copy(self.base_dir.join(file), dir.join(file)).map_err(|e| e.to_string())?;
         }
         let phase2 = phase2.unwrap_or_else(|| Phase2 { kept: train_idx.clone(), dropped: Vec::new(), scored: 0 });
@@ -618,7 +649,7 @@ impl TrainJob {
         Ok(Trained::Done(TrainOutcome { dir, report }))
     }
 
-    /// Writes a checkpoint locally, has the task upload it under the lease, and waits for it.
+    /// Writes a checkpoint, has the task upload it and waits for it.
     fn checkpoint(
         &self,
         module: &tch::TrainableCModule,
@@ -626,20 +657,32 @@ impl TrainJob {
         state: &CheckpointState,
         events: &mpsc::Sender<Event>,
     ) -> Result<(), String> {
-        let dir = self.work.join(format!("checkpoint-{}", state.step));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        module.save(dir.join("module.pt")).map_err(|e| e.to_string())?;
-        optimizer.save(dir.join("optimizer.pt")).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("state.json"), serde_json::to_vec(state).expect("state serialises"))
-            .map_err(|e| e.to_string())?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        events
-            .blocking_send(Event::Checkpoint { dir: dir.clone(), step: state.step, done: tx })
-            .map_err(|_| "the task stopped listening")?;
-        rx.recv().map_err(|_| "the task stopped listening")??;
-        let _ = std::fs::remove_dir_all(&dir);
-        Ok(())
+        save_checkpoint(&self.work, module, optimizer, state, events)
     }
+}
+
+/// Writes a checkpoint locally under `work`, has the task upload it under the lease, and
+/// waits for it.
+fn save_checkpoint(
+    work: &Path,
+    module: &tch::TrainableCModule,
+    optimizer: &train::adamw::AdamW,
+    state: &CheckpointState,
+    events: &mpsc::Sender<Event>,
+) -> Result<(), String> {
+    let dir = work.join(format!("checkpoint-{}", state.step));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    module.save(dir.join("module.pt")).map_err(|e| e.to_string())?;
+    optimizer.save(dir.join("optimizer.pt")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("state.json"), serde_json::to_vec(state).expect("state serialises"))
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    events
+        .blocking_send(Event::Checkpoint { dir: dir.clone(), step: state.step, done: tx })
+        .map_err(|_| "the task stopped listening")?;
+    rx.recv().map_err(|_| "the task stopped listening")??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -740,7 +783,7 @@ fn flip(seed: u64, step: u32) -> bool {
 /// The batch of step `step`: one bucket (chosen in proportion to its samples), then
 /// `size` samples of it; a function of the seed and the step alone, so a resumed run sees
 /// exactly the batches the interrupted one would have.
-fn pick_batch(prepared: &[(usize, Prepared)], set: &[usize], size: usize, seed: u64, step: u32) -> Vec<usize> {
+fn pick_batch<T>(prepared: &[(usize, T)], set: &[usize], size: usize, seed: u64, step: u32) -> Vec<usize> {
     let mut state = seed ^ (u64::from(step).wrapping_mul(0x2545_f491_4f6c_dd1d));
     let anchor = set[(splitmix(&mut state) % set.len() as u64) as usize];
     let bucket = prepared[anchor].0;
@@ -776,7 +819,7 @@ fn prepare(
 /// The alpha output `[B,1,H,W]` of the module (logits or probability, per the manifest).
 fn forward(module: &tch::TrainableCModule, manifest: &ModelManifest, inputs: &Tensor) -> Result<Tensor, String> {
     let out = module.forward_is(&[IValue::Tensor(inputs.shallow_clone())]).map_err(|e| format!("forward: {e}"))?;
-    match (out, manifest.output.alpha_index) {
+    match (out, manifest.matting_output().alpha_index) {
         (IValue::Tensor(t), None) => Ok(t),
         (IValue::Tuple(items), Some(i)) => match items.into_iter().nth(i) {
             Some(IValue::Tensor(t)) => Ok(t),
@@ -848,7 +891,7 @@ fn module_alpha(
     crate::engine::preprocess::normalize_into(rgb, spec, &mut buf);
     let x = Tensor::from_slice(&buf).view([1, 3, spec.height as i64, spec.width as i64]).to_device(device);
     let alpha = forward(module, manifest, &x)?;
-    let alpha = match manifest.output.alpha {
+    let alpha = match manifest.matting_output().alpha {
         AlphaKind::Logits => alpha.sigmoid(),
         AlphaKind::Probability => alpha,
     };

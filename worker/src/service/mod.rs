@@ -621,7 +621,18 @@ async fn work(
                 .get(&worker.s3, &tenant, &task.model)
                 .await
                 .map_err(|e| Handback::Retry(e.to_string()))?;
-            let ctx = TaskContext { s3: &worker.s3, engine, worker: &id, attempt: lease.attempt, fence: &fence };
+            let generator = match &task.background {
+                fleet_common::job::BackgroundSpec::Generate(g) => Some(
+                    device
+                        .models
+                        .generator(&worker.s3, &tenant, &g.model)
+                        .await
+                        .map_err(|e| Handback::Retry(e.to_string()))?,
+                ),
+                _ => None,
+            };
+            let ctx =
+                TaskContext { s3: &worker.s3, engine, worker: &id, attempt: lease.attempt, fence: &fence, generator };
             match task::run(&ctx, task).await {
                 Ok(result) => result,
                 Err(_) if fence.is_lost() => return Err(Handback::Fenced),

@@ -1,4 +1,4 @@
-//! Warm models: each `name@version` is fetched from the registry into the local disk cache
+//! Warm models (matting engines and background generators): each `name@version` is fetched from the registry into the local disk cache
 //! once per host, loaded on its own inference thread once, and kept for later tasks. With a
 //! memory budget (the device's memory, or `--model-memory-mib`), the least recently used
 //! models are evicted to make room for a new one; an evicted engine stops when the last task
@@ -14,7 +14,10 @@ use fleet_common::store::s3::S3Store;
 use fleet_common::{DeviceSpec, ModelManifest, ModelRef};
 use tokio::sync::Mutex;
 
+use fleet_common::manifest::Task;
+
 use crate::engine::{Engine, InferenceThread};
+use crate::generate::Generator;
 
 /// Images per forward pass the engine runs (its default batch): activation memory is
 /// counted for a full batch.
@@ -25,8 +28,15 @@ pub fn footprint_mib(manifest: &ModelManifest) -> f64 {
     manifest.weights_mib + manifest.memory_per_image_mib * BATCH
 }
 
+/// A warm model: a matting engine or a background generator.
+#[derive(Clone)]
+enum Warm {
+    Matting(Arc<Engine>),
+    Generator(Arc<Generator>),
+}
+
 struct Entry {
-    engine: Arc<Engine>,
+    warm: Warm,
     mib: f64,
     last_used: u64,
 }
@@ -84,6 +94,22 @@ impl ModelCache {
     /// arriving together for a cold model load it once.
     /// `tenant`'s own models come before shared ones of the same name and version.
     pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> anyhow::Result<Arc<Engine>> {
+        match self.warm_model(s3, tenant, model, Task::Matting).await? {
+            Warm::Matting(engine) => Ok(engine),
+            Warm::Generator(_) => anyhow::bail!("model {model} is a background generator, not a matting model"),
+        }
+    }
+
+    /// The warm background generator `model`, loaded like [`get`](Self::get) loads engines,
+    /// in the same memory budget.
+    pub async fn generator(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> anyhow::Result<Arc<Generator>> {
+        match self.warm_model(s3, tenant, model, Task::BackgroundGenerator).await? {
+            Warm::Generator(generator) => Ok(generator),
+            Warm::Matting(_) => anyhow::bail!("model {model} is a matting model, not a background generator"),
+        }
+    }
+
+    async fn warm_model(&self, s3: &S3Store, tenant: &TenantId, model: &str, task: Task) -> anyhow::Result<Warm> {
         let model: ModelRef = model.parse()?;
         let scope = self.scope_of(s3, tenant, &model).await?;
         let key = (scope.clone(), model.clone());
@@ -92,13 +118,14 @@ impl ModelCache {
         let now = entries.clock;
         if let Some(entry) = entries.by_model.get_mut(&key) {
             entry.last_used = now;
-            let engine = entry.engine.clone();
+            let warm = entry.warm.clone();
             self.publish_warm(&entries);
-            return Ok(engine);
+            return Ok(warm);
         }
         let (dir, _) = registry::fetch_in(s3, &scope, &model, &self.root).await?;
         let manifest_path = dir.join("manifest.json");
         let manifest = ModelManifest::from_json(&std::fs::read(&manifest_path)?)?;
+        anyhow::ensure!(manifest.task == task, "model {model} is a {:?} model, not a {task:?} one", manifest.task);
         let mib = footprint_mib(&manifest);
         if let Some(budget) = self.budget_mib {
             anyhow::ensure!(
@@ -109,14 +136,26 @@ impl ModelCache {
         }
         let device = self.device;
         let started = std::time::Instant::now();
-        let inference = tokio::task::spawn_blocking(move || InferenceThread::start(&dir, device)).await??;
-        tracing::info!(model = %model, device = ?inference.device(), load_ms = started.elapsed().as_millis() as u64,
+        let warm = match task {
+            Task::Matting => {
+                let inference = tokio::task::spawn_blocking(move || InferenceThread::start(&dir, device)).await??;
+                Warm::Matting(Arc::new(Engine::new(inference)))
+            }
+            Task::BackgroundGenerator => {
+                let generator = tokio::task::spawn_blocking(move || {
+                    let device = crate::engine::resolve_device(device)?;
+                    Generator::load(&dir, device)
+                })
+                .await??;
+                Warm::Generator(Arc::new(generator))
+            }
+        };
+        tracing::info!(model = %model, task = ?task, load_ms = started.elapsed().as_millis() as u64,
             mib = mib.round(), "model loaded and kept warm");
-        let engine = Arc::new(Engine::new(inference));
         fleet_common::metrics::MODEL_LOADS.inc();
-        entries.by_model.insert(key, Entry { engine: engine.clone(), mib, last_used: now });
+        entries.by_model.insert(key, Entry { warm: warm.clone(), mib, last_used: now });
         self.publish_warm(&entries);
-        Ok(engine)
+        Ok(warm)
     }
 
     /// Where `tenant` finds `model`, remembered for a while so a task does not cost a

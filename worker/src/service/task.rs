@@ -67,8 +67,19 @@ struct ManifestItem {
     upload_ms: f64,
     /// Download, engine stages and upload of this image.
     latency_ms: f64,
+    /// Generated results after the first (`result_key` is the first).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    variants: Vec<VariantItem>,
     #[serde(flatten)]
     record: ItemRecord,
+}
+
+/// Where one more generated result of an item went.
+#[derive(Debug, Serialize)]
+struct VariantItem {
+    result_key: String,
+    embedding_key: String,
+    seed: u64,
 }
 
 /// The task's lease, checked before outputs are written: a worker that lost its lease (the
@@ -115,6 +126,8 @@ pub struct TaskContext<'a> {
     pub attempt: u32,
     /// The task's lease.
     pub fence: &'a Fence<'a>,
+    /// The background generator, warm on the same device, for generate jobs.
+    pub generator: Option<Arc<crate::generate::Generator>>,
 }
 
 /// The compositor's shadow for a job's.
@@ -146,6 +159,10 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         },
         format: output_format(&task.output),
         max_side: task.output.max_side,
+        generate: match &task.background {
+            BackgroundSpec::Generate(spec) => Some(generate_job(ctx, &tenant, spec, &limits).await?),
+            _ => None,
+        },
         limits,
         ..Default::default()
     };
@@ -203,9 +220,16 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                 put(ctx.s3, &result_key, output.image, image_type).await?;
                 put(ctx.s3, &matte_key, output.matte_png, "image/png").await?;
                 put(ctx.s3, &embedding_key, npy_f32(&output.embedding), "application/octet-stream").await?;
+                let mut variants = Vec::with_capacity(output.variants.len());
+                for (k, variant) in output.variants.iter().enumerate() {
+                    let (result_key, embedding_key) = variant_keys(&result_key, &embedding_key, extension, k + 1);
+                    put(ctx.s3, &result_key, variant.image.clone(), image_type).await?;
+                    put(ctx.s3, &embedding_key, npy_f32(&variant.embedding), "application/octet-stream").await?;
+                    variants.push(VariantItem { result_key, embedding_key, seed: variant.seed });
+                }
                 let upload_ms = started.elapsed().as_secs_f64() * 1e3;
                 let t = &output.record.timings_ms;
-                let latency_ms = download + t.cpu_ms() + t.forward_ms + upload_ms;
+                let latency_ms = download + t.cpu_ms() + t.forward_ms + t.generate_ms + upload_ms;
                 Ok::<_, AttemptError>(ManifestItem {
                     input_key: output.record.id.clone(),
                     result_key,
@@ -214,6 +238,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                     download_ms: download,
                     upload_ms,
                     latency_ms,
+                    variants,
                     record: output.record,
                 })
             }
@@ -241,6 +266,56 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     put(ctx.s3, &manifest_key, json, "application/json").await?;
     Ok(TaskResult { succeeded, failures, manifest: manifest_key })
 }
+
+/// Keys of generated result `k` (from 1) beside the first result's: `<item>.<k>.<ext>` and
+/// `<item>.<k>.embedding.npy`.
+fn variant_keys(result_key: &str, embedding_key: &str, extension: &str, k: usize) -> (String, String) {
+    let stem = result_key.strip_suffix(&format!(".{extension}")).unwrap_or(result_key);
+    let emb = embedding_key.strip_suffix(".embedding.npy").unwrap_or(embedding_key);
+    (format!("{stem}.{k}.{extension}"), format!("{emb}.{k}.embedding.npy"))
+}
+
+/// The generator and settings of a generate job; the reference image is read once per task.
+async fn generate_job(
+    ctx: &TaskContext<'_>,
+    tenant: &TenantId,
+    spec: &fleet_common::job::GenerateSpec,
+    limits: &DecodeLimits,
+) -> Result<crate::generate::GenerateJob, AttemptError> {
+    use fleet_common::job::SamplingPreset;
+    let generator =
+        ctx.generator.clone().ok_or_else(|| AttemptError("no generator was loaded for a generate job".into()))?;
+    let reference = match &spec.reference_image {
+        Some(key) => {
+            check_tenant_key(tenant, key).map_err(|e| AttemptError(e.to_string()))?;
+            let bytes = get(ctx.s3, key).await.map_err(|e| AttemptError(format!("reference image: {e}")))?;
+            Some(decode(&bytes, limits).map_err(|e| AttemptError(format!("reference image {key}: {e}")))?.rgb)
+        }
+        None => None,
+    };
+    let (steps, guidance) = spec.steps_and_guidance();
+    Ok(crate::generate::GenerateJob {
+        generator,
+        options: crate::generate::GenerateOptions {
+            prompt: spec.prompt.clone(),
+            negative_prompt: spec.negative_prompt.clone(),
+            reference,
+            seed: spec.seed,
+            steps,
+            guidance,
+            results: spec.results,
+            sampler: match spec.sampling {
+                SamplingPreset::Fast => crate::diffusion::SamplerKind::Ddim { eta: 0.0 },
+                SamplingPreset::Quality => crate::diffusion::SamplerKind::Euler,
+            },
+            dilate_pct: GENERATE_MARGIN_PCT,
+        },
+    })
+}
+
+/// Margin kept around the product when its background is generated, percent of the long
+/// side: the product's soft edge is composited over the new background, never generated.
+const GENERATE_MARGIN_PCT: f32 = 2.0;
 
 /// An input's bytes and download time, or why it has none.
 type Fetched = Result<(Vec<u8>, f64), ItemFailureReport>;
@@ -303,6 +378,8 @@ async fn background(
             Background::Color(fleet_common::job::parse_hex_color(color).map_err(AttemptError)?)
         }
         BackgroundSpec::Blur { strength_pct } => Background::Blur { sigma_pct: *strength_pct },
+        // Generated per image by the engine; this is what a cut-out falls back to.
+        BackgroundSpec::Generate(_) => Background::Transparent,
         BackgroundSpec::Image { key } => {
             check_tenant_key(tenant, key).map_err(|e| AttemptError(e.to_string()))?;
             let bytes = get(s3, key).await.map_err(|e| AttemptError(format!("background image: {e}")))?;

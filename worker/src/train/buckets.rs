@@ -18,7 +18,14 @@ pub const AREA_TOLERANCE: f64 = 0.10;
 /// side) nearest the ratio among those whose area is within [`AREA_TOLERANCE`] of the
 /// budget; when no pair near the ideal sides is, the pair nearest the budget.
 pub fn buckets(pixel_budget: u32) -> Vec<(u32, u32)> {
-    let mut out: Vec<(u32, u32)> = RATIOS.iter().map(|&(a, b)| bucket(pixel_budget, a, b)).collect();
+    buckets_of(pixel_budget, SIDE_MULTIPLE)
+}
+
+/// [`buckets`] with sides that are multiples of `multiple` (a generator's down-sampling,
+/// times its VAE's for latent models).
+pub fn buckets_of(pixel_budget: u32, multiple: u32) -> Vec<(u32, u32)> {
+    let multiple = multiple.max(1);
+    let mut out: Vec<(u32, u32)> = RATIOS.iter().map(|&(a, b)| bucket(pixel_budget, a, b, multiple)).collect();
     out.sort_by(|x, y| aspect(x.0, x.1).total_cmp(&aspect(y.0, y.1)));
     out.dedup();
     out
@@ -48,13 +55,13 @@ fn aspect(w: u32, h: u32) -> f64 {
 }
 
 /// The bucket of ratio `a : b` at `budget` pixels.
-fn bucket(budget: u32, a: u32, b: u32) -> (u32, u32) {
+fn bucket(budget: u32, a: u32, b: u32, multiple: u32) -> (u32, u32) {
     let budget = f64::from(budget);
     let ratio = f64::from(a) / f64::from(b);
     let candidates = |ideal: f64| {
-        let m = f64::from(SIDE_MULTIPLE);
+        let m = f64::from(multiple);
         let centre = (ideal / m).round() as i64;
-        (centre - 2..=centre + 2).filter(|&k| k >= 1).map(|k| k as u32 * SIDE_MULTIPLE).collect::<Vec<u32>>()
+        (centre - 2..=centre + 2).filter(|&k| k >= 1).map(|k| k as u32 * multiple).collect::<Vec<u32>>()
     };
     let widths = candidates((budget * ratio).sqrt());
     let heights = candidates((budget / ratio).sqrt());

@@ -104,7 +104,7 @@ pub fn split_by_quality(scores: &[MaskQuality], threshold: f64) -> (Vec<usize>, 
 }
 
 /// Square dilation by `radius` pixels, as two running-count passes (rows, then columns).
-fn dilate(fg: &[bool], width: usize, height: usize, radius: usize) -> Vec<bool> {
+pub(crate) fn dilate(fg: &[bool], width: usize, height: usize, radius: usize) -> Vec<bool> {
     let pass = |src: &[bool], len: usize, lines: usize, at: &dyn Fn(usize, usize) -> usize| {
         let mut out = vec![false; src.len()];
         for line in 0..lines {

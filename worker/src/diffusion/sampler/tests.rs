@@ -46,6 +46,7 @@ fn options(sampler: SamplerKind, steps: usize, seeds: Vec<u64>) -> SampleOptions
         shape: vec![1, 16, 16],
         seeds,
         guidance: None,
+        clip: None,
         device: Device::Cpu,
     }
 }

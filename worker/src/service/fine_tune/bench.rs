@@ -76,7 +76,8 @@ fn samples(count: usize) -> Vec<Loaded> {
                 line: i + 1,
                 sample: Sample {
                     image: format!("bench/images/{i}.png"),
-                    mask: format!("bench/masks/{i}.png"),
+                    mask: Some(format!("bench/masks/{i}.png")),
+                    prompt: None,
                     contributor: Some(format!("contributor-{}", i % 7)),
                     licence: Some("cc0".into()),
                 },
@@ -166,7 +167,7 @@ impl BenchTrain {
             let (inputs, targets) = step_batch(&prepared, &set, &h, step, device);
             opt.zero_grad();
             let alpha = forward(&module, manifest, &inputs).map_err(anyhow::Error::msg)?;
-            let loss = matting_loss(&alpha, &targets, manifest.output.alpha);
+            let loss = matting_loss(&alpha, &targets, manifest.matting_output().alpha);
             loss.backward();
             opt.step();
             let _ = loss.double_value(&[]);
