@@ -1,5 +1,7 @@
 //! The `fine_tune` job: train a matting model from the registry on a tenant's own image +
-//! mask pairs, in two phases, and register the result as the tenant's model.
+//! mask pairs (or, with `target: background_generator`, a diffusion inpainting generator on
+//! images + prompts with masks made by a matting model), in two phases, and register the
+//! result as the tenant's model.
 //!
 //! ```json
 //! {"id": "ft-glass-1", "priority": "batch", "kind": "fine_tune",

@@ -128,7 +128,8 @@ pub struct GenerateSpec {
     /// Denoiser steps (1..=200); the preset's when absent.
     #[serde(default)]
     pub steps: Option<u32>,
-    /// Classifier-free guidance scale (1..=20; 1 = none); the preset's when absent.
+    /// Classifier-free guidance scale (1..=20; 1 = none); the generator's own, else the
+    /// preset's, when absent.
     #[serde(default)]
     pub guidance: Option<f32>,
     /// Results per input image (1..=8), each a full output with its own seed.
@@ -147,21 +148,22 @@ fn default_results() -> u32 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SamplingPreset {
-    /// Deterministic DDIM, 8 steps, guidance 3.
+    /// Deterministic DDIM, 8 steps, guidance 5.
     Fast,
-    /// Euler, 30 steps, guidance 4.
+    /// Euler, 30 steps, guidance 7.5 (Stable Diffusion's default).
     #[default]
     Quality,
 }
 
 impl GenerateSpec {
-    /// Steps and guidance after the preset fills what the job left out.
-    pub fn steps_and_guidance(&self) -> (u32, f32) {
+    /// Steps and guidance: the job's, else the generator's own guidance (`model_guidance`),
+    /// else the preset's.
+    pub fn steps_and_guidance(&self, model_guidance: Option<f32>) -> (u32, f32) {
         let (steps, guidance) = match self.sampling {
-            SamplingPreset::Fast => (8, 3.0),
-            SamplingPreset::Quality => (30, 4.0),
+            SamplingPreset::Fast => (8, 5.0),
+            SamplingPreset::Quality => (30, 7.5),
         };
-        (self.steps.unwrap_or(steps), self.guidance.unwrap_or(guidance))
+        (self.steps.unwrap_or(steps), self.guidance.or(model_guidance).unwrap_or(guidance))
     }
 }
 

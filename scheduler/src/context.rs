@@ -21,13 +21,21 @@ use lapin::{BasicProperties, Channel};
 /// How long a resolved model stays trusted without asking the registry again.
 const MODEL_CACHE_TTL: Duration = Duration::from_secs(30);
 
-/// Device memory a model needs, from its manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Device memory a model needs, and what it does, from its manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelNeed {
     /// Weights, MiB.
     pub weights_mib: u64,
     /// Activations per image in a forward pass, MiB.
     pub memory_per_image_mib: u64,
+    /// Matting model or background generator.
+    pub task: fleet_common::manifest::Task,
+}
+
+impl Default for ModelNeed {
+    fn default() -> Self {
+        ModelNeed { weights_mib: 0, memory_per_image_mib: 0, task: fleet_common::manifest::Task::Matting }
+    }
 }
 
 /// Scheduler settings.
@@ -94,6 +102,7 @@ impl Scheduler {
                 let need = ModelNeed {
                     weights_mib: manifest.weights_mib.ceil() as u64,
                     memory_per_image_mib: manifest.memory_per_image_mib.ceil() as u64,
+                    task: manifest.task,
                 };
                 self.models.lock().expect("model cache").insert(key, (Instant::now(), need));
                 Ok(need)

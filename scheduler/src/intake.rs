@@ -4,9 +4,11 @@
 //! bad message never stops the consumer.
 
 use fleet_common::amqp::header_str;
-use fleet_common::job::{is_valid_id, validate, JobKind, Rejection, ValidJob};
+use fleet_common::finetune::Target;
+use fleet_common::job::{is_valid_id, validate, BackgroundSpec, JobKind, Rejection, ValidJob};
 use fleet_common::jobstore::{Created, JobRecord};
 use fleet_common::keys::TenantId;
+use fleet_common::manifest::{ModelRef, Task};
 use fleet_common::metrics;
 use fleet_common::protocol::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
 use fleet_common::registry::{self, RegistryError};
@@ -84,21 +86,24 @@ async fn accept(
     traceparent: String,
 ) -> (Disposition, Intake) {
     let id = valid.request.id.clone();
-    match sched.resolve_model(&tenant, &valid.model).await {
-        Ok(_) => {}
-        Err(RegistryError::UnknownModel { model }) => {
-            let rejection = Rejection {
+    // Every model the job names must exist and do what the job uses it for.
+    for (model, want, role) in models_named(&valid) {
+        let rejection = match sched.resolve_model(&tenant, &model).await {
+            Ok(need) if need.task == want => continue,
+            Ok(need) => Rejection {
+                code: "invalid".into(),
+                reason: format!("{role} {model} is a {} model, not a {}", task_name(need.task), task_name(want)),
+            },
+            Err(RegistryError::UnknownModel { model }) => Rejection {
                 code: "unknown_model".into(),
                 reason: format!("model {model} is not in the registry (models/{}/{}/)", model.name, model.version),
-            };
-            return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
-        }
-        Err(RegistryError::BadManifest { model, source }) => {
-            let rejection =
-                Rejection { code: "invalid".into(), reason: format!("model {model} is unusable: {source}") };
-            return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
-        }
-        Err(e) => return (Disposition::Retry(format!("model registry: {e}")), Intake::Done),
+            },
+            Err(RegistryError::BadManifest { model, source }) => {
+                Rejection { code: "invalid".into(), reason: format!("model {model} is unusable: {source}") }
+            }
+            Err(e) => return (Disposition::Retry(format!("model registry: {e}")), Intake::Done),
+        };
+        return (reject(sched, events, &tenant, &id, rejection).await, Intake::Done);
     }
     if let JobKind::FineTune(spec) = &valid.work {
         // Registered models never change under a name and version.
@@ -119,6 +124,39 @@ async fn accept(
         }
     }
     record(sched, events, tenant, valid, traceparent).await
+}
+
+/// The models a job names, what each must be, and its role in the job.
+fn models_named(valid: &ValidJob) -> Vec<(ModelRef, Task, &'static str)> {
+    let mut models = Vec::new();
+    match &valid.work {
+        JobKind::BackgroundReplace(spec) => {
+            models.push((valid.model.clone(), Task::Matting, "model"));
+            if let BackgroundSpec::Generate(g) = &spec.background {
+                if let Ok(generator) = g.model.parse() {
+                    models.push((generator, Task::BackgroundGenerator, "background.model"));
+                }
+            }
+        }
+        JobKind::FineTune(spec) => {
+            let base = match spec.target {
+                Target::Matting => Task::Matting,
+                Target::BackgroundGenerator => Task::BackgroundGenerator,
+            };
+            models.push((valid.model.clone(), base, "base_model"));
+            if let Some(mask) = spec.generator.as_ref().and_then(|g| g.mask_model.parse().ok()) {
+                models.push((mask, Task::Matting, "generator.mask_model"));
+            }
+        }
+    }
+    models
+}
+
+fn task_name(task: Task) -> &'static str {
+    match task {
+        Task::Matting => "matting",
+        Task::BackgroundGenerator => "background generator",
+    }
 }
 
 async fn record(

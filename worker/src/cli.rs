@@ -56,7 +56,7 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         per_class: usize,
         /// Steps of phase 1 and of phase 2.
-        #[arg(long, value_delimiter = ',', default_value = "2400,400")]
+        #[arg(long, value_delimiter = ',', default_value = "4000,600")]
         steps: Vec<u32>,
         /// Held-out photos each model is checked on.
         #[arg(long, default_value_t = 120)]
@@ -75,6 +75,24 @@ enum Command {
         /// Write each input beside its result here (named by the class asked for and seen).
         #[arg(long)]
         save: Option<PathBuf>,
+    },
+    /// Benchmark the reference generator: sampler steps/s against a bare tch loop (rounds
+    /// interleaved), photos/s in fast and quality mode; prints a table for BENCHMARKS.md.
+    BenchGenerate {
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 30)]
+        steps: u32,
+        /// Results per photo (the sampler's batch).
+        #[arg(long, default_value_t = 4)]
+        results: u32,
+        #[arg(long, default_value_t = 12)]
+        photos: usize,
+        /// Side of the square test photos.
+        #[arg(long, default_value_t = 256)]
+        side: u32,
     },
     /// Run the engine over every image in a folder, with a contact sheet.
     RunFolder {
@@ -269,8 +287,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let generator = crate::generate::Generator::load(&generator, device)?;
             let classifier = crate::generate::classifier::BackdropClassifier::train(3, 60, 12);
             for (mode, sampler, steps, guidance) in [
-                ("fast", crate::diffusion::SamplerKind::Ddim { eta: 0.0 }, 8, 3.0),
-                ("quality", crate::diffusion::SamplerKind::Euler, 30, 4.0),
+                ("fast", crate::diffusion::SamplerKind::Ddim { eta: 0.0 }, 8, generator.spec.guidance.unwrap_or(5.0)),
+                ("quality", crate::diffusion::SamplerKind::Euler, 30, generator.spec.guidance.unwrap_or(7.5)),
             ] {
                 let opts = crate::generate::GenerateOptions {
                     prompt: None,
@@ -294,6 +312,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 )?;
                 println!("{}", serde_json::json!({"mode": mode, "evaluation": e}));
             }
+        }
+        Command::BenchGenerate { models, rounds, steps, results, photos, side } => {
+            let device = crate::engine::resolve_device(fleet_common::DeviceSpec::Auto)?;
+            let dir = crate::reference::generator::dir_of(&models, crate::reference::generator::NAME);
+            let generator = crate::generate::Generator::load(&dir, device)?;
+            let b = crate::generate::bench::run(&generator, rounds, steps, results, photos, side)?;
+            println!("{}", crate::generate::bench::markdown(&b, generator.sample_size(side, side), side));
+            println!("{}", serde_json::to_string_pretty(&b)?);
         }
         Command::RunFolder { model, input, output, background, format, morphology, batch, no_decontaminate } => {
             let limits = DecodeLimits::default();

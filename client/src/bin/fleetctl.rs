@@ -129,9 +129,21 @@ struct SubmitArgs {
     /// Explicit keys.
     #[arg(long, value_delimiter = ',')]
     keys: Vec<String>,
-    /// transparent | color:#rrggbb | blur[:PCT] | image:KEY
+    /// transparent | color:#rrggbb | blur[:PCT] | image:KEY | generate:PROMPT
     #[arg(long, default_value = "color:#ffffff")]
     background: String,
+    /// Background generator of `generate:PROMPT`.
+    #[arg(long, default_value = "bg-gen-ref@1.0.0")]
+    generator: String,
+    /// Generated results per image.
+    #[arg(long, default_value_t = 1)]
+    results: u32,
+    /// fast | quality (generated backgrounds).
+    #[arg(long, default_value = "quality")]
+    sampling: String,
+    /// Seed of the first generated result.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// png | jpeg[:Q] | webp
     #[arg(long, default_value = "jpeg:90")]
     format: String,
@@ -337,6 +349,8 @@ fn job_from_flags(args: &SubmitArgs) -> anyhow::Result<serde_json::Value> {
         "blur" if arg.is_empty() => serde_json::json!({"mode": "blur"}),
         "blur" => serde_json::json!({"mode": "blur", "strength_pct": arg.parse::<f32>()?}),
         "image" => serde_json::json!({"mode": "image", "key": arg}),
+        "generate" => serde_json::json!({"mode": "generate", "model": args.generator, "prompt": arg,
+                                         "results": args.results, "sampling": args.sampling, "seed": args.seed}),
         _ => anyhow::bail!("unknown background {:?}", args.background),
     };
     let (format, quality) = args.format.split_once(':').unwrap_or((&args.format, "90"));

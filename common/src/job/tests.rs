@@ -150,3 +150,51 @@ fn a_shadow_goes_with_any_background_and_has_defaults() {
     spec["shadow"] = serde_json::json!({"kind": "sideways"});
     assert_eq!(rejected(&job(spec)).code, "malformed");
 }
+
+fn generate(background: serde_json::Value) -> Vec<u8> {
+    let mut spec = good_spec();
+    spec["background"] = background;
+    job(spec)
+}
+
+#[test]
+fn a_generate_background_validates_with_its_preset_filling_the_gaps() {
+    let body = generate(serde_json::json!({"mode": "generate", "model": "bg-gen-ref@1.0.0", "prompt": "white marble",
+                                           "results": 3, "sampling": "fast", "seed": 9}));
+    let JobKind::BackgroundReplace(spec) = validate(&body, &tenant()).unwrap().work else { panic!() };
+    let BackgroundSpec::Generate(g) = spec.background else { panic!("{:?}", spec.background) };
+    assert_eq!((g.results, g.seed, g.sampling), (3, 9, SamplingPreset::Fast));
+    assert_eq!(g.steps_and_guidance(None), (8, 5.0));
+    assert_eq!(g.steps_and_guidance(Some(3.0)), (8, 3.0), "the generator's own guidance beats the preset's");
+    let quality = GenerateSpec { sampling: SamplingPreset::Quality, steps: Some(12), ..g };
+    assert_eq!(quality.steps_and_guidance(None), (12, 7.5), "the job's steps win over the preset's");
+    let guided = GenerateSpec { guidance: Some(2.0), ..quality };
+    assert_eq!(guided.steps_and_guidance(Some(3.0)), (12, 2.0), "the job's guidance wins over all");
+}
+
+#[test]
+fn a_generate_background_out_of_bounds_is_refused_with_the_field_named() {
+    let base = serde_json::json!({"mode": "generate", "model": "bg-gen-ref@1.0.0", "prompt": "wood"});
+    let cases = [
+        ("results", serde_json::json!(0), "results"),
+        ("results", serde_json::json!(9), "results"),
+        ("steps", serde_json::json!(0), "steps"),
+        ("steps", serde_json::json!(201), "steps"),
+        ("guidance", serde_json::json!(0.5), "guidance"),
+        ("model", serde_json::json!("no-version"), "model"),
+        ("prompt", serde_json::json!("x".repeat(MAX_PROMPT_CHARS + 1)), "prompt"),
+        ("reference_image", serde_json::json!("tenant-b/ref.png"), "tenant-b"),
+    ];
+    for (field, value, named) in cases {
+        let mut background = base.clone();
+        background[field] = value;
+        let r = rejected(&generate(background));
+        assert!(r.reason.contains(named), "{field}: {}", r.reason);
+    }
+    let mut silent = base.clone();
+    silent.as_object_mut().unwrap().remove("prompt");
+    assert!(rejected(&generate(silent)).reason.contains("prompt or"));
+    let mut unknown = base;
+    unknown["strength"] = serde_json::json!(1);
+    assert_eq!(rejected(&generate(unknown)).code, "malformed", "unknown generate fields are refused");
+}

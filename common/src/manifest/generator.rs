@@ -123,6 +123,10 @@ pub struct GeneratorSpec {
     /// `clip_sample_range`; 1.0 for pixel models, absent for latent ones).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_sample: Option<f64>,
+    /// The guidance scale this model samples best at, used when a job gives none (the
+    /// sampling preset's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
 }
 
 impl GeneratorSpec {
@@ -162,6 +166,9 @@ impl GeneratorSpec {
         }
         if self.clip_sample.is_some_and(|c| !(c.is_finite() && c > 0.0)) {
             return Err(("generator.clip_sample", "must be a positive number".into()));
+        }
+        if self.guidance.is_some_and(|g| !(1.0..=20.0).contains(&g)) {
+            return Err(("generator.guidance", "must be within 1..=20".into()));
         }
         if !(1..=64).contains(&self.multiple_of) {
             return Err(("generator.multiple_of", "must be within 1..=64".into()));

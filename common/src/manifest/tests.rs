@@ -81,3 +81,75 @@ fn model_refs_parse_and_print() {
         assert!(bad.parse::<ModelRef>().is_err(), "{bad:?} should be refused");
     }
 }
+
+fn generator_manifest() -> ModelManifest {
+    use generator::*;
+    ModelManifest {
+        name: "bg-gen".into(),
+        task: Task::BackgroundGenerator,
+        file: "denoiser.pt".into(),
+        output: None,
+        generator: Some(GeneratorSpec {
+            prediction: Prediction::V,
+            schedule: ScheduleSpec {
+                beta_schedule: BetaSchedule::ScaledLinear,
+                beta_start: 0.00085,
+                beta_end: 0.012,
+                train_steps: 1000,
+            },
+            space: Space::Latent {
+                encoder: "vae_enc.pt".into(),
+                decoder: "vae_dec.pt".into(),
+                channels: 4,
+                downsample: 8,
+            },
+            conditioning: ConditioningSpec::Text {
+                encoder: "text.pt".into(),
+                tokenizer: "tokenizer.json".into(),
+                max_tokens: 77,
+                pad_id: 49407,
+                negative_prompt: true,
+            },
+            pixel_budget: 1 << 20,
+            multiple_of: 8,
+            clip_sample: None,
+            guidance: Some(7.5),
+        }),
+        ..sample()
+    }
+}
+
+#[test]
+fn a_generator_manifest_round_trips_and_names_every_component_file() {
+    let m = generator_manifest();
+    let json = serde_json::to_vec(&m).unwrap();
+    assert_eq!(ModelManifest::from_json(&json).unwrap(), m);
+    let files = m.generator.as_ref().unwrap().files();
+    assert_eq!(files, ["vae_enc.pt", "vae_dec.pt", "text.pt", "tokenizer.json"]);
+}
+
+#[test]
+fn a_generator_manifest_breaking_the_contract_is_refused_with_the_field_named() {
+    let broken: Vec<(&str, Box<dyn Fn(&mut ModelManifest)>)> = vec![
+        ("generator", Box::new(|m| m.generator = None)),
+        ("output", Box::new(|m| m.task = Task::Matting)),
+        ("generator.schedule", Box::new(|m| m.generator.as_mut().unwrap().schedule.beta_end = 0.0)),
+        ("generator.pixel_budget", Box::new(|m| m.generator.as_mut().unwrap().pixel_budget = 10)),
+        ("generator.clip_sample", Box::new(|m| m.generator.as_mut().unwrap().clip_sample = Some(-1.0))),
+        (
+            "generator",
+            Box::new(|m| {
+                m.generator.as_mut().unwrap().conditioning =
+                    generator::ConditioningSpec::Image { encoder: "../escape.pt".into(), height: 224, width: 224 }
+            }),
+        ),
+    ];
+    for (field, breaks) in broken {
+        let mut m = generator_manifest();
+        breaks(&mut m);
+        match m.validate() {
+            Err(ManifestError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}

@@ -10,6 +10,7 @@
 //!   [--> VAE decoder] --> backgrounds at the photo's size --> compositor (product restored)
 //! ```
 
+pub mod bench;
 pub mod classifier;
 pub mod evaluate;
 pub mod masks;

@@ -159,6 +159,11 @@ impl Generator {
         Ok(Generator { manifest, spec, schedule, dir: dir.to_path_buf(), denoiser, vae, encoder, tokenizer, device })
     }
 
+    /// The TorchScript denoiser.
+    pub fn denoiser(&self) -> &CModule {
+        &self.denoiser
+    }
+
     /// The device it runs on.
     pub fn device(&self) -> Device {
         self.device

@@ -56,7 +56,7 @@ pub struct GeneratorConfig {
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
-        GeneratorConfig { per_class: 60, seed: 11, steps: (2400, 400), batch: 16, masks: MaskSource::Background }
+        GeneratorConfig { per_class: 60, seed: 11, steps: (4000, 600), batch: 16, masks: MaskSource::Background }
     }
 }
 
@@ -88,6 +88,8 @@ fn spec() -> GeneratorSpec {
         pixel_budget: PIXEL_BUDGET,
         multiple_of: 4,
         clip_sample: Some(1.0),
+        // Measured: stronger guidance over-saturates this small model (EXPERIMENTS.md).
+        guidance: Some(5.0),
     }
 }
 
@@ -326,7 +328,7 @@ pub fn masks_experiment(
             reference: None,
             seed: 1,
             steps: 30,
-            guidance: 4.0,
+            guidance: generator.spec.guidance.unwrap_or(7.5),
             results: 1,
             sampler: crate::diffusion::SamplerKind::Euler,
             dilate_pct: 2.0,

@@ -1,6 +1,8 @@
 //! A `fine_tune` task on a worker: the data set from S3, the base model from the registry,
 //! training on a thread of its own, checkpoints to S3 under the task's lease, and the
-//! trained model registered in the tenant's own registry.
+//! trained model registered in the tenant's own registry. This file trains matting models;
+//! `target: background_generator` goes to [`generator`], which shares the checkpoints,
+//! progress relay and registration below.
 //!
 //! ```text
 //! data set (JSON lines) --> refusals (no licence, no contributor, bad key, unreadable,
@@ -196,25 +198,49 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     };
 
     let model_prefix = register(ctx, &tenant, spec, &outcome.dir).await?;
+    let run = Run { base: &base_ref, digest: &digest, refusals: &refusals, checkpoint_s, started };
+    write_report(ctx, &results, spec, &model_prefix, &outcome, &run).await.map(Ended::Trained)
+}
+
+/// What a fine-tune's report says about the run around the training itself.
+struct Run<'a> {
+    base: &'a ModelRef,
+    digest: &'a str,
+    refusals: &'a [Refusal],
+    checkpoint_s: f64,
+    started: Instant,
+}
+
+/// Writes `<results>fine-tune.json` under the lease; its one item is the registered model.
+async fn write_report(
+    ctx: &FineTuneContext<'_>,
+    results: &str,
+    spec: &FineTuneSpec,
+    model_prefix: &str,
+    outcome: &TrainOutcome,
+    run: &Run<'_>,
+) -> Result<TaskResult, AttemptError> {
     let report = serde_json::json!({
-        "model": format!("{model_prefix}"),
+        "model": model_prefix,
         "model_ref": spec.output.model_ref().to_string(),
-        "parent": base_ref.to_string(),
-        "data": {"key": spec.data, "sha256": digest, "accepted": outcome.report["samples"], "refused": refusals},
+        "target": spec.target,
+        "parent": run.base.to_string(),
+        "data": {"key": spec.data, "sha256": run.digest, "accepted": outcome.report["samples"], "refused": run.refusals},
         "filter": outcome.report["filter"],
         "phases": outcome.report["phases"],
         "base_validation": outcome.report["base_validation"],
         "resumed_from": outcome.report["resumed_from"],
         "steps": outcome.report["steps"],
         "hyper": spec.hyper,
+        "generator": spec.generator,
         "train_seconds": outcome.report["train_seconds"],
-        "checkpoint_seconds": checkpoint_s,
-        "seconds": started.elapsed().as_secs_f64(),
+        "checkpoint_seconds": run.checkpoint_s,
+        "seconds": run.started.elapsed().as_secs_f64(),
     });
     let key = format!("{results}fine-tune.json");
     ctx.fence.check().await?;
     put(ctx.s3, &key, serde_json::to_vec_pretty(&report).expect("a report serialises"), "application/json").await?;
-    Ok(Ended::Trained(TaskResult { succeeded: 1, failures: Vec::new(), manifest: key }))
+    Ok(TaskResult { succeeded: 1, failures: Vec::new(), manifest: key })
 }
 
 /// Relays the training thread's events until it ends: progress to the scheduler,

@@ -293,7 +293,7 @@ async fn generate_job(
         }
         None => None,
     };
-    let (steps, guidance) = spec.steps_and_guidance();
+    let (steps, guidance) = spec.steps_and_guidance(generator.spec.guidance);
     Ok(crate::generate::GenerateJob {
         generator,
         options: crate::generate::GenerateOptions {

@@ -36,8 +36,7 @@ use tokio::sync::mpsc;
 
 use super::{
     download_checkpoint, embed, finished_without_model, infer_alpha, pick_batch, progress, split, summarize,
-    AttemptError, CheckpointState, Ended, Event, FineTuneContext, Phase2, TaskResult, TrainOutcome, Trained,
-    SAMPLE_FETCHES,
+    AttemptError, CheckpointState, Ended, Event, FineTuneContext, Phase2, TrainOutcome, Trained, SAMPLE_FETCHES,
 };
 use crate::diffusion::sampler::seeded_noise;
 use crate::diffusion::NoiseSchedule;
@@ -115,8 +114,11 @@ impl GeneratorJob {
         let started = Instant::now();
         let device = crate::engine::runtime::resolve_device(self.device).map_err(|e| e.to_string())?;
         let manifest = read_manifest(&self.base_dir)?;
-        let spec = manifest.generator.clone().ok_or("the base model is not a background generator")?;
+        let mut spec = manifest.generator.clone().ok_or("the base model is not a background generator")?;
         let h = &self.hyper;
+        // The job's pixel budget is the trained generator's sample size from now on (a GPU
+        // fine-tune of a CPU-sized generator trains, and then samples, larger).
+        spec.pixel_budget = h.pixel_budget;
         let total = h.total_steps();
         let schedule = NoiseSchedule::of(&spec.schedule);
 
@@ -319,6 +321,7 @@ impl GeneratorJob {
              "validation": (h.steps_phase2 > 0).then(|| validation_json(final_validation))},
         ]);
         let mut out = manifest.clone();
+        out.generator = Some(spec.clone());
         out.name = self.output.name.clone();
         out.version = self.output.version.clone();
         out.trainable_file = None;
@@ -642,28 +645,8 @@ pub(super) async fn run(
         Trained::Yielded(step) => return Ok(Ended::Yielded { step }),
     };
     let model_prefix = super::register(ctx, &tenant, spec, &outcome.dir).await?;
-    let report = serde_json::json!({
-        "model": model_prefix,
-        "model_ref": spec.output.model_ref().to_string(),
-        "target": "background_generator",
-        "parent": base_ref.to_string(),
-        "data": {"key": spec.data, "sha256": digest, "accepted": outcome.report["samples"], "refused": refusals},
-        "filter": outcome.report["filter"],
-        "phases": outcome.report["phases"],
-        "base_validation": outcome.report["base_validation"],
-        "resumed_from": outcome.report["resumed_from"],
-        "steps": outcome.report["steps"],
-        "hyper": spec.hyper,
-        "generator": spec.generator,
-        "train_seconds": outcome.report["train_seconds"],
-        "checkpoint_seconds": checkpoint_s,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    let key = format!("{results}fine-tune.json");
-    ctx.fence.check().await?;
-    super::put(ctx.s3, &key, serde_json::to_vec_pretty(&report).expect("a report serialises"), "application/json")
-        .await?;
-    Ok(Ended::Trained(TaskResult { succeeded: 1, failures: Vec::new(), manifest: key }))
+    let run = super::Run { base: &base_ref, digest: &digest, refusals: &refusals, checkpoint_s, started };
+    super::write_report(ctx, &results, spec, &model_prefix, &outcome, &run).await.map(Ended::Trained)
 }
 
 /// The folder of `model` (the tenant's or a shared one) in the host's model cache.
