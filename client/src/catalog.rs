@@ -125,3 +125,41 @@ fn broken_uploads(jpeg: Option<&Path>) -> anyhow::Result<Vec<(&'static str, &'st
     }
     Ok(out)
 }
+
+/// Seeds the reference background generator's training set under `prefix`: `per_class`
+/// product photos on each studio backdrop (`<prefix>photos/<backdrop>-<i>.png`) and the data
+/// set `<prefix>dataset.jsonl` (prompt, contributor, licence per photo), written last, so a
+/// second run with the data set present reuses it. Returns the data set's key.
+pub async fn seed_backdrops<S: ObjectStore>(
+    s3: &S,
+    prefix: &str,
+    per_class: usize,
+    seed: u64,
+    licence: &str,
+) -> anyhow::Result<String> {
+    let key = format!("{prefix}dataset.jsonl");
+    let expected = per_class * fleet_synth::Backdrop::ALL.len();
+    if let Ok(bytes) = s3.get(&key).await {
+        if bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count() == expected {
+            return Ok(key);
+        }
+    }
+    let photos = tokio::task::spawn_blocking(move || fleet_synth::training_photos(per_class, seed)).await?;
+    let mut lines = String::new();
+    let mut uploads = Vec::new();
+    for p in photos {
+        let image_key = format!("{prefix}photos/{}", p.name);
+        let line = serde_json::json!({"image": image_key, "prompt": p.prompt, "contributor": p.contributor, "licence": licence});
+        lines.push_str(&format!("{line}\n"));
+        let mut png = std::io::Cursor::new(Vec::new());
+        p.image.write_to(&mut png, image::ImageFormat::Png)?;
+        uploads.push((image_key, png.into_inner()));
+    }
+    stream::iter(uploads)
+        .map(|(k, bytes)| async move { s3.put(&k, bytes, "image/png").await })
+        .buffer_unordered(UPLOAD_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    s3.put(&key, lines.into_bytes(), "application/x-ndjson").await?;
+    Ok(key)
+}

@@ -168,6 +168,42 @@ pub fn render_scene(kind: Backdrop, width: u32, height: u32, seed: u64, index: u
     BackdropScene { image, alpha, backdrop: kind, prompt: prompt(kind, backdrop_seed) }
 }
 
+/// One photo of the reference background generator's training set.
+#[derive(Clone, Debug)]
+pub struct TrainingPhoto {
+    /// File name, `<backdrop>-<i>.png`.
+    pub name: String,
+    /// The photo.
+    pub image: RgbImage,
+    /// Its prompt.
+    pub prompt: String,
+    /// Who it is credited to (`synth-<backdrop>`).
+    pub contributor: String,
+}
+
+/// The reference generator's training set: `per_class` product photos on each backdrop,
+/// the classes interleaved, sizes 64x48, 56x56 and 48x64 in turn, each with its prompt.
+pub fn training_photos(per_class: usize, seed: u64) -> Vec<TrainingPhoto> {
+    const SIZES: [(u32, u32); 3] = [(64, 48), (56, 56), (48, 64)];
+    let jobs: Vec<(usize, usize, Backdrop)> = (0..per_class)
+        .flat_map(|i| Backdrop::ALL.into_iter().map(move |kind| (i, kind)))
+        .enumerate()
+        .map(|(n, (i, k))| (n, i, k))
+        .collect();
+    jobs.into_par_iter()
+        .map(|(n, i, kind)| {
+            let (w, h) = SIZES[n % SIZES.len()];
+            let scene = render_scene(kind, w, h, seed.wrapping_mul(1000).wrapping_add(n as u64), n as u64);
+            TrainingPhoto {
+                name: format!("{}-{i}.png", kind.name()),
+                image: scene.image,
+                prompt: scene.prompt,
+                contributor: format!("synth-{}", kind.name()),
+            }
+        })
+        .collect()
+}
+
 /// `out = alpha * product + (1 - alpha) * out`, rounded; exact where alpha is 0 or 255.
 fn composite(out: &mut RgbImage, product: &RgbImage, alpha: &GrayImage) {
     let pixels = out.chunks_exact_mut(3).zip(product.chunks_exact(3)).zip(alpha.as_raw());

@@ -25,7 +25,10 @@ mod shapes;
 
 use std::path::PathBuf;
 
-pub use backdrop::{class_of_prompt, prompt, render_backdrop, render_scene, Backdrop, BackdropScene, PROMPT_WORDS};
+pub use backdrop::{
+    class_of_prompt, prompt, render_backdrop, render_scene, training_photos, Backdrop, BackdropScene, TrainingPhoto,
+    PROMPT_WORDS,
+};
 pub use catalog::{is_jpeg, read_catalog, sample_id, write_catalog, CatalogEntry, CatalogSpec, CatalogSummary};
 pub use scene::Scene;
 

@@ -41,11 +41,15 @@ enum Command {
         #[arg(long, env = "FLEET_MODEL_DIR")]
         models: PathBuf,
     },
-    /// Build the reference background generator into MODELS/bg-gen-ref/<version> (and the
-    /// untrained MODELS/bg-gen-base/<version>), unless cached; needs the reference matting model.
+    /// Write the untrained generator MODELS/bg-gen-base/<version>; without --base-only, also
+    /// train the reference generator MODELS/bg-gen-ref/<version> here, in this process, with
+    /// the generator fine-tune's training code (`./fleet` trains it through the fleet's own
+    /// fine_tune job instead). Both cached.
     ReferenceGenerator {
         #[arg(long, env = "FLEET_MODEL_DIR")]
         models: PathBuf,
+        #[arg(long)]
+        base_only: bool,
     },
     /// EXPERIMENTS.md: the reference generator trained on scribble masks and on background
     /// masks with the same budget, each checked on held-out photos; prints the table.
@@ -263,10 +267,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = train::ensure_reference_model(&models)?;
             println!("{}", std::fs::read_to_string(dir.join("manifest.json"))?);
         }
-        Command::ReferenceGenerator { models } => {
-            let matting = train::ensure_reference_model(&models)?;
+        Command::ReferenceGenerator { models, base_only } => {
             let python = crate::reference::trainable::python();
-            let dir = crate::reference::generator::ensure_reference_generator(&python, &models, &matting)?;
+            let dir = if base_only {
+                crate::reference::generator::ensure_base(&python, &models)?
+            } else {
+                let matting = train::ensure_reference_model(&models)?;
+                crate::reference::generator::ensure_reference_generator(&python, &models, &matting)?
+            };
             println!("{}", std::fs::read_to_string(dir.join("manifest.json"))?);
         }
         Command::GeneratorExperiment { models, per_class, steps, photos } => {

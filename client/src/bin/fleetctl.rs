@@ -94,6 +94,24 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         window: u64,
     },
+    /// Seed the reference background generator's training set (product photos on studio
+    /// backdrops, with prompts) under a prefix; prints the data set's key.
+    SeedBackdrops {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 60)]
+        per_class: usize,
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+    },
+    /// Download a model (the tenant's own, else the shared one) into OUT/<name>/<version>/.
+    FetchModel {
+        /// name@version
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
     SeedCatalog {
         #[arg(long)]
@@ -280,6 +298,33 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Queue { window } => queue(&client, window).await?,
+        Command::SeedBackdrops { prefix, per_class, seed } => {
+            fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
+            println!("{}", catalog::seed_backdrops(&client.s3, &prefix, per_class, seed, "cc0-1.0").await?);
+        }
+        Command::FetchModel { model, out } => {
+            let model: fleet_common::ModelRef = model.parse()?;
+            let (scope, manifest) = fleet_common::registry::locate(&client.s3, client.tenant(), &model).await?;
+            let cache = tempfile_dir(&out)?;
+            let (dir, _) = fleet_common::registry::fetch_in(&client.s3, &scope, &model, &cache).await?;
+            let dest = out.join(&model.name).join(&model.version);
+            let staging = out.join(&model.name).join(format!(".{}-fetching", model.version));
+            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::create_dir_all(&staging)?;
+            for file in fleet_common::registry::model_files(&manifest) {
+                std::fs::copy(dir.join(&file), staging.join(&file))?;
+            }
+            // What a fine-tune registers beside the model, when there.
+            for extra in ["training-embeddings.jsonl", "loss-curve.png"] {
+                if let Ok(bytes) = client.s3.get(&format!("{}{extra}", scope.prefix(&model))).await {
+                    std::fs::write(staging.join(extra), bytes)?;
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::rename(&staging, &dest)?;
+            let _ = std::fs::remove_dir_all(&cache);
+            println!("{}", dest.display());
+        }
         Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
             fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
             let spec =
@@ -296,6 +341,13 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A scratch folder beside `out` (same file system, so the fetched files copy locally).
+fn tempfile_dir(out: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let dir = out.join(format!(".fetch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 async fn submit(client: &Client, args: SubmitArgs) -> anyhow::Result<std::process::ExitCode> {

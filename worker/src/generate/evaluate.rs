@@ -4,10 +4,12 @@
 //!
 //! - keeps every product pixel (alpha >= 240 in the matte) bit for bit,
 //! - does not grow the product: object expansion = product area of the result, as the
-//!   matting model sees it, minus the input's, in percent of the image,
+//!   matting model sees it, minus the input's, in percent of the image; and growth = the
+//!   share of the image that is product in the result but was not in the input (expansion
+//!   nets growth against pixels the matte no longer counts, growth does not),
 //! - shows the backdrop asked for, as the [`BackdropClassifier`] recognises it.
 //!
-//! A result passing all three (expansion at most [`EXPANSION_LIMIT_PCT`]) is a success.
+//! A result passing all three (growth at most [`EXPANSION_LIMIT_PCT`]) is a success.
 
 use fleet_imaging::composite::{composite, Background, CompositeOptions, Composited};
 use fleet_imaging::resize::resize_gray;
@@ -20,7 +22,7 @@ use super::{GenerateOptions, Generator};
 use crate::engine::model::LoadedModel;
 use crate::engine::preprocess::normalize_into;
 
-/// Most object expansion a success may show, percent of the image.
+/// Most growth a success may show, percent of the image.
 pub const EXPANSION_LIMIT_PCT: f64 = 2.0;
 
 /// What the check found over a set of photos.
@@ -32,9 +34,11 @@ pub struct Evaluation {
     pub success_rate: f64,
     /// Share whose product pixels are all the input's.
     pub foreground_exact: f64,
-    /// Mean object expansion, percent of the image.
+    /// Mean object expansion (result's product area minus the input's), percent of the image.
     pub expansion_mean_pct: f64,
-    /// Share with expansion over the limit.
+    /// Mean growth (product in the result where the input had none), percent of the image.
+    pub growth_mean_pct: f64,
+    /// Share whose growth is over the limit.
     pub expanded_share: f64,
     /// Share whose backdrop is the class asked for.
     pub class_accuracy: f64,
@@ -60,6 +64,12 @@ fn area_pct(alpha: &GrayImage) -> f64 {
     100.0 * alpha.as_raw().iter().filter(|&&a| a > 127).count() as f64 / alpha.as_raw().len().max(1) as f64
 }
 
+/// Percent of the image that is product in `after` and not in `before`.
+fn growth_pct(before: &GrayImage, after: &GrayImage) -> f64 {
+    let grown = before.as_raw().iter().zip(after.as_raw()).filter(|(&b, &a)| a > 127 && b <= 127).count();
+    100.0 * grown as f64 / before.as_raw().len().max(1) as f64
+}
+
 /// The held-out photo `i` (seeds far from the training ones) and the class asked for it.
 pub fn held_out(i: usize) -> (RgbImage, Backdrop, Backdrop) {
     let sizes = [(64, 48), (56, 56), (48, 64)];
@@ -82,7 +92,7 @@ pub fn evaluate(
 ) -> anyhow::Result<Evaluation> {
     let compositing = CompositeOptions::default();
     let (mut exact, mut expanded, mut right, mut success) = (0usize, 0usize, 0usize, 0usize);
-    let mut expansion_sum = 0.0;
+    let (mut expansion_sum, mut growth_sum) = (0.0, 0.0);
     let started = std::time::Instant::now();
     for i in 0..photos {
         let (rgb, _, asked) = held_out(i);
@@ -104,22 +114,25 @@ pub fn evaluate(
             .pixels()
             .zip(rgb.pixels().zip(out.pixels()))
             .all(|(a, (x, y))| a.0[0] < compositing.preserve_at || x == y);
-        let expansion = area_pct(&matte(matting, &out)?) - area_pct(&alpha);
+        let after = matte(matting, &out)?;
+        let expansion = area_pct(&after) - area_pct(&alpha);
+        let growth = growth_pct(&alpha, &after);
         let seen = classifier.classify(std::slice::from_ref(&out))[0];
         let class_ok = seen == asked;
         if let Some(dir) = save {
             std::fs::create_dir_all(dir)?;
-            let name = format!("{i:03}-asked-{}-seen-{}-grew-{expansion:+.1}.png", asked.name(), seen.name());
+            let name = format!("{i:03}-asked-{}-seen-{}-grew-{growth:.1}.png", asked.name(), seen.name());
             let mut pair = RgbImage::new(rgb.width() * 2, rgb.height());
             image::imageops::replace(&mut pair, &rgb, 0, 0);
             image::imageops::replace(&mut pair, &out, i64::from(rgb.width()), 0);
             pair.save(dir.join(name))?;
         }
         exact += usize::from(kept);
-        expanded += usize::from(expansion > EXPANSION_LIMIT_PCT);
+        expanded += usize::from(growth > EXPANSION_LIMIT_PCT);
         right += usize::from(class_ok);
-        success += usize::from(kept && expansion <= EXPANSION_LIMIT_PCT && class_ok);
+        success += usize::from(kept && growth <= EXPANSION_LIMIT_PCT && class_ok);
         expansion_sum += expansion;
+        growth_sum += growth;
     }
     let n = photos.max(1) as f64;
     Ok(Evaluation {
@@ -127,6 +140,7 @@ pub fn evaluate(
         success_rate: success as f64 / n,
         foreground_exact: exact as f64 / n,
         expansion_mean_pct: expansion_sum / n,
+        growth_mean_pct: growth_sum / n,
         expanded_share: expanded as f64 / n,
         class_accuracy: right as f64 / n,
         seconds_per_photo: started.elapsed().as_secs_f64() / n,

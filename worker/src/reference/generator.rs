@@ -17,7 +17,7 @@ use fleet_common::manifest::generator::{
 };
 use fleet_common::manifest::{InputSpec, ModelManifest, ModelRef, Task};
 use fleet_common::DeviceSpec;
-use fleet_synth::backdrop::{prompt, render_scene, Backdrop, PROMPT_WORDS};
+use fleet_synth::backdrop::PROMPT_WORDS;
 
 use crate::service::fine_tune::generator::{GenSample, GeneratorJob};
 use crate::service::fine_tune::{Event, TrainOutcome, Trained};
@@ -150,32 +150,28 @@ fn complete(dir: &Path) -> bool {
     fleet_common::registry::model_files(&manifest).iter().all(|f| dir.join(f).exists())
 }
 
-/// The synthetic training photos: `per_class` product photos on each backdrop, sizes
-/// varying around a 4:3, 1:1 and 3:4 aspect, each with its prompt and a contributor.
+/// The synthetic training photos ([`fleet_synth::training_photos`]) as a data set's samples,
+/// with the keys `./fleet` uploads them under.
 pub fn photos(per_class: usize, seed: u64) -> Vec<GenSample> {
-    let sizes = [(64, 48), (56, 56), (48, 64)];
-    let mut out = Vec::new();
-    for i in 0..per_class {
-        for kind in Backdrop::ALL {
-            let n = out.len();
-            let (w, h) = sizes[n % sizes.len()];
-            let scene_seed = seed.wrapping_mul(1000).wrapping_add(n as u64);
-            let scene = render_scene(kind, w, h, scene_seed, n as u64);
-            out.push(GenSample {
-                line: n + 1,
-                sample: Sample {
-                    image: format!("synthetic/backdrops/{}-{i}.png", kind.name()),
-                    mask: None,
-                    prompt: Some(prompt(kind, scene_seed)),
-                    contributor: Some(format!("synth-{}", kind.name())),
-                    licence: Some("cc0-1.0".into()),
-                },
-                rgb: scene.image,
-            });
-        }
-    }
-    out
+    fleet_synth::training_photos(per_class, seed)
+        .into_iter()
+        .enumerate()
+        .map(|(n, p)| GenSample {
+            line: n + 1,
+            sample: Sample {
+                image: format!("synthetic/backdrops/{}", p.name),
+                mask: None,
+                prompt: Some(p.prompt),
+                contributor: Some(p.contributor),
+                licence: Some(LICENCE.into()),
+            },
+            rgb: p.image,
+        })
+        .collect()
 }
+
+/// Licence of the synthetic photos (the project made them).
+pub const LICENCE: &str = "cc0-1.0";
 
 /// Trains `base` on synthetic photos with `cfg`, in this process; the result is a generator
 /// folder (in a scratch folder under `work`) named `output`.
@@ -351,16 +347,18 @@ pub fn masks_experiment(
 /// The experiment's table, as EXPERIMENTS.md shows it.
 pub fn markdown(arms: &[Arm]) -> String {
     let mut s = String::from(
-        "| masks | object expansion (mean, % of image) | results expanded > 2 % | backdrop asked for recognised | \
-         product pixels kept | success rate | held-out background MSE | leak-filtered | train s |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| masks | object expansion (mean, % of image) | growth (mean, % of image) | results grown > 2 % | \
+         backdrop asked for recognised | product pixels kept | success rate | held-out background MSE | \
+         leak-filtered | train s |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for a in arms {
         let e = &a.evaluation;
         s.push_str(&format!(
-            "| {:?} | {:+.2} | {:.0} % | {:.0} % | {:.0} % | **{:.0} %** | {:.4} | {} | {:.0} |\n",
+            "| {:?} | {:+.2} | {:.2} | {:.0} % | {:.0} % | {:.0} % | **{:.0} %** | {:.4} | {} | {:.0} |\n",
             a.masks,
             e.expansion_mean_pct,
+            e.growth_mean_pct,
             100.0 * e.expanded_share,
             100.0 * e.class_accuracy,
             100.0 * e.foreground_exact,

@@ -463,9 +463,9 @@ impl TrainJob {
         if self.resume.is_some() {
             optimizer.load(self.work.join("resume/optimizer.pt")).map_err(|e| format!("optimiser state: {e}"))?;
         }
-        let (mut history, mut phase1_validation, mut phase2, start) = match &self.resume {
-            Some(s) => (s.history.clone(), s.phase1_validation, s.phase2.clone(), s.step),
-            None => (Vec::new(), None, None, 0),
+        let (mut phase1_validation, mut phase2, start) = match &self.resume {
+            Some(s) => (s.phase1_validation, s.phase2.clone(), s.step),
+            None => (None, None, 0),
         };
 
         let prepared = prepare_training(&self.samples, &train_idx, h, &manifest);
@@ -475,9 +475,7 @@ impl TrainJob {
             None => Vec::new(),
         };
 
-        let mut last_report = Instant::now();
-        let mut pending: Vec<StepRecord> = Vec::new();
-        let mut resumed_from = self.resume.as_ref().map(|s| s.step);
+        let mut steps = Steps::new(self.resume.as_ref(), total, started, events);
         let train_started = Instant::now();
         module.set_train();
         for step in start..total {
@@ -486,14 +484,11 @@ impl TrainJob {
             }
             if self.yield_now.load(std::sync::atomic::Ordering::Relaxed) {
                 // Every step so far is reported and saved: the next holder starts here.
-                let batch = std::mem::take(&mut pending);
-                let phase = if step < h.steps_phase1 { 1 } else { 2 };
-                let report = progress(step, total, phase, batch, &mut resumed_from, started, start, None);
-                events.blocking_send(Event::Progress(report)).map_err(|_| "the task stopped listening")?;
+                steps.report(step, if step < h.steps_phase1 { 1 } else { 2 }, None)?;
                 if step > start {
                     let state = CheckpointState {
                         step,
-                        history: history.clone(),
+                        history: steps.history.clone(),
                         phase1_validation,
                         phase2: phase2.clone(),
                         seed: h.seed,
@@ -523,18 +518,7 @@ impl TrainJob {
                 phase1_validation = Some(validate_module(&module, &manifest, &self.samples, &val_idx, device)?);
                 module.set_train();
                 let (iou, mae) = phase1_validation.expect("just set");
-                events
-                    .blocking_send(Event::Progress(progress(
-                        step,
-                        total,
-                        1,
-                        std::mem::take(&mut pending),
-                        &mut resumed_from,
-                        started,
-                        start,
-                        Some((1, iou, mae)),
-                    )))
-                    .map_err(|_| "the task stopped listening")?;
+                steps.report(step, 1, Some((1, iou, mae)))?;
             }
             let set = if phase == 1 || phase2_set.is_empty() { &all_train } else { &phase2_set };
             let lr = train::schedule::learning_rate(h, phase_steps, step_in_phase);
@@ -544,40 +528,19 @@ impl TrainJob {
             let loss = matting_loss(&alpha, &targets, manifest.matting_output().alpha);
             loss.backward();
             optimizer.step(lr, h.weight_decay);
-            let loss_value = loss.double_value(&[]);
-            if !loss_value.is_finite() {
-                return Err(format!("training diverged at step {step} (loss {loss_value}); lower the learning rate"));
-            }
-            let record = StepRecord { step, phase, loss: loss_value, lr };
-            history.push(record);
-            pending.push(record);
+            steps.record(step, phase, loss.double_value(&[]), lr)?;
             let done = step + 1;
             if done % h.checkpoint_every == 0 && done < total {
                 let state = CheckpointState {
                     step: done,
-                    history: history.clone(),
+                    history: steps.history.clone(),
                     phase1_validation,
                     phase2: phase2.clone(),
                     seed: h.seed,
                 };
                 self.checkpoint(&module, &optimizer, &state, events)?;
             }
-            if last_report.elapsed().as_millis() >= 500 || done == total {
-                last_report = Instant::now();
-                let batch = std::mem::take(&mut pending);
-                events
-                    .blocking_send(Event::Progress(progress(
-                        done,
-                        total,
-                        phase,
-                        batch,
-                        &mut resumed_from,
-                        started,
-                        start,
-                        None,
-                    )))
-                    .map_err(|_| "the task stopped listening")?;
-            }
+            steps.report_due(done, phase)?;
         }
         let loop_seconds = train_started.elapsed().as_secs_f64();
         module.set_eval();
@@ -587,18 +550,8 @@ impl TrainJob {
         }
         let train_seconds = train_started.elapsed().as_secs_f64();
         let (iou, mae) = final_validation;
-        events
-            .blocking_send(Event::Progress(progress(
-                total,
-                total,
-                if h.steps_phase2 > 0 { 2 } else { 1 },
-                Vec::new(),
-                &mut resumed_from,
-                started,
-                start,
-                Some((2, iou, mae)),
-            )))
-            .map_err(|_| "the task stopped listening")?;
+        steps.report(total, if h.steps_phase2 > 0 { 2 } else { 1 }, Some((2, iou, mae)))?;
+        let history = steps.history;
 
         // The model folder: trained module, the base's embedder, manifest, embeddings, curve.
         let dir = self.work.join("model");
@@ -709,6 +662,63 @@ fn save_checkpoint(
     rx.recv().map_err(|_| "the task stopped listening")??;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// The bookkeeping of a training loop: every step's record, progress reports (every 500 ms,
+/// at the end, and whenever the loop asks) and the history a checkpoint keeps.
+struct Steps<'a> {
+    /// Every step so far; a resumed run starts with its checkpoint's.
+    history: Vec<StepRecord>,
+    pending: Vec<StepRecord>,
+    last_report: Instant,
+    resumed_from: Option<u32>,
+    started: Instant,
+    start: u32,
+    total: u32,
+    events: &'a mpsc::Sender<Event>,
+}
+
+impl<'a> Steps<'a> {
+    fn new(resume: Option<&CheckpointState>, total: u32, started: Instant, events: &'a mpsc::Sender<Event>) -> Self {
+        Steps {
+            history: resume.map(|s| s.history.clone()).unwrap_or_default(),
+            pending: Vec::new(),
+            last_report: Instant::now(),
+            resumed_from: resume.map(|s| s.step),
+            started,
+            start: resume.map_or(0, |s| s.step),
+            total,
+            events,
+        }
+    }
+
+    /// Reports every step not reported yet, as at `step` of `phase`, with `validation`.
+    fn report(&mut self, step: u32, phase: u8, validation: Option<(u8, f64, f64)>) -> Result<(), String> {
+        self.last_report = Instant::now();
+        let batch = std::mem::take(&mut self.pending);
+        let p = progress(step, self.total, phase, batch, &mut self.resumed_from, self.started, self.start, validation);
+        self.events.blocking_send(Event::Progress(p)).map_err(|_| "the task stopped listening".to_string())
+    }
+
+    /// Records a step's loss; a loss that is not finite stops training with the advice.
+    fn record(&mut self, step: u32, phase: u8, loss: f64, lr: f64) -> Result<(), String> {
+        if !loss.is_finite() {
+            return Err(format!("training diverged at step {step} (loss {loss}); lower the learning rate"));
+        }
+        let record = StepRecord { step, phase, loss, lr };
+        self.history.push(record);
+        self.pending.push(record);
+        Ok(())
+    }
+
+    /// Reports once 500 ms have passed since the last report, or when `done` is the last step.
+    fn report_due(&mut self, done: u32, phase: u8) -> Result<(), String> {
+        if self.last_report.elapsed().as_millis() >= 500 || done == self.total {
+            self.report(done, phase, None)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

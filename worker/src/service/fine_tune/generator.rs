@@ -35,8 +35,8 @@ use tch::{nn, Device, IValue, Kind, Tensor};
 use tokio::sync::mpsc;
 
 use super::{
-    download_checkpoint, embed, finished_without_model, infer_alpha, pick_batch, progress, split, summarize,
-    AttemptError, CheckpointState, Ended, Event, FineTuneContext, Phase2, TrainOutcome, Trained, SAMPLE_FETCHES,
+    download_checkpoint, embed, finished_without_model, infer_alpha, pick_batch, split, summarize, AttemptError,
+    CheckpointState, Ended, Event, FineTuneContext, Phase2, Steps, TrainOutcome, Trained, SAMPLE_FETCHES,
 };
 use crate::diffusion::sampler::seeded_noise;
 use crate::diffusion::NoiseSchedule;
@@ -193,9 +193,9 @@ impl GeneratorJob {
         if self.resume.is_some() {
             optimizer.load(self.work.join("resume/optimizer.pt")).map_err(|e| format!("optimiser state: {e}"))?;
         }
-        let (mut history, mut phase1_validation, start) = match &self.resume {
-            Some(s) => (s.history.clone(), s.phase1_validation, s.step),
-            None => (Vec::new(), None, 0),
+        let (mut phase1_validation, start) = match &self.resume {
+            Some(s) => (s.phase1_validation, s.step),
+            None => (None, 0),
         };
         let objective =
             Objective { schedule: &schedule, prediction: spec.prediction, vae: &vae, uncond: &uncond, device };
@@ -206,9 +206,7 @@ impl GeneratorJob {
         let all_train: Vec<usize> = (0..prepared.len()).collect();
         let phase2_set: Vec<usize> =
             (0..prepared.len()).filter(|&k| chosen.kept.contains(&prepared[k].1.index)).collect();
-        let mut last_report = Instant::now();
-        let mut pending: Vec<StepRecord> = Vec::new();
-        let mut resumed_from = self.resume.as_ref().map(|s| s.step);
+        let mut steps = Steps::new(self.resume.as_ref(), total, started, events);
         let train_started = Instant::now();
         let state = |step: u32, history: &[StepRecord], v: Option<(f64, f64)>| CheckpointState {
             step,
@@ -223,15 +221,13 @@ impl GeneratorJob {
             }
             let phase = if step < h.steps_phase1 { 1u8 } else { 2u8 };
             if self.yield_now.load(Ordering::Relaxed) {
-                let report =
-                    progress(step, total, phase, std::mem::take(&mut pending), &mut resumed_from, started, start, None);
-                events.blocking_send(Event::Progress(report)).map_err(|_| "the task stopped listening")?;
+                steps.report(step, phase, None)?;
                 if step > start {
                     super::save_checkpoint(
                         &self.work,
                         &module,
                         &optimizer,
-                        &state(step, &history, phase1_validation),
+                        &state(step, &steps.history, phase1_validation),
                         events,
                     )?;
                 }
@@ -242,17 +238,7 @@ impl GeneratorJob {
                 let v = objective.validate(&module, &validation)?;
                 module.set_train();
                 phase1_validation = Some(v);
-                let report = progress(
-                    step,
-                    total,
-                    1,
-                    std::mem::take(&mut pending),
-                    &mut resumed_from,
-                    started,
-                    start,
-                    Some((1, v.0, v.1)),
-                );
-                events.blocking_send(Event::Progress(report)).map_err(|_| "the task stopped listening")?;
+                steps.report(step, 1, Some((1, v.0, v.1)))?;
             }
             let (step_in_phase, phase_steps) =
                 if phase == 1 { (step, h.steps_phase1) } else { (step - h.steps_phase1, h.steps_phase2) };
@@ -265,29 +251,18 @@ impl GeneratorJob {
             let loss = objective.loss(&module, &items, masks, h.seed, step)?;
             loss.backward();
             optimizer.step(lr, h.weight_decay);
-            let loss_value = loss.double_value(&[]);
-            if !loss_value.is_finite() {
-                return Err(format!("training diverged at step {step} (loss {loss_value}); lower the learning rate"));
-            }
-            let record = StepRecord { step, phase, loss: loss_value, lr };
-            history.push(record);
-            pending.push(record);
+            steps.record(step, phase, loss.double_value(&[]), lr)?;
             let done = step + 1;
             if done % h.checkpoint_every == 0 && done < total {
                 super::save_checkpoint(
                     &self.work,
                     &module,
                     &optimizer,
-                    &state(done, &history, phase1_validation),
+                    &state(done, &steps.history, phase1_validation),
                     events,
                 )?;
             }
-            if last_report.elapsed().as_millis() >= 500 || done == total {
-                last_report = Instant::now();
-                let report =
-                    progress(done, total, phase, std::mem::take(&mut pending), &mut resumed_from, started, start, None);
-                events.blocking_send(Event::Progress(report)).map_err(|_| "the task stopped listening")?;
-            }
+            steps.report_due(done, phase)?;
         }
         let loop_seconds = train_started.elapsed().as_secs_f64();
         module.set_eval();
@@ -295,17 +270,12 @@ impl GeneratorJob {
         if h.steps_phase2 == 0 {
             phase1_validation = Some(final_validation);
         }
-        let report = progress(
-            total,
+        steps.report(
             total,
             if h.steps_phase2 > 0 { 2 } else { 1 },
-            Vec::new(),
-            &mut resumed_from,
-            started,
-            start,
             Some((2, final_validation.0, final_validation.1)),
-        );
-        events.blocking_send(Event::Progress(report)).map_err(|_| "the task stopped listening")?;
+        )?;
+        let history = steps.history;
 
         // The generator folder: the base's files, the trained denoiser, manifest, embeddings, curve.
         let dir = self.work.join("model");
