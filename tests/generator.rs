@@ -51,11 +51,11 @@ fn options(prompt: &str, seed: u64, results: u32) -> GenerateOptions {
 fn the_reference_generator_draws_the_backdrop_its_prompt_asks_for() {
     let generator = reference_generator();
     let matting = LoadedModel::load(&reference_dir(), Device::Cpu).unwrap();
-    let classifier = BackdropClassifier::train(3, 60, 12);
+    let classifier = BackdropClassifier::standard();
     let (mut right, mut total) = (0, 0);
     let mut confusion = vec![vec![0usize; 6]; 6];
     for (k, asked) in Backdrop::ALL.iter().enumerate() {
-        for i in 0..8u64 {
+        for i in 0..12u64 {
             // A photo on another backdrop: the generator must replace it, not copy it.
             let own = Backdrop::ALL[(k + 1 + i as usize % 5) % 6];
             let scene = render_scene(own, 56, 56, 70_000 + i * 31 + k as u64, 80_000 + i);

@@ -293,7 +293,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let device = crate::engine::resolve_device(fleet_common::DeviceSpec::Auto)?;
             let matting = crate::engine::model::LoadedModel::load(&train::ensure_reference_model(&models)?, device)?;
             let generator = crate::generate::Generator::load(&generator, device)?;
-            let classifier = crate::generate::classifier::BackdropClassifier::train(3, 60, 12);
+            let classifier = crate::generate::classifier::BackdropClassifier::standard();
             for (mode, sampler, steps, guidance) in [
                 ("fast", crate::diffusion::SamplerKind::Ddim { eta: 0.0 }, 8, generator.spec.guidance.unwrap_or(5.0)),
                 ("quality", crate::diffusion::SamplerKind::Euler, 30, generator.spec.guidance.unwrap_or(7.5)),

@@ -303,7 +303,7 @@ pub fn masks_experiment(
     let base = ensure_base(python, models_root)?;
     let device = crate::engine::resolve_device(DeviceSpec::Auto)?;
     let matting_model = crate::engine::model::LoadedModel::load(&matting, device)?;
-    let classifier = crate::generate::classifier::BackdropClassifier::train(3, 60, 12);
+    let classifier = crate::generate::classifier::BackdropClassifier::standard();
     let mut arms = Vec::new();
     for masks in [MaskSource::Scribble, MaskSource::Background] {
         let work = tempfile::tempdir()?;

@@ -602,12 +602,7 @@ impl TrainJob {
             );
             lines.push('\n');
         }
-        std::fs::write(dir.join("training-embeddings.jsonl"), lines).map_err(|e| e.to_string())?;
-        let loss: Vec<(u32, f64)> = history.iter().map(|r| (r.step, r.loss)).collect();
-        let lrs: Vec<(u32, f64)> = history.iter().map(|r| (r.step, r.lr)).collect();
-        let boundary = (h.steps_phase2 > 0).then_some(h.steps_phase1);
-        std::fs::write(dir.join("loss-curve.png"), train::curve::curve_png(&loss, &lrs, boundary))
-            .map_err(|e| e.to_string())?;
+        write_provenance(&dir, &lines, &history, h)?;
         let report = serde_json::json!({
             "samples": train_idx.len() + val_idx.len(),
             "filter": {
@@ -662,6 +657,17 @@ fn save_checkpoint(
     rx.recv().map_err(|_| "the task stopped listening")??;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Writes what a trained model keeps beside it: `training-embeddings.jsonl` (one JSON line
+/// per training sample) and `loss-curve.png` (loss and learning rate per step, phases marked).
+fn write_provenance(dir: &Path, lines: &str, history: &[StepRecord], h: &Hyper) -> Result<(), String> {
+    std::fs::write(dir.join("training-embeddings.jsonl"), lines).map_err(|e| e.to_string())?;
+    let loss: Vec<(u32, f64)> = history.iter().map(|r| (r.step, r.loss)).collect();
+    let lrs: Vec<(u32, f64)> = history.iter().map(|r| (r.step, r.lr)).collect();
+    let boundary = (h.steps_phase2 > 0).then_some(h.steps_phase1);
+    std::fs::write(dir.join("loss-curve.png"), train::curve::curve_png(&loss, &lrs, boundary))
+        .map_err(|e| e.to_string())
 }
 
 /// The bookkeeping of a training loop: every step's record, progress reports (every 500 ms,

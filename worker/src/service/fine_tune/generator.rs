@@ -323,12 +323,7 @@ impl GeneratorJob {
             );
             lines.push('\n');
         }
-        std::fs::write(dir.join("training-embeddings.jsonl"), lines).map_err(|e| e.to_string())?;
-        let loss: Vec<(u32, f64)> = history.iter().map(|r| (r.step, r.loss)).collect();
-        let lrs: Vec<(u32, f64)> = history.iter().map(|r| (r.step, r.lr)).collect();
-        let boundary = (h.steps_phase2 > 0).then_some(h.steps_phase1);
-        std::fs::write(dir.join("loss-curve.png"), train::curve::curve_png(&loss, &lrs, boundary))
-            .map_err(|e| e.to_string())?;
+        super::write_provenance(&dir, &lines, &history, h)?;
         let report = serde_json::json!({
             "samples": self.samples.len(),
             "filter": {
