@@ -296,7 +296,10 @@ async fn a_killed_generator_fine_tune_resumes_from_its_checkpoint_and_its_model_
     let view = client.job(&id).await.unwrap().unwrap();
     assert_eq!(view.record.state, JobState::Succeeded, "{}", fleet.log(&w2));
     let resumed: Vec<u32> = all.iter().filter_map(|e| e.training.as_ref()?.resumed_from).collect();
-    assert!(!resumed.is_empty() && resumed[0] >= 10 && resumed[0] % 10 == 0, "resumed from a checkpoint: {resumed:?}");
+    assert!(
+        !resumed.is_empty() && resumed[0] >= 10 && resumed[0].is_multiple_of(10),
+        "resumed from a checkpoint: {resumed:?}"
+    );
     let mut steps = std::collections::BTreeSet::new();
     for e in &all {
         steps.extend(e.training.iter().flat_map(|t| t.steps.iter().map(|s| s.step)));

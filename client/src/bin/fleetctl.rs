@@ -43,7 +43,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Submit a job from a JSON or YAML file, or from flags.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show a job: state, counts, progress bar (live with --watch).
     Show {
         id: String,
@@ -215,7 +215,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
 async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let client = connect(&cli).await?;
     match cli.command {
-        Command::Submit(args) => return submit(&client, args).await,
+        Command::Submit(args) => return submit(&client, *args).await,
         Command::Show { id, watch } => {
             let view = if watch {
                 let view = client.wait(&id, Duration::from_secs(24 * 3600), |v| draw(v, true)).await?;

@@ -130,7 +130,8 @@ fn a_generator_manifest_round_trips_and_names_every_component_file() {
 
 #[test]
 fn a_generator_manifest_breaking_the_contract_is_refused_with_the_field_named() {
-    let broken: Vec<(&str, Box<dyn Fn(&mut ModelManifest)>)> = vec![
+    type Break = Box<dyn Fn(&mut ModelManifest)>;
+    let broken: Vec<(&str, Break)> = vec![
         ("generator", Box::new(|m| m.generator = None)),
         ("output", Box::new(|m| m.task = Task::Matting)),
         ("generator.schedule", Box::new(|m| m.generator.as_mut().unwrap().schedule.beta_end = 0.0)),

@@ -118,7 +118,7 @@ pub fn run(
             ])?;
             let halves = out.chunk(2, 0);
             let pred = &halves[0] + (&halves[1] - &halves[0]) * 3.0;
-            x = x - pred * 0.01;
+            x -= pred * 0.01;
         }
         sync();
         let bare_s = t0.elapsed().as_secs_f64();
