@@ -450,19 +450,8 @@ impl TrainJob {
         let base_validation = validate_loaded(&base, &self.samples, &val_idx)?;
         drop(base);
 
-        // The trainable module, from the checkpoint when resuming.
-        let trainable_file = manifest.trainable_file.clone().unwrap_or_else(|| manifest.file.clone());
-        let module_path = match &self.resume {
-            Some(_) => self.work.join("resume/module.pt"),
-            None => self.base_dir.join(&trainable_file),
-        };
-        let vs = nn::VarStore::new(device);
-        let mut module = tch::TrainableCModule::load(&module_path, vs.root())
-            .map_err(|e| format!("loading {}: {e}", module_path.display()))?;
-        let mut optimizer = train::adamw::AdamW::new(vs.trainable_variables());
-        if self.resume.is_some() {
-            optimizer.load(self.work.join("resume/optimizer.pt")).map_err(|e| format!("optimiser state: {e}"))?;
-        }
+        let (_vs, mut module, mut optimizer) =
+            load_trainable(&manifest, &self.base_dir, &self.work, self.resume.is_some(), device)?;
         let (mut phase1_validation, mut phase2, start) = match &self.resume {
             Some(s) => (s.phase1_validation, s.phase2.clone(), s.step),
             None => (None, None, 0),
@@ -633,6 +622,30 @@ impl TrainJob {
     ) -> Result<(), String> {
         save_checkpoint(&self.work, module, optimizer, state, events)
     }
+}
+
+/// The trainable module (the base's `trainable_file`, else its `file`; the checkpoint's when
+/// `resumed`) and its AdamW state, with the variable store that holds them.
+fn load_trainable(
+    manifest: &ModelManifest,
+    base_dir: &Path,
+    work: &Path,
+    resumed: bool,
+    device: Device,
+) -> Result<(nn::VarStore, tch::TrainableCModule, train::adamw::AdamW), String> {
+    let module_path = if resumed {
+        work.join("resume/module.pt")
+    } else {
+        base_dir.join(manifest.trainable_file.as_deref().unwrap_or(&manifest.file))
+    };
+    let vs = nn::VarStore::new(device);
+    let module = tch::TrainableCModule::load(&module_path, vs.root())
+        .map_err(|e| format!("loading {}: {e}", module_path.display()))?;
+    let mut optimizer = train::adamw::AdamW::new(vs.trainable_variables());
+    if resumed {
+        optimizer.load(work.join("resume/optimizer.pt")).map_err(|e| format!("optimiser state: {e}"))?;
+    }
+    Ok((vs, module, optimizer))
 }
 
 /// Writes a checkpoint locally under `work`, has the task upload it under the lease, and

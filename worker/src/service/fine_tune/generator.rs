@@ -31,7 +31,7 @@ use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::resize::{resize_gray, resize_rgb};
 use futures::StreamExt;
 use image::{GrayImage, RgbImage};
-use tch::{nn, Device, IValue, Kind, Tensor};
+use tch::{Device, IValue, Kind, Tensor};
 use tokio::sync::mpsc;
 
 use super::{
@@ -182,17 +182,8 @@ impl GeneratorJob {
         let validation: Vec<(usize, Prepared)> = val_idx.iter().map(|&i| prepare(i)).collect::<Result<_, _>>()?;
 
         // The trainable denoiser, from the checkpoint when resuming.
-        let module_path = match &self.resume {
-            Some(_) => self.work.join("resume/module.pt"),
-            None => self.base_dir.join(manifest.trainable_file.as_deref().unwrap_or(&manifest.file)),
-        };
-        let vs = nn::VarStore::new(device);
-        let mut module = tch::TrainableCModule::load(&module_path, vs.root())
-            .map_err(|e| format!("loading {}: {e}", module_path.display()))?;
-        let mut optimizer = train::adamw::AdamW::new(vs.trainable_variables());
-        if self.resume.is_some() {
-            optimizer.load(self.work.join("resume/optimizer.pt")).map_err(|e| format!("optimiser state: {e}"))?;
-        }
+        let (_vs, mut module, mut optimizer) =
+            super::load_trainable(&manifest, &self.base_dir, &self.work, self.resume.is_some(), device)?;
         let (mut phase1_validation, start) = match &self.resume {
             Some(s) => (s.phase1_validation, s.step),
             None => (None, 0),
