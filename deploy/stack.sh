@@ -6,14 +6,17 @@
 #   Redis 7.0      job state                redis://127.0.0.1:6379
 #   Garage 2.x     S3 for images            http://127.0.0.1:3900, bucket "fleet"
 #
-#   deploy/stack.sh up              install what is missing, start, provision; safe to repeat
+#   deploy/stack.sh up [--reuse]    install what is missing, start, provision; safe to repeat. A
+#                                   stack in this folder that another checkout started is refused
+#                                   unless --reuse (or FLEET_STACK_REUSE=1) says to use it
 #   deploy/stack.sh down [--purge]  stop all three, data kept (--purge deletes the stack folder)
 #   deploy/stack.sh status          one line per service; exits non-zero if any is down
 #   deploy/stack.sh restart SERVICE stop and start rabbitmq, redis or garage, data kept
 #   deploy/stack.sh env             export lines for clients: eval "$(deploy/stack.sh env)"
 #
 # Settings: FLEET_STACK_DIR (default .fleet/stack in the repo), FLEET_AMQP_PORT, FLEET_REDIS_PORT,
-# FLEET_S3_PORT, FLEET_GARAGE_RPC_PORT, FLEET_GARAGE_ADMIN_PORT. Config files are rendered from
+# FLEET_S3_PORT, FLEET_GARAGE_RPC_PORT, FLEET_GARAGE_ADMIN_PORT, FLEET_RABBIT_DIST_PORT (Erlang
+# distribution, default AMQP port + 20000). Config files are rendered from
 # deploy/templates/ on every `up`. Every credential here is a dev credential: see README.md.
 # shellcheck disable=SC2034  # some settings are only read by render(), through ${!key}
 set -euo pipefail
@@ -34,7 +37,9 @@ GARAGE_ADMIN_PORT=${FLEET_GARAGE_ADMIN_PORT:-3903}
 # Installed with cargo when no garage binary is found; the config targets 2.x.
 GARAGE_VERSION=2.5.0
 
-RABBIT_NODE=fleet@localhost
+# One node name per AMQP port, so stacks on other ports (./fleet test's) run beside this one.
+if [ "$AMQP_PORT" = 5672 ]; then RABBIT_NODE=fleet@localhost; else RABBIT_NODE=fleet-$AMQP_PORT@localhost; fi
+RABBIT_DIST_PORT=${FLEET_RABBIT_DIST_PORT:-$((AMQP_PORT + 20000))}
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 AMQP_USER=fleet
 AMQP_PASS=fleet-dev-password
@@ -104,6 +109,51 @@ pids_of() {
 
 # port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# stack_of DIR: the stack folder (marked .fleet-stack) that DIR is in or under, if any.
+stack_of() {
+  local dir=$1
+  while [ -n "$dir" ] && [ "$dir" != / ]; do
+    [ -f "$dir/.fleet-stack" ] && { echo "$dir"; return; }
+    dir=$(dirname "$dir")
+  done
+  return 1
+}
+
+# port_holder PORT: who listens on PORT, in words: pid, program and, for one of our daemons,
+# the stack folder it belongs to and the checkout that started it.
+port_holder() {
+  local hex inode fd pid="" cmd where stack
+  hex=$(printf '%04X' "$1")
+  inode=$(awk -v p=":$hex" '$4 == "0A" && substr($2, length($2) - 4) == p { print $10; exit }' \
+    /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+  if [ -n "$inode" ]; then
+    for fd in /proc/[0-9]*/fd/*; do
+      if [ "$(readlink "$fd" 2>/dev/null)" = "socket:[$inode]" ]; then
+        pid=${fd#/proc/}
+        pid=${pid%%/*}
+        break
+      fi
+    done
+  fi
+  [ -n "$pid" ] || { echo "a process this shell cannot see"; return; }
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-200)
+  # Our daemons name their folder: rabbitmq by -home, garage by -c, redis by its working dir.
+  where=$(sed -n 's/.*-home \([^ ]*\) .*/\1/p; s/.* -c \([^ ]*\)\/garage.toml.*/\1/p' <<<"$cmd" | head -n 1)
+  [ -n "$where" ] || where=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+  if stack=$(stack_of "$where"); then
+    echo "pid $pid ($(cat "/proc/$pid/comm" 2>/dev/null)) of the stack in $stack, started by $(owner_of "$stack");" \
+      "stop it with: FLEET_STACK_DIR=$stack $0 down (with that stack's FLEET_*_PORT settings)"
+  else
+    echo "pid $pid: $cmd"
+  fi
+}
+
+# owner_of STACK: the checkout that last brought the stack in STACK up.
+owner_of() { sed -n 's/^checkout=//p' "$1/.fleet-stack" 2>/dev/null | head -n 1 | grep . || echo "an unknown checkout"; }
+
+# taken SERVICE PORT: fail, naming who holds the port.
+taken() { fail "$1: 127.0.0.1:$2 is taken by $(port_holder "$2")"; }
 
 # render TEMPLATE DEST [MODE]: fill @KEY@ placeholders. Returns 0 when DEST changed.
 render() {
@@ -198,7 +248,7 @@ rabbit_env() {
   export RABBITMQ_NODENAME=$RABBIT_NODE
   export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
   export RABBITMQ_NODE_PORT=$AMQP_PORT
-  export RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000))
+  export RABBITMQ_DIST_PORT=$RABBIT_DIST_PORT
   export RABBITMQ_CONFIG_FILE=$RABBIT_DIR/rabbitmq.conf
   # Both absent on purpose: no advanced.config, and /etc/rabbitmq/rabbitmq-env.conf is not read.
   export RABBITMQ_ADVANCED_CONFIG_FILE=$RABBIT_DIR/advanced.config
@@ -280,14 +330,14 @@ start_rabbit() {
 
   local pid
   if pid=$(rabbit_pid); then
-    log "rabbitmq: already running (pid $pid)"
+    log "rabbitmq: already running (pid $pid, data in $STACK, started by $(owner_of "$STACK"))"
     if [ -n "$changed" ]; then
       log "rabbitmq: config changed; definitions re-imported, restart (down, up) for the rest"
       rabbitmqctl_ import_definitions "$RABBIT_DIR/definitions.json" >/dev/null
     fi
     return
   fi
-  port_open "$AMQP_PORT" && fail "rabbitmq: 127.0.0.1:$AMQP_PORT is taken by another process"
+  port_open "$AMQP_PORT" && taken rabbitmq "$AMQP_PORT"
   rm -f "$RABBIT_DIR/rabbitmq.pid"
   replace_wide_epmd
   # Note whether the node will start epmd, so that `down` stops only an epmd of ours.
@@ -361,6 +411,21 @@ stop_rabbit() {
   rm -f "$RABBIT_DIR/epmd.ours"
 }
 
+# The broker loads exchanges, queues and bindings from definitions.json at boot, before any
+# client connects: check the queues are there, so nothing that publishes races a scheduler.
+check_rabbit_topology() {
+  local want have missing=()
+  want=$(python3 -c 'import json, sys; print("\n".join(q["name"] for q in json.load(open(sys.argv[1]))["queues"]))' \
+    "$RABBIT_DIR/definitions.json") || fail "rabbitmq: cannot read the queues of $RABBIT_DIR/definitions.json"
+  have=$(rabbitmqctl_ list_queues -p "$AMQP_VHOST" --no-table-headers name) || fail "rabbitmq: list_queues failed"
+  local queue
+  for queue in $want; do
+    grep -qx "$queue" <<<"$have" || missing+=("$queue")
+  done
+  [ ${#missing[@]} -eq 0 ] ||
+    fail "rabbitmq: queues missing after loading definitions: ${missing[*]}" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+}
+
 # ---- Redis --------------------------------------------------------------------------------
 
 redis_pid() { alive "$REDIS_DIR/redis.pid" redis-server; }
@@ -372,11 +437,11 @@ start_redis() {
   render redis.conf "$REDIS_DIR/redis.conf" && changed=1
   local pid
   if pid=$(redis_pid); then
-    log "redis: already running (pid $pid)"
+    log "redis: already running (pid $pid, data in $STACK, started by $(owner_of "$STACK"))"
     [ -z "$changed" ] || log "redis: config changed; restart (down, up) to apply it"
     return
   fi
-  port_open "$REDIS_PORT" && fail "redis: 127.0.0.1:$REDIS_PORT is taken by another process"
+  port_open "$REDIS_PORT" && taken redis "$REDIS_PORT"
   log "redis: starting on 127.0.0.1:$REDIS_PORT"
   REDIS_STARTED=$(now)
   redis-server "$REDIS_DIR/redis.conf" || fail "redis: redis-server failed" "$REDIS_DIR/redis.log"
@@ -424,11 +489,11 @@ start_garage() {
   render garage.toml "$GARAGE_DIR/garage.toml" 600 && changed=1
   local pid
   if pid=$(garage_pid); then
-    log "garage: already running (pid $pid)"
+    log "garage: already running (pid $pid, data in $STACK, started by $(owner_of "$STACK"))"
     [ -z "$changed" ] || log "garage: config changed; restart (down, up) to apply it"
     return
   fi
-  port_open "$S3_PORT" && fail "garage: 127.0.0.1:$S3_PORT is taken by another process"
+  port_open "$S3_PORT" && taken garage "$S3_PORT"
   log "garage: starting on 127.0.0.1:$S3_PORT"
   # Own session, like the other two daemons: a Ctrl-C on `up` must not take it down.
   GARAGE_STARTED=$(now)
@@ -503,14 +568,36 @@ wait_exit() {
 
 # ---- commands -----------------------------------------------------------------------------
 
+# A stack in this folder already running that another checkout started is not ours to use
+# (its data, config and version may be another tree's): refuse unless asked.
+check_foreign() {
+  [ -n "${FLEET_STACK_REUSE:-}" ] && return
+  local owner pid
+  owner=$(owner_of "$STACK")
+  [ "$owner" = "an unknown checkout" ] && [ ! -f "$STACK/.fleet-stack" ] && return
+  [ "$owner" = "$REPO" ] && return
+  if pid=$(rabbit_pid) || pid=$(redis_pid) || pid=$(garage_pid); then
+    fail "a stack is already running from $STACK (pid $pid), started by $owner, not this checkout ($REPO): \
+use it with \`$0 up --reuse\` (or FLEET_STACK_REUSE=1), stop it with \`FLEET_STACK_DIR=$STACK $0 down\`, \
+or give this one its own FLEET_STACK_DIR and ports"
+  fi
+}
+
 cmd_up() {
   [ "$(id -u)" = 0 ] || fail "run as root: up installs packages with apt"
+  case ${1:-} in
+    "") ;;
+    --reuse) FLEET_STACK_REUSE=1 ;;
+    *) fail "usage: $0 up [--reuse]" ;;
+  esac
   local started
   started=$(now)
   ensure_packages
+  check_foreign
   mkdir -p "$STACK"
-  # Marks the folder as ours, so `down --purge` never deletes a folder it did not create.
-  touch "$STACK/.fleet-stack"
+  # Marks the folder as ours, so `down --purge` never deletes a folder it did not create, and
+  # records which checkout brought it up.
+  printf 'checkout=%s\nports=amqp:%s redis:%s s3:%s\n' "$REPO" "$AMQP_PORT" "$REDIS_PORT" "$S3_PORT" >"$STACK/.fleet-stack"
   # RabbitMQ boots slowest: start it first and let the others start and settle meanwhile.
   start_rabbit
   start_redis
@@ -519,6 +606,7 @@ cmd_up() {
   provision_garage
   await_rabbit
   check_rabbit_users
+  check_rabbit_topology
   log "stack up in $(since "$started")s; data in $STACK"
 }
 
@@ -545,7 +633,7 @@ cmd_restart() {
   local started
   started=$(now)
   case ${1:-} in
-    rabbitmq) stop_rabbit; start_rabbit; await_rabbit ;;
+    rabbitmq) stop_rabbit; start_rabbit; await_rabbit; check_rabbit_topology ;;
     redis) stop_redis; start_redis; await_redis ;;
     garage) stop_garage; start_garage; provision_garage ;;
     *) fail "usage: $0 restart rabbitmq|redis|garage" ;;
@@ -585,11 +673,18 @@ export FLEET_S3_REGION=$S3_REGION
 export FLEET_S3_BUCKET=$S3_BUCKET
 export AWS_ACCESS_KEY_ID=$S3_KEY_ID
 export AWS_SECRET_ACCESS_KEY=$S3_SECRET
+export FLEET_STACK_DIR=$STACK
+export FLEET_AMQP_PORT=$AMQP_PORT
+export FLEET_REDIS_PORT=$REDIS_PORT
+export FLEET_S3_PORT=$S3_PORT
+export FLEET_GARAGE_RPC_PORT=$GARAGE_RPC_PORT
+export FLEET_GARAGE_ADMIN_PORT=$GARAGE_ADMIN_PORT
+export FLEET_RABBIT_DIST_PORT=$RABBIT_DIST_PORT
 EOF
 }
 
 case ${1:-} in
-  up) cmd_up ;;
+  up) cmd_up "${@:2}" ;;
   down) cmd_down "${@:2}" ;;
   status) cmd_status ;;
   restart) cmd_restart "${@:2}" ;;

@@ -125,21 +125,38 @@ pub mod fleet {
             self.procs.push((name.to_string(), child));
         }
 
-        /// Starts a scheduler.
+        /// Starts a scheduler and returns once it answers ready on `/readyz` (its broker
+        /// session consumes intake, reports and tasks).
         pub fn scheduler(&mut self, name: &str) -> &mut Self {
             let mut command = Command::new(binary("fleet-scheduler"));
             command.env("FLEET_PROGRESS_INTERVAL_MS", "0");
-            self.spawn(name, command);
-            self
+            self.spawn_ready(name, command)
         }
 
-        /// Starts an engine worker on the CPU with `slots` task slots.
+        /// Starts an engine worker on the CPU with `slots` task slots and returns once it
+        /// answers ready (connected and consuming its own queue).
         pub fn worker(&mut self, name: &str, slots: usize) -> &mut Self {
             let mut command = Command::new(binary("fleet-worker"));
             command
                 .args(["serve", "--device", "cpu", "--id", name, "--slots", &slots.to_string()])
                 .env("FLEET_MODEL_DIR", self.models.path());
+            self.spawn_ready(name, command)
+        }
+
+        /// Spawns with a metrics endpoint on a free port and waits for its `/readyz`.
+        fn spawn_ready(&mut self, name: &str, mut command: Command) -> &mut Self {
+            let port = free_port();
+            command.env("FLEET_METRICS_ADDR", format!("127.0.0.1:{port}"));
             self.spawn(name, command);
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !ready(port) {
+                let (_, child) = self.procs.last_mut().expect("just spawned");
+                if let Some(status) = child.try_wait().expect("wait") {
+                    panic!("{name} exited ({status}) before it was ready:\n{}", self.log(name));
+                }
+                assert!(std::time::Instant::now() < deadline, "{name} not ready after 120 s:\n{}", self.log(name));
+                std::thread::sleep(Duration::from_millis(100));
+            }
             self
         }
 
@@ -177,6 +194,25 @@ pub mod fleet {
         pub fn log(&self, name: &str) -> String {
             std::fs::read_to_string(self.logs.path().join(format!("{name}.log"))).unwrap_or_default()
         }
+    }
+
+    /// A TCP port on loopback that nothing holds at the moment of asking.
+    pub fn free_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        listener.local_addr().expect("bound address").port()
+    }
+
+    /// Whether `GET /readyz` on 127.0.0.1:`port` answers 200.
+    pub fn ready(port: u16) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        if stream.write_all(b"GET /readyz HTTP/1.1\r\nhost: localhost\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut head = [0u8; 16];
+        let n = stream.read(&mut head).unwrap_or(0);
+        head[..n].starts_with(b"HTTP/1.1 200")
     }
 
     impl Drop for Fleet {

@@ -66,6 +66,17 @@ pub const MAX_ATTEMPTS: u32 = DELIVERY_LIMIT as u32 + 1;
 /// Why talking to the broker failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
+    /// A queue of the fleet's topology is not on the broker.
+    #[error(
+        "broker topology missing: queue {queue} does not exist ({cause}); start the broker with the fleet's \
+         definitions (deploy/stack.sh up, or the compose file) or run the scheduler once"
+    )]
+    TopologyMissing {
+        /// The first queue found missing.
+        queue: String,
+        /// What the broker answered.
+        cause: lapin::Error,
+    },
     /// The broker or the connection failed.
     #[error("amqp: {0}")]
     Broker(#[from] lapin::Error),
@@ -78,7 +89,7 @@ pub enum AmqpError {
         routing_key: String,
     },
     /// No queue is bound for the routing key: the message would have been lost.
-    #[error("no queue is bound to {exchange}/{routing_key}; the message was returned")]
+    #[error("{}", unroutable_message(exchange, routing_key))]
     Unroutable {
         /// Exchange published to.
         exchange: String,
@@ -87,59 +98,159 @@ pub enum AmqpError {
     },
 }
 
+fn unroutable_message(exchange: &str, routing_key: &str) -> String {
+    let queue = BINDINGS.iter().find(|(_, e, k)| *e == exchange && *k == routing_key).map(|(q, _, _)| *q);
+    match queue {
+        Some(queue) => format!(
+            "no queue is bound to {exchange}/{routing_key}, so the message was returned: {queue} is missing. \
+             no scheduler has declared {queue}: is the scheduler running? (The broker also loads it from \
+             deploy/templates/definitions.json at boot: is the stack up, `deploy/stack.sh up`?)"
+        ),
+        None => format!("no queue is bound to {exchange}/{routing_key}; the message was returned"),
+    }
+}
+
 /// Connects to `url` (e.g. `amqp://fleet:...@127.0.0.1:5672/fleet`).
 pub async fn connect(url: &str) -> Result<Connection, AmqpError> {
     Ok(Connection::connect(url, ConnectionProperties::default()).await?)
 }
 
-fn quorum_args(dead_letter_exchange: &str) -> FieldTable {
+/// One durable exchange of the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeSpec {
+    /// Exchange name.
+    pub name: &'static str,
+    /// `direct`, `topic` or `fanout`.
+    pub kind: &'static str,
+}
+
+/// One durable quorum queue of the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Queue name.
+    pub name: &'static str,
+    /// Where its messages go past the delivery limit; `None` for the last stop, `fleet.dead`.
+    pub dead_letter_exchange: Option<&'static str>,
+}
+
+/// One binding of the topology: queue, exchange, routing key.
+pub type BindingSpec = (&'static str, &'static str, &'static str);
+
+/// Every exchange the fleet uses.
+pub const EXCHANGES: [ExchangeSpec; 5] = [
+    ExchangeSpec { name: JOBS_EXCHANGE, kind: "direct" },
+    ExchangeSpec { name: TASKS_EXCHANGE, kind: "direct" },
+    ExchangeSpec { name: EVENTS_EXCHANGE, kind: "topic" },
+    ExchangeSpec { name: DEAD_LETTER_EXCHANGE, kind: "fanout" },
+    ExchangeSpec { name: TASKS_DEAD_LETTER_EXCHANGE, kind: "fanout" },
+];
+
+/// Every shared queue (workers' own queues are declared by each worker).
+pub const QUEUES: [QueueSpec; 7] = [
+    QueueSpec { name: DEAD_QUEUE, dead_letter_exchange: None },
+    QueueSpec { name: INTAKE_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
+    QueueSpec { name: INTERACTIVE_REPORTS_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
+    QueueSpec { name: BATCH_REPORTS_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
+    QueueSpec { name: TASKS_DEAD_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
+    QueueSpec { name: INTERACTIVE_QUEUE, dead_letter_exchange: Some(TASKS_DEAD_LETTER_EXCHANGE) },
+    QueueSpec { name: BATCH_QUEUE, dead_letter_exchange: Some(TASKS_DEAD_LETTER_EXCHANGE) },
+];
+
+/// Every binding between them.
+pub const BINDINGS: [BindingSpec; 6] = [
+    (DEAD_QUEUE, DEAD_LETTER_EXCHANGE, ""),
+    (INTAKE_QUEUE, JOBS_EXCHANGE, SUBMIT_KEY),
+    (INTAKE_QUEUE, JOBS_EXCHANGE, CANCEL_KEY),
+    (INTERACTIVE_QUEUE, TASKS_EXCHANGE, "interactive"),
+    (BATCH_QUEUE, TASKS_EXCHANGE, "batch"),
+    (TASKS_DEAD_QUEUE, TASKS_DEAD_LETTER_EXCHANGE, ""),
+];
+
+/// The vhost the topology lives in, as `deploy/templates/definitions.json` names it.
+pub const VHOST: &str = "fleet";
+
+fn exchange_kind(kind: &str) -> ExchangeKind {
+    match kind {
+        "direct" => ExchangeKind::Direct,
+        "topic" => ExchangeKind::Topic,
+        "fanout" => ExchangeKind::Fanout,
+        other => ExchangeKind::Custom(other.to_string()),
+    }
+}
+
+fn queue_args(queue: &QueueSpec) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
-    args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-    args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(dead_letter_exchange.into()));
+    if let Some(dlx) = queue.dead_letter_exchange {
+        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(dlx.into()));
+    }
     args
 }
 
-/// Declares every exchange, queue and binding (idempotent; the scheduler runs it at start).
+/// The topology in RabbitMQ's definitions format (`exchanges`, `queues`, `bindings`), as the
+/// broker loads it at boot from `deploy/templates/definitions.json`; a test holds that file
+/// to this.
+pub fn definitions() -> serde_json::Value {
+    use serde_json::json;
+    let exchanges: Vec<_> = EXCHANGES
+        .iter()
+        .map(|e| {
+            json!({"name": e.name, "vhost": VHOST, "type": e.kind, "durable": true, "auto_delete": false,
+                   "internal": false, "arguments": {}})
+        })
+        .collect();
+    let queues: Vec<_> = QUEUES
+        .iter()
+        .map(|q| {
+            let mut arguments = json!({"x-queue-type": "quorum"});
+            if let Some(dlx) = q.dead_letter_exchange {
+                arguments["x-delivery-limit"] = json!(DELIVERY_LIMIT);
+                arguments["x-dead-letter-exchange"] = json!(dlx);
+            }
+            json!({"name": q.name, "vhost": VHOST, "durable": true, "auto_delete": false, "arguments": arguments})
+        })
+        .collect();
+    let bindings: Vec<_> = BINDINGS
+        .iter()
+        .map(|(queue, exchange, key)| {
+            json!({"source": exchange, "vhost": VHOST, "destination": queue, "destination_type": "queue",
+                   "routing_key": key, "arguments": {}})
+        })
+        .collect();
+    json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
+}
+
+/// Declares every exchange, queue and binding (idempotent). The broker already holds them
+/// from its definitions file when it boots; the scheduler runs this at the start of each
+/// session, which also checks that their arguments match (a mismatch is a channel error).
 pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
     let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    let exchanges = [
-        (JOBS_EXCHANGE, ExchangeKind::Direct),
-        (TASKS_EXCHANGE, ExchangeKind::Direct),
-        (EVENTS_EXCHANGE, ExchangeKind::Topic),
-        (DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
-        (TASKS_DEAD_LETTER_EXCHANGE, ExchangeKind::Fanout),
-    ];
-    for (name, kind) in exchanges {
-        channel.exchange_declare(name, kind, durable, FieldTable::default()).await?;
+    for exchange in &EXCHANGES {
+        channel.exchange_declare(exchange.name, exchange_kind(exchange.kind), durable, FieldTable::default()).await?;
     }
     let queue_opts = QueueDeclareOptions { durable: true, ..Default::default() };
-    let mut dead_args = FieldTable::default();
-    dead_args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
-    channel.queue_declare(DEAD_QUEUE, queue_opts, dead_args).await?;
-    channel
-        .queue_bind(DEAD_QUEUE, DEAD_LETTER_EXCHANGE, "", QueueBindOptions::default(), FieldTable::default())
-        .await?;
-    let queues = [
-        (INTAKE_QUEUE, DEAD_LETTER_EXCHANGE),
-        (INTERACTIVE_REPORTS_QUEUE, DEAD_LETTER_EXCHANGE),
-        (BATCH_REPORTS_QUEUE, DEAD_LETTER_EXCHANGE),
-        (TASKS_DEAD_QUEUE, DEAD_LETTER_EXCHANGE),
-        (INTERACTIVE_QUEUE, TASKS_DEAD_LETTER_EXCHANGE),
-        (BATCH_QUEUE, TASKS_DEAD_LETTER_EXCHANGE),
-    ];
-    for (queue, dlx) in queues {
-        channel.queue_declare(queue, queue_opts, quorum_args(dlx)).await?;
+    for queue in &QUEUES {
+        channel.queue_declare(queue.name, queue_opts, queue_args(queue)).await?;
     }
-    let bindings = [
-        (INTAKE_QUEUE, JOBS_EXCHANGE, SUBMIT_KEY),
-        (INTAKE_QUEUE, JOBS_EXCHANGE, CANCEL_KEY),
-        (INTERACTIVE_QUEUE, TASKS_EXCHANGE, "interactive"),
-        (BATCH_QUEUE, TASKS_EXCHANGE, "batch"),
-        (TASKS_DEAD_QUEUE, TASKS_DEAD_LETTER_EXCHANGE, ""),
-    ];
-    for (queue, exchange, key) in bindings {
+    for (queue, exchange, key) in BINDINGS {
         channel.queue_bind(queue, exchange, key, QueueBindOptions::default(), FieldTable::default()).await?;
+    }
+    Ok(())
+}
+
+/// Checks, without creating anything, that every shared queue of the topology exists: what
+/// a worker runs before it serves. A missing queue means the broker was not started with
+/// the fleet's definitions.
+pub async fn verify_topology(connection: &Connection) -> Result<(), AmqpError> {
+    for queue in &QUEUES {
+        // A failed passive declare closes its channel: one channel per check.
+        let channel = connection.create_channel().await?;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        if let Err(e) = channel.queue_declare(queue.name, passive, FieldTable::default()).await {
+            return Err(AmqpError::TopologyMissing { queue: queue.name.to_string(), cause: e });
+        }
+        let _ = channel.close(200, "topology checked").await;
     }
     Ok(())
 }
@@ -302,4 +413,51 @@ pub fn string_headers(entries: &[(&str, &str)]) -> FieldTable {
         table.insert(ShortString::from(name.to_string()), AMQPValue::LongString((*value).into()));
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sorted(value: &serde_json::Value) -> Vec<String> {
+        let mut items: Vec<String> = value.as_array().expect("a list").iter().map(|item| item.to_string()).collect();
+        items.sort();
+        items
+    }
+
+    /// The broker boots with the topology from the definitions file, so nothing that
+    /// publishes has to wait for a scheduler to declare it: the file must hold exactly the
+    /// topology the code declares.
+    #[test]
+    fn the_definitions_file_holds_the_declared_topology() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/templates/definitions.json");
+        let text = std::fs::read_to_string(path).expect("definitions template is readable");
+        let file: serde_json::Value = serde_json::from_str(&text).expect("definitions template is JSON");
+        let code = definitions();
+        for part in ["exchanges", "queues", "bindings"] {
+            assert_eq!(sorted(&file[part]), sorted(&code[part]), "{part} in {path} differ from amqp.rs");
+        }
+        assert!(file["vhosts"].as_array().unwrap().iter().any(|v| v["name"] == VHOST));
+    }
+
+    #[test]
+    fn every_binding_joins_a_declared_queue_and_exchange() {
+        for (queue, exchange, _) in BINDINGS {
+            assert!(QUEUES.iter().any(|q| q.name == queue), "{queue}");
+            assert!(EXCHANGES.iter().any(|e| e.name == exchange), "{exchange}");
+        }
+        for queue in &QUEUES {
+            if let Some(dlx) = queue.dead_letter_exchange {
+                assert!(EXCHANGES.iter().any(|e| e.name == dlx), "{} dead-letters to {dlx}", queue.name);
+            }
+        }
+    }
+
+    #[test]
+    fn a_returned_submission_names_the_missing_queue_and_the_fix() {
+        let text = AmqpError::Unroutable { exchange: JOBS_EXCHANGE.into(), routing_key: SUBMIT_KEY.into() }.to_string();
+        assert!(text.contains(INTAKE_QUEUE) && text.contains("is the scheduler running?"), "{text}");
+        let other = AmqpError::Unroutable { exchange: "".into(), routing_key: "fleet.worker.w9".into() }.to_string();
+        assert!(other.contains("fleet.worker.w9") && !other.contains(INTAKE_QUEUE), "{other}");
+    }
 }

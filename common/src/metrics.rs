@@ -95,22 +95,78 @@ pub fn render() -> String {
     String::from_utf8(out).expect("the text format is UTF-8")
 }
 
-/// Serves `GET /metrics` on `addr` until the process ends; other paths get 404.
+/// Whether this process is ready for work: the scheduler once its broker session consumes,
+/// a worker once it is registered and consuming its queue. Served as `GET /readyz`.
+static READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks the process ready (or not) for `GET /readyz`.
+pub fn set_ready(ready: bool) {
+    READY.store(ready, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Ready for as long as it lives: marks the process ready when made, not ready when dropped
+/// (a broker session that ends takes readiness with it).
+#[must_use = "readiness ends when the guard drops"]
+pub struct ReadyGuard(());
+
+impl ReadyGuard {
+    /// Marks the process ready.
+    pub fn new() -> Self {
+        set_ready(true);
+        ReadyGuard(())
+    }
+}
+
+impl Default for ReadyGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ReadyGuard {
+    fn drop(&mut self) {
+        set_ready(false);
+    }
+}
+
+/// Whether [`set_ready`] last said ready.
+pub fn is_ready() -> bool {
+    READY.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The response to one request line: `/metrics`, `/readyz` (200 once ready, 503 before),
+/// `/livez` (200 while the process serves); 404 otherwise.
+fn respond(head: &str) -> String {
+    let (status, content_type, body) = if head.starts_with("GET /metrics ") {
+        ("200 OK", "text/plain; version=0.0.4", render())
+    } else if head.starts_with("GET /readyz ") {
+        if is_ready() {
+            ("200 OK", "text/plain", "ready\n".to_string())
+        } else {
+            ("503 Service Unavailable", "text/plain", "not ready\n".to_string())
+        }
+    } else if head.starts_with("GET /livez ") {
+        ("200 OK", "text/plain", "alive\n".to_string())
+    } else {
+        ("404 Not Found", "text/plain", String::new())
+    };
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Serves `GET /metrics`, `/readyz` and `/livez` on `addr` until the process ends.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics on /metrics");
+    tracing::info!(%addr, "metrics on /metrics, readiness on /readyz");
     loop {
         let (mut stream, _) = listener.accept().await?;
         tokio::spawn(async move {
             let mut request = [0u8; 1024];
             let n = stream.read(&mut request).await.unwrap_or(0);
             let head = String::from_utf8_lossy(&request[..n]);
-            let response = if head.starts_with("GET /metrics ") {
-                let body = render();
-                format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
-            } else {
-                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
-            };
+            let response = respond(&head);
             let _ = stream.write_all(response.as_bytes()).await;
         });
     }
@@ -127,5 +183,16 @@ mod tests {
         let text = render();
         assert!(text.contains("fleet_jobs_total{outcome=\"accepted\"} 3"), "{text}");
         assert!(text.contains("fleet_gpu{gpu=\"0\",reading=\"temperature_c\"} 41"), "{text}");
+    }
+
+    #[test]
+    fn readiness_follows_the_flag() {
+        set_ready(false);
+        assert!(respond("GET /readyz HTTP/1.1").starts_with("HTTP/1.1 503 "));
+        assert!(respond("GET /livez HTTP/1.1").starts_with("HTTP/1.1 200 "));
+        set_ready(true);
+        assert!(respond("GET /readyz HTTP/1.1").starts_with("HTTP/1.1 200 "));
+        assert!(respond("GET /nowhere HTTP/1.1").starts_with("HTTP/1.1 404 "));
+        set_ready(false);
     }
 }

@@ -152,6 +152,9 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
         confirmed_channel(&session.connection).await?,
         session.connection.create_channel().await?,
     );
+    // Every consumer is in place: from here a submitted job is taken at once.
+    let _ready = fleet_common::metrics::ReadyGuard::new();
+    tracing::info!("ready: consuming intake, reports and tasks");
     tokio::select! {
         r = intake_done => r?,
         _ = reports_done => {}

@@ -40,6 +40,13 @@ enum Command {
     ReferenceModel {
         #[arg(long, env = "FLEET_MODEL_DIR")]
         models: PathBuf,
+        /// Optimiser steps of a build (the reference model's own: 720); fewer for a quick
+        /// check of the build path, never for the model the fleet serves.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Synthetic training images of a build (6000).
+        #[arg(long)]
+        samples: Option<usize>,
     },
     /// Write the untrained generator MODELS/bg-gen-base/<version>; without --base-only, also
     /// train the reference generator MODELS/bg-gen-ref/<version> here, in this process, with
@@ -263,8 +270,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = write_catalog(&out, &spec)?;
             println!("wrote {} images to {}", summary.count, out.display());
         }
-        Command::ReferenceModel { models } => {
-            let dir = train::ensure_reference_model(&models)?;
+        Command::ReferenceModel { models, steps, samples } => {
+            let mut cfg = train::TrainConfig::default();
+            if let Some(steps) = steps {
+                anyhow::ensure!(steps >= 1, "--steps must be at least 1");
+                cfg.steps = steps;
+                cfg.warmup_steps = cfg.warmup_steps.min(steps);
+            }
+            if let Some(samples) = samples {
+                anyhow::ensure!(samples >= cfg.batch as usize, "--samples must be at least one batch ({})", cfg.batch);
+                cfg.samples = samples;
+                cfg.eval_samples = cfg.eval_samples.min(samples);
+            }
+            let dir = train::ensure_reference_model_with(&models, &cfg)?;
             println!("{}", std::fs::read_to_string(dir.join("manifest.json"))?);
         }
         Command::ReferenceGenerator { models, base_only } => {

@@ -179,6 +179,10 @@ struct SubmitArgs {
     /// Follow the job until it ends.
     #[arg(long)]
     watch: bool,
+    /// Return once the broker holds the job (queued for a scheduler, which need not be
+    /// running yet), without waiting for the scheduler's answer.
+    #[arg(long, conflicts_with = "watch")]
+    no_wait: bool,
     /// Give up watching after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
@@ -370,6 +374,12 @@ async fn submit(client: &Client, args: SubmitArgs) -> anyhow::Result<std::proces
     };
     body["id"] = serde_json::Value::String(id.clone());
     let bytes = serde_json::to_vec(&body)?;
+    if args.no_wait {
+        client.publish(&id, &bytes).await?;
+        eprintln!("job {id} queued for the scheduler (follow it with: fleetctl show {id} --watch)");
+        println!("{id}");
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     match client.submit(&id, &bytes, Duration::from_secs(30)).await? {
         Submitted::Rejected(r) => {
             eprintln!("job {id} rejected ({}): {}", r.code, r.reason);

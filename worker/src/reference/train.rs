@@ -85,6 +85,12 @@ pub fn model_dir(models_root: &Path) -> PathBuf {
 /// Returns the cached reference model folder, training it first when it is missing. A
 /// folder built before `trainable.pt` existed gets it added from its weights.
 pub fn ensure_reference_model(models_root: &Path) -> anyhow::Result<PathBuf> {
+    ensure_reference_model_with(models_root, &TrainConfig::default())
+}
+
+/// [`ensure_reference_model`] with the training configuration of a build: the first-run check
+/// builds through this same path with a shortened one.
+pub fn ensure_reference_model_with(models_root: &Path, cfg: &TrainConfig) -> anyhow::Result<PathBuf> {
     let dir = model_dir(models_root);
     if let Ok(bytes) = std::fs::read(dir.join("manifest.json")) {
         let complete = ["model.pt", EMBEDDING_FILE, "weights.safetensors"].iter().all(|f| dir.join(f).exists());
@@ -97,8 +103,9 @@ pub fn ensure_reference_model(models_root: &Path) -> anyhow::Result<PathBuf> {
             return Ok(dir);
         }
     }
-    tracing::info!(dir = %dir.display(), "building the reference model (once per version)");
-    build(&TrainConfig::default(), &dir)?;
+    tracing::info!(dir = %dir.display(), steps = cfg.steps, samples = cfg.samples,
+        "building the reference model (once per version)");
+    build(cfg, &dir)?;
     Ok(dir)
 }
 

@@ -338,8 +338,8 @@ async fn session(
     running: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let connection = amqp::connect(&worker.config.amqp_url).await?;
-    let setup = connection.create_channel().await?;
-    amqp::declare_topology(&setup).await?;
+    // The broker holds the topology from its definitions; a worker only checks it is there.
+    amqp::verify_topology(&connection).await?;
     let channel = connection.create_channel().await?;
     let queue = declare_worker_queue(&channel, &worker.config.id).await?;
     let tag = format!("{}-tasks", worker.config.id);
@@ -351,6 +351,7 @@ async fn session(
         batch: confirmed_channel(&connection).await?,
     });
     *worker.reports.write().await = Some(reports);
+    let _ready = metrics::ReadyGuard::new();
     tracing::info!(worker = %worker.config.id, devices = worker.devices.len(), slots = worker.config.slots,
         executor = ?worker.config.executor, %queue, "connected; taking tasks");
     let lost = loop {
