@@ -13,7 +13,7 @@ use fleet_common::protocol::{trace_id, JobEventMessage};
 use fleet_common::state::JobState;
 use fleet_common::store::{list_all, ObjectStore};
 use fleet_synth::CatalogSpec;
-use fleet_tests::fleet::{client, Fleet};
+use fleet_tests::fleet::{client, free_port, Fleet};
 use fleet_tests::unique;
 use serde_json::json;
 
@@ -529,10 +529,6 @@ async fn scrape(addr: &str) -> String {
     stream.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// The value of the sample whose line starts with `series`.

@@ -178,14 +178,29 @@ fn exchange_kind(kind: &str) -> ExchangeKind {
     }
 }
 
-fn queue_args(queue: &QueueSpec) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(ShortString::from("x-queue-type"), AMQPValue::LongString("quorum".into()));
+/// A queue's arguments, the one place they are written: a quorum queue, and but for the last
+/// stop a delivery limit and a dead-letter exchange.
+fn queue_arguments(queue: &QueueSpec) -> serde_json::Map<String, serde_json::Value> {
+    let mut args = serde_json::Map::new();
+    args.insert("x-queue-type".into(), "quorum".into());
     if let Some(dlx) = queue.dead_letter_exchange {
-        args.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongLongInt(DELIVERY_LIMIT));
-        args.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(dlx.into()));
+        args.insert("x-delivery-limit".into(), DELIVERY_LIMIT.into());
+        args.insert("x-dead-letter-exchange".into(), dlx.into());
     }
     args
+}
+
+/// [`queue_arguments`] as AMQP field values: strings as long strings, numbers as 64-bit.
+fn queue_args(queue: &QueueSpec) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in queue_arguments(queue) {
+        let value = match value {
+            serde_json::Value::Number(n) => AMQPValue::LongLongInt(n.as_i64().expect("queue arguments are integers")),
+            other => AMQPValue::LongString(other.as_str().expect("queue arguments are strings or integers").into()),
+        };
+        table.insert(ShortString::from(name), value);
+    }
+    table
 }
 
 /// The topology in RabbitMQ's definitions format (`exchanges`, `queues`, `bindings`), as the
@@ -203,12 +218,8 @@ pub fn definitions() -> serde_json::Value {
     let queues: Vec<_> = QUEUES
         .iter()
         .map(|q| {
-            let mut arguments = json!({"x-queue-type": "quorum"});
-            if let Some(dlx) = q.dead_letter_exchange {
-                arguments["x-delivery-limit"] = json!(DELIVERY_LIMIT);
-                arguments["x-dead-letter-exchange"] = json!(dlx);
-            }
-            json!({"name": q.name, "vhost": VHOST, "durable": true, "auto_delete": false, "arguments": arguments})
+            json!({"name": q.name, "vhost": VHOST, "durable": true, "auto_delete": false,
+                   "arguments": queue_arguments(q)})
         })
         .collect();
     let bindings: Vec<_> = BINDINGS
