@@ -3,7 +3,7 @@
 //! an unroutable job is returned instead of lost, a poison message is dead-lettered after
 //! the delivery limit instead of looping, and a tenant can listen only to its own job events.
 
-use fleet_common::amqp::{self, AmqpError};
+use fleet_queue::{self as amqp, AmqpError};
 use fleet_tests::unique;
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, QueuePurgeOptions};

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fleet_client::{Client, Submitted};
-use fleet_common::finetune::Hyper;
-use fleet_common::protocol::{JobEventMessage, StepRecord};
-use fleet_common::state::JobState;
-use fleet_common::store::ObjectStore;
+use fleet_protocol::fine_tune::Hyper;
+use fleet_protocol::message::{JobEventMessage, StepRecord};
+use fleet_protocol::state::JobState;
+use fleet_store::ObjectStore;
 use fleet_tests::fleet::{client, Fleet};
 use fleet_tests::unique;
 use image::{GrayImage, RgbImage};
@@ -154,7 +154,7 @@ async fn a_fine_tune_learns_a_new_domain_in_two_phases_and_registers_a_tenant_mo
     assert_eq!(steps.len(), 90, "every step reported once");
     for (step, record) in &steps {
         let (phase, in_phase, phase_steps) = if *step < 60 { (1, *step, 60) } else { (2, *step - 60, 30) };
-        let want = fleet_worker::train::schedule::learning_rate(&h, phase_steps, in_phase);
+        let want = fleet_train::schedule::learning_rate(&h, phase_steps, in_phase);
         assert_eq!(record.phase, phase);
         assert!((record.lr - want).abs() < 1e-12, "step {step}: lr {} vs schedule {want}", record.lr);
     }

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use fleet_client::catalog::{seed, SeededCatalog};
 use fleet_client::{Client, Submitted};
-use fleet_common::keys::{output_keys, results_prefix, TenantId};
-use fleet_common::protocol::{trace_id, JobEventMessage};
-use fleet_common::state::JobState;
-use fleet_common::store::{list_all, ObjectStore};
+use fleet_protocol::keys::{output_keys, results_prefix, TenantId};
+use fleet_protocol::message::{trace_id, JobEventMessage};
+use fleet_protocol::state::JobState;
+use fleet_store::{list_all, ObjectStore};
 use fleet_synth::CatalogSpec;
 use fleet_tests::fleet::{client, free_port, Fleet};
 use fleet_tests::unique;
@@ -447,7 +447,7 @@ async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_
     for file in ["model.pt", "embed.pt", "trainable.pt"] {
         std::fs::write(dir.path().join(file), b"these are not weights").unwrap();
     }
-    fleet_common::registry::publish(&client.s3, dir.path()).await.unwrap();
+    fleet_store::registry::publish(&client.s3, dir.path()).await.unwrap();
     let (prefix, _) = catalog(&client, 3).await;
     let id = unique("dead");
     let version = manifest["version"].as_str().unwrap();
@@ -472,8 +472,8 @@ async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_
 async fn wait_beat(
     client: &Client,
     worker: &str,
-    check: impl Fn(&fleet_common::heartbeat::Heartbeat) -> bool,
-) -> fleet_common::heartbeat::Heartbeat {
+    check: impl Fn(&fleet_protocol::heartbeat::Heartbeat) -> bool,
+) -> fleet_protocol::heartbeat::Heartbeat {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let beats = client.jobs.heartbeats().await.unwrap();
@@ -487,7 +487,7 @@ async fn wait_beat(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn operators_cordon_drain_and_uncordon_a_worker() {
-    use fleet_common::heartbeat::Order;
+    use fleet_protocol::heartbeat::Order;
     let _turn = SERIAL.lock().await;
     let mut fleet = Fleet::default();
     let worker = unique("ops");
@@ -598,7 +598,7 @@ async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() 
     for file in ["model.pt", "embed.pt", "trainable.pt"] {
         std::fs::copy(reference.join(file), dir.path().join(file)).unwrap();
     }
-    fleet_common::registry::publish(&client.s3, dir.path()).await.unwrap();
+    fleet_store::registry::publish(&client.s3, dir.path()).await.unwrap();
     let copy = format!("matting-ref-copy@{}", manifest["version"].as_str().unwrap());
     let (prefix, seeded) = catalog(&client, 2).await;
     let key = seeded.entries[0].image.clone();
@@ -647,7 +647,7 @@ async fn a_shadow_darkens_the_background_and_leaves_the_product_bit_exact() {
     let tenant = TenantId::new(TENANT).unwrap();
     for key in &keys {
         let load = |job: &str| {
-            let (result, matte, _) = fleet_common::keys::output_keys(&tenant, job, key, "png");
+            let (result, matte, _) = fleet_protocol::keys::output_keys(&tenant, job, key, "png");
             (result, matte)
         };
         let ((plain_key, matte_key), (shaded_key, _)) = (load(&plain), load(&shaded));

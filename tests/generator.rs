@@ -7,18 +7,18 @@
 use std::time::{Duration, Instant};
 
 use fleet_client::Submitted;
-use fleet_common::keys::{output_keys, TenantId};
-use fleet_common::state::JobState;
-use fleet_common::store::ObjectStore;
+use fleet_dev::generate::classifier::BackdropClassifier;
+use fleet_dev::generate::evaluate::matte;
+use fleet_dev::reference::generator as refgen;
+use fleet_engine::diffusion::SamplerKind;
+use fleet_engine::generate::{GenerateOptions, Generator};
+use fleet_engine::model::LoadedModel;
+use fleet_protocol::keys::{output_keys, TenantId};
+use fleet_protocol::state::JobState;
+use fleet_store::ObjectStore;
 use fleet_synth::backdrop::{prompt, render_scene, Backdrop};
 use fleet_tests::fleet::{client, Fleet};
 use fleet_tests::{models_root, python, reference_dir, unique};
-use fleet_worker::diffusion::SamplerKind;
-use fleet_worker::engine::model::LoadedModel;
-use fleet_worker::generate::classifier::BackdropClassifier;
-use fleet_worker::generate::evaluate::matte;
-use fleet_worker::generate::{GenerateOptions, Generator};
-use fleet_worker::reference::generator as refgen;
 use image::RgbImage;
 use serde_json::json;
 use tch::Device;

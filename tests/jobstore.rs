@@ -1,14 +1,12 @@
 //! Job records in the real Redis the test command starts: one job per tenant and id, state
 //! changes only through the state machine, and no update lost when schedulers race.
 
-use fleet_common::job::Priority;
-use fleet_common::jobstore::{
-    Created, JobRecord, JobStoreError, LeaseOp, RedisJobStore, TaskNote, TaskOutcome, TaskUpdate,
-};
-use fleet_common::keys::TenantId;
-use fleet_common::lease::{Grant, Renewal};
-use fleet_common::state::TaskEvent;
-use fleet_common::state::{JobEvent, JobState};
+use fleet_protocol::job::Priority;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::state::TaskEvent;
+use fleet_protocol::state::{JobEvent, JobState};
+use fleet_state::lease::{Grant, Renewal};
+use fleet_state::{Created, JobRecord, JobStoreError, LeaseOp, RedisJobStore, TaskNote, TaskOutcome, TaskUpdate};
 use fleet_tests::unique;
 
 async fn store() -> RedisJobStore {
@@ -93,8 +91,8 @@ async fn racing_schedulers_apply_exactly_one_terminal_transition() {
 
 #[tokio::test]
 async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
-    use fleet_common::protocol::ItemFailureReport;
-    use fleet_common::state::TaskState;
+    use fleet_protocol::message::ItemFailureReport;
+    use fleet_protocol::state::TaskState;
     let note = |worker| TaskNote { worker: Some(worker), ..Default::default() };
     let store = store().await;
     let tenant = TenantId::new("tenant-a").unwrap();
@@ -159,10 +157,10 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     let tenant = TenantId::new("tenant-a").unwrap();
     let job = unique("leases");
     store.create_task(&tenant, &job, 0, 4).await.unwrap();
-    let id = fleet_common::protocol::task_id("tenant-a", &job, 0);
+    let id = fleet_protocol::message::task_id("tenant-a", &job, 0);
     let (w1, w2, w3) = (unique("w1"), unique("w2"), unique("w3"));
     let (w1, w2, w3) = (w1.as_str(), w2.as_str(), w3.as_str());
-    let now = fleet_common::protocol::now_ms();
+    let now = fleet_protocol::message::now_ms();
     let body = task_body(&job, now);
     let body = body.as_slice();
     let Grant::Granted { token: first, grants: 1 } =
@@ -188,7 +186,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         store.update_task(&tenant, &job, 0, start, &none, TaskNote::default(), LeaseOp::Check { token: first });
     assert!(matches!(started.await.unwrap(), TaskUpdate::Applied { .. }));
     // w1 goes silent: its lease expires and the scheduler takes the task over.
-    let later = now + fleet_common::lease::LEASE_TTL.as_millis() as u64 + 1;
+    let later = now + fleet_state::lease::LEASE_TTL.as_millis() as u64 + 1;
     let expired = store.expired_leases(later, 1000).await.unwrap();
     let lease = expired.iter().find(|l| l.id == id).expect("the silent worker's lease has expired");
     assert_eq!((lease.worker.as_str(), lease.token, lease.grants), (w1, first, 1));
@@ -227,7 +225,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap().lost, vec![id.clone()]);
     // w2 completes under the current token: counted once, lease gone.
     assert!(
-        serde_json::from_str::<fleet_common::protocol::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body)
+        serde_json::from_str::<fleet_protocol::message::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body)
             .is_ok(),
         "the lease keeps the task message for re-dispatch"
     );
@@ -251,8 +249,8 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
     let tenant = TenantId::new("tenant-a").unwrap();
     let job = unique("given-back");
     store.create_task(&tenant, &job, 0, 1).await.unwrap();
-    let id = fleet_common::protocol::task_id("tenant-a", &job, 0);
-    let now = fleet_common::protocol::now_ms();
+    let id = fleet_protocol::message::task_id("tenant-a", &job, 0);
+    let now = fleet_protocol::message::now_ms();
     let body = task_body(&job, now);
     let (w1, w2) = (unique("w1"), unique("w2"));
     let Grant::Granted { token, grants: 1 } =

@@ -5,14 +5,14 @@
 
 use std::path::Path;
 
-use fleet_common::manifest::{AlphaKind, EmbeddingSpec, InputSpec, ModelManifest, OutputSpec};
-use fleet_common::DeviceSpec;
+use fleet_dev::reference::score;
+use fleet_dev::reference::unet::UNet;
+use fleet_engine::{Engine, EngineError, EngineOptions, InferenceThread, ItemOutput};
 use fleet_imaging::composite::{Background, CompositeOptions};
+use fleet_protocol::manifest::{AlphaKind, EmbeddingSpec, InputSpec, ModelManifest, OutputSpec};
+use fleet_protocol::DeviceSpec;
 use fleet_synth::render_sample;
 use fleet_tests::{png_item, reference_dir, reference_engine};
-use fleet_worker::engine::{Engine, EngineError, EngineOptions, InferenceThread, ItemOutput};
-use fleet_worker::reference::score;
-use fleet_worker::reference::unet::UNet;
 use tch::{nn, CModule, Device, Kind, Tensor};
 
 const H: i64 = 160;

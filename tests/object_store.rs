@@ -1,9 +1,9 @@
 //! One test suite for the object store trait, run against every backend: a local folder and
 //! the real S3 server the test command starts (Garage, through `deploy/stack.sh`).
 
-use fleet_common::store::local::LocalStore;
-use fleet_common::store::s3::{S3Config, S3Store};
-use fleet_common::store::{ObjectStore, StoreError};
+use fleet_store::local::LocalStore;
+use fleet_store::s3::{S3Config, S3Store};
+use fleet_store::{ObjectStore, StoreError};
 
 /// Every behaviour the scheduler and workers rely on, under a prefix unique to this run.
 async fn suite<S: ObjectStore>(store: &S, prefix: &str) {

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use fleet_common::DeviceSpec;
+use fleet_engine::{Engine, EngineError, EngineOptions, InferenceThread, InputItem};
 use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::encode::OutputFormat;
+use fleet_protocol::DeviceSpec;
 use fleet_tests::python;
-use fleet_worker::engine::{Engine, EngineError, EngineOptions, InferenceThread, InputItem};
 
 /// A toy matting model: bright pixels are foreground; the embedding is per-channel mean and
 /// standard deviation. Written by Python exactly as a customer's export would be.

@@ -1,11 +1,11 @@
 //! The reference matting model meets its quality target on held-out synthetic images:
 //! IoU >= 0.95 (alpha > 0.5) and alpha MAE <= 0.03 over 200 images at their natural sizes.
 
-use fleet_common::DeviceSpec;
+use fleet_dev::reference::evaluate;
+use fleet_dev::reference::train::{EVAL_LONG_SIDE, EVAL_SEED};
+use fleet_engine::InferenceThread;
+use fleet_protocol::DeviceSpec;
 use fleet_tests::reference_dir;
-use fleet_worker::engine::InferenceThread;
-use fleet_worker::reference::evaluate;
-use fleet_worker::reference::train::{EVAL_LONG_SIDE, EVAL_SEED};
 
 #[test]
 fn reference_model_meets_the_quality_target_on_held_out_images() {
@@ -20,7 +20,8 @@ fn reference_model_meets_the_quality_target_on_held_out_images() {
 #[test]
 fn manifest_declares_the_contract_and_the_measured_figures() {
     let dir = reference_dir();
-    let manifest = fleet_common::ModelManifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest =
+        fleet_protocol::ModelManifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest.model_ref().to_string(), "matting-ref@1.0.0");
     let metrics = manifest.metrics.expect("the build records held-out metrics");
     assert_eq!(metrics.samples, 200);

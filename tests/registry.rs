@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use fleet_common::manifest::ModelRef;
-use fleet_common::registry::{fetch, fetch_counted, publish, resolve, FetchStats, RegistryError, FILE_LIST};
-use fleet_common::store::s3::{S3Config, S3Store};
-use fleet_common::store::ObjectStore;
-use fleet_common::DeviceSpec;
+use fleet_engine::{Engine, EngineOptions, InferenceThread};
+use fleet_protocol::manifest::ModelRef;
+use fleet_protocol::DeviceSpec;
+use fleet_store::registry::{fetch, fetch_counted, publish, resolve, FetchStats, RegistryError, FILE_LIST};
+use fleet_store::s3::{S3Config, S3Store};
+use fleet_store::ObjectStore;
 use fleet_tests::{png_item, reference_dir, reference_engine, unique};
-use fleet_worker::engine::{Engine, EngineOptions, InferenceThread};
 
 fn store() -> S3Store {
     S3Store::new(&S3Config::from_env().expect("the test command starts the stack and exports its settings"))

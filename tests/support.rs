@@ -6,11 +6,11 @@
 
 use std::path::PathBuf;
 
-use fleet_common::DeviceSpec;
+use fleet_engine::{Engine, InferenceThread, InputItem};
 use fleet_imaging::composite::Composited;
 use fleet_imaging::encode::{encode, OutputFormat};
+use fleet_protocol::DeviceSpec;
 use fleet_synth::Sample;
-use fleet_worker::engine::{Engine, InferenceThread, InputItem};
 
 /// Root of the local model registry the tests read (`FLEET_MODEL_DIR`, as `./fleet` sets it).
 pub fn models_root() -> PathBuf {
@@ -32,7 +32,7 @@ pub fn python() -> PathBuf {
 
 /// Folder of the cached reference model; panics with the fix when it is missing.
 pub fn reference_dir() -> PathBuf {
-    let dir = fleet_worker::reference::model_dir(&models_root());
+    let dir = fleet_dev::reference::model_dir(&models_root());
     assert!(
         dir.join("manifest.json").exists(),
         "reference model missing at {}: run `./fleet model` (./fleet test does it first)",
@@ -67,7 +67,7 @@ pub mod fleet {
     use std::time::Duration;
 
     use fleet_client::{amqp_url_as, Client, ClientConfig};
-    use fleet_common::store::s3::S3Config;
+    use fleet_store::s3::S3Config;
 
     /// A binary of the release build that runs the tests.
     pub fn binary(name: &str) -> PathBuf {

@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use fleet_common::registry::model_files;
-use fleet_common::{DeviceSpec, ModelManifest};
+use fleet_engine::InferenceThread;
+use fleet_protocol::{DeviceSpec, ModelManifest};
+use fleet_store::registry::model_files;
 use fleet_synth::Scene;
 use fleet_tests::reference_dir;
-use fleet_worker::engine::InferenceThread;
 use tch::nn::{self, OptimizerConfig};
 use tch::{CModule, Device, Kind, Reduction, Tensor, TrainableCModule};
 

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use fleet_common::store::{content_type, ObjectStore};
 use fleet_imaging::encode::png_header_only;
+use fleet_store::{content_type, ObjectStore};
 use fleet_synth::{write_catalog, CatalogEntry, CatalogSpec};
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};

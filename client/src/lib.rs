@@ -10,14 +10,14 @@ pub mod report;
 
 use std::time::{Duration, Instant};
 
-use fleet_common::amqp::{self, confirmed_channel, job_properties, publish_confirmed, string_headers};
-use fleet_common::job::Rejection;
-use fleet_common::jobstore::{JobRecord, RedisJobStore};
-use fleet_common::keys::TenantId;
-use fleet_common::protocol::{
+use fleet_protocol::job::Rejection;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::{
     new_traceparent, CancelRequest, ItemFailureReport, JobEventMessage, Progress, CANCEL_TYPE, TRACEPARENT_HEADER,
 };
-use fleet_common::store::s3::{S3Config, S3Store};
+use fleet_queue::{self as amqp, confirmed_channel, job_properties, publish_confirmed, string_headers};
+use fleet_state::{JobRecord, RedisJobStore};
+use fleet_store::s3::{S3Config, S3Store};
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -62,7 +62,7 @@ pub struct JobView {
     /// Its counts.
     pub progress: Progress,
     /// A fine-tune's latest figures (step, phase, loss, learning rate, steps/s, ETA).
-    pub training: Option<fleet_common::protocol::TrainingProgress>,
+    pub training: Option<fleet_protocol::message::TrainingProgress>,
 }
 
 /// A connected client.
@@ -166,7 +166,7 @@ impl Client {
             Some(record) => {
                 let progress = self.jobs.progress(&self.tenant, id).await?;
                 let training =
-                    match self.jobs.note(&fleet_common::lease::training_key(self.tenant.as_str(), id)).await? {
+                    match self.jobs.note(&fleet_state::schema::training_key(self.tenant.as_str(), id)).await? {
                         Some(json) => serde_json::from_str(&json).ok(),
                         None => None,
                     };

@@ -2,11 +2,11 @@
 //! latency and uncertainty; the contact sheet puts the least certain cutouts first, built
 //! from the inputs, mattes and results in the bucket.
 
-use fleet_common::keys::{results_prefix, TenantId};
-use fleet_common::store::ObjectStore;
 use fleet_imaging::composite::Composited;
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::sheet::contact_sheet;
+use fleet_protocol::keys::{results_prefix, TenantId};
+use fleet_store::ObjectStore;
 use futures::{stream, StreamExt, TryStreamExt};
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
@@ -43,7 +43,7 @@ pub struct TaskManifest {
 
 /// Every task manifest of a job, by task number.
 pub async fn task_manifests<S: ObjectStore>(s3: &S, tenant: &TenantId, job: &str) -> anyhow::Result<Vec<TaskManifest>> {
-    let keys = fleet_common::store::list_all(s3, &format!("{}tasks/", results_prefix(tenant, job))).await?;
+    let keys = fleet_store::list_all(s3, &format!("{}tasks/", results_prefix(tenant, job))).await?;
     let mut manifests: Vec<TaskManifest> = stream::iter(keys)
         .map(|key| async move {
             let bytes = s3.get(&key).await?;

@@ -5,16 +5,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_common::amqp::EVENTS_EXCHANGE;
-use fleet_common::jobstore::{JobRecord, JobStoreError, RedisJobStore};
-use fleet_common::keys::TenantId;
-use fleet_common::manifest::ModelRef;
-use fleet_common::protocol::{
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::manifest::ModelRef;
+use fleet_protocol::message::{
     event_routing_key, now_ms, ItemFailureReport, JobEventMessage, Progress, EVENT_FAILURES_MAX,
 };
-use fleet_common::registry::{self, RegistryError};
-use fleet_common::state::{JobEvent, JobState};
-use fleet_common::store::s3::{S3Config, S3Store};
+use fleet_protocol::state::{JobEvent, JobState};
+use fleet_queue::EVENTS_EXCHANGE;
+use fleet_state::{JobRecord, JobStoreError, RedisJobStore};
+use fleet_store::registry::{self, RegistryError};
+use fleet_store::s3::{S3Config, S3Store};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 
@@ -29,12 +29,12 @@ pub struct ModelNeed {
     /// Activations per image in a forward pass, MiB.
     pub memory_per_image_mib: u64,
     /// Matting model or background generator.
-    pub task: fleet_common::manifest::Task,
+    pub task: fleet_protocol::manifest::Task,
 }
 
 impl Default for ModelNeed {
     fn default() -> Self {
-        ModelNeed { weights_mib: 0, memory_per_image_mib: 0, task: fleet_common::manifest::Task::Matting }
+        ModelNeed { weights_mib: 0, memory_per_image_mib: 0, task: fleet_protocol::manifest::Task::Matting }
     }
 }
 

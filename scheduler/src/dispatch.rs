@@ -9,7 +9,7 @@
 //!
 //! A queue delivery is acknowledged only once its task is in a worker's queue under a lease;
 //! from then on the lease, not the delivery, keeps the task alive (see
-//! [`fleet_common::lease`]). Tasks that fit nowhere wait here (bounded by the consumers'
+//! [`fleet_protocol::lease`]). Tasks that fit nowhere wait here (bounded by the consumers'
 //! prefetch) and are tried again whenever a lease ends or a heartbeat changes the fleet; one
 //! that has waited [`UNPLACED_RETURN`] goes back to the end of its queue, so a delivery is
 //! never held past RabbitMQ's consumer timeout and the reasons are logged and published for
@@ -19,16 +19,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_common::amqp::{
+use fleet_protocol::heartbeat::{Heartbeat, TrainingHold};
+use fleet_protocol::job::Priority;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::manifest::ModelRef;
+use fleet_protocol::message::{now_ms, LeaseGrant, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
+use fleet_queue::{
     confirmed_channel, header_str, publish_confirmed, publish_each, string_headers, task_queue, worker_queue, Outgoing,
     BATCH_QUEUE, INTERACTIVE_QUEUE, TASKS_EXCHANGE,
 };
-use fleet_common::heartbeat::{Heartbeat, TrainingHold};
-use fleet_common::job::Priority;
-use fleet_common::keys::TenantId;
-use fleet_common::lease::Grant;
-use fleet_common::manifest::ModelRef;
-use fleet_common::protocol::{now_ms, LeaseGrant, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
+use fleet_state::lease::Grant;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -275,7 +275,7 @@ impl Dispatcher {
                 }
                 Some(Ok(Grant::Ended | Grant::Held | Grant::Gone)) => {
                     // A second copy of a task that ended or that a live worker holds.
-                    fleet_common::metrics::TASKS.with_label_values(&["duplicate"]).inc();
+                    fleet_telemetry::metrics::TASKS.with_label_values(&["duplicate"]).inc();
                     settled.push((t, true));
                 }
             }
@@ -285,9 +285,9 @@ impl Dispatcher {
             let (w, device) = (&tasks[t], &devices[index]);
             match outcome {
                 Ok(()) => {
-                    fleet_common::metrics::TASKS.with_label_values(&["leased"]).inc();
+                    fleet_telemetry::metrics::TASKS.with_label_values(&["leased"]).inc();
                     let label = if warm { "warm" } else { "cold" };
-                    fleet_common::metrics::PLACEMENTS.with_label_values(&[label]).inc();
+                    fleet_telemetry::metrics::PLACEMENTS.with_label_values(&[label]).inc();
                     if let Some(ft) = &w.message.fine_tune {
                         self.training.push(GrantedTraining {
                             worker: device.worker.clone(),
@@ -460,7 +460,7 @@ impl Dispatcher {
                     Ok(true) => {
                         tracing::info!(fine_tune = %victim, worker = %device.worker, device = device.device,
                             for_task = %needs[p.for_task].id, "preempting a fine-tune for interactive work");
-                        fleet_common::metrics::TASKS.with_label_values(&["preempt_requested"]).inc();
+                        fleet_telemetry::metrics::TASKS.with_label_values(&["preempt_requested"]).inc();
                         self.preempting.insert(victim, Instant::now());
                     }
                     Ok(false) => {}
@@ -487,7 +487,7 @@ impl Dispatcher {
             "batch": count(Priority::Batch),
             "reasons": reasons,
         });
-        if let Err(e) = self.sched.store.put_note(fleet_common::lease::BLOCKED_KEY, &summary.to_string(), 10).await {
+        if let Err(e) = self.sched.store.put_note(fleet_state::schema::BLOCKED_KEY, &summary.to_string(), 10).await {
             tracing::debug!(error = %e, "placement summary not written");
         }
         if self.blocked_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {

@@ -3,16 +3,16 @@
 //! tenant can be named, a message parked in `fleet.dead`. Nothing is dropped silently and a
 //! bad message never stops the consumer.
 
-use fleet_common::amqp::header_str;
-use fleet_common::finetune::Target;
-use fleet_common::job::{is_valid_id, validate, BackgroundSpec, JobKind, Rejection, ValidJob};
-use fleet_common::jobstore::{Created, JobRecord};
-use fleet_common::keys::TenantId;
-use fleet_common::manifest::{ModelRef, Task};
-use fleet_common::metrics;
-use fleet_common::protocol::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
-use fleet_common::registry::{self, RegistryError};
-use fleet_common::state::{JobEvent, JobState};
+use fleet_protocol::fine_tune::Target;
+use fleet_protocol::job::{is_valid_id, validate, BackgroundSpec, JobKind, Rejection, ValidJob};
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::manifest::{ModelRef, Task};
+use fleet_protocol::message::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
+use fleet_protocol::state::{JobEvent, JobState};
+use fleet_queue::header_str;
+use fleet_state::{Created, JobRecord};
+use fleet_store::registry::{self, RegistryError};
+use fleet_telemetry::metrics;
 use lapin::{BasicProperties, Channel};
 use tracing::Instrument;
 

@@ -36,7 +36,7 @@
 
 use std::collections::BTreeSet;
 
-use fleet_common::heartbeat::TrainingHold;
+use fleet_protocol::heartbeat::TrainingHold;
 
 /// What a worker says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::amqp::{publish_confirmed, string_headers, task_queue, TASKS_EXCHANGE};
-use fleet_common::jobstore::{LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
-use fleet_common::keys::TenantId;
-use fleet_common::lease::{LeaseRecord, LEASE_TTL, MAX_GRANTS};
-use fleet_common::protocol::{new_traceparent, now_ms, TaskMessage, TRACEPARENT_HEADER};
-use fleet_common::state::TaskEvent;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::{new_traceparent, now_ms, TaskMessage, TRACEPARENT_HEADER};
+use fleet_protocol::state::TaskEvent;
+use fleet_queue::{publish_confirmed, string_headers, task_queue, TASKS_EXCHANGE};
+use fleet_state::lease::{LeaseRecord, LEASE_TTL, MAX_GRANTS};
+use fleet_state::{LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
 use lapin::{BasicProperties, Channel};
 
 use crate::context::Scheduler;
@@ -83,7 +83,7 @@ async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now
     let update = sched.store.update_task(&tenant, &message.job, message.task, event, &outcome, note, op).await?;
     match &update {
         TaskUpdate::Applied { .. } => {
-            fleet_common::metrics::TASKS.with_label_values(&["lease_takeover"]).inc();
+            fleet_telemetry::metrics::TASKS.with_label_values(&["lease_takeover"]).inc();
             tracing::warn!(task = %lease.id, worker = %lease.worker, silent_ms, token = lease.token,
                 "lease taken over: the worker went silent; dispatching the task again");
             sched.capacity_freed.notify_one();

@@ -3,11 +3,11 @@
 //! a report the state machine refuses (a repeated completion, a start for an attempt already
 //! superseded) changes nothing, so every task is counted once.
 
-use fleet_common::amqp::MAX_ATTEMPTS;
-use fleet_common::jobstore::{JobStoreError, LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
-use fleet_common::keys::TenantId;
-use fleet_common::protocol::{now_ms, ItemFailureReport, Report, TaskMessage};
-use fleet_common::state::TaskEvent;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::{now_ms, ItemFailureReport, Report, TaskMessage};
+use fleet_protocol::state::TaskEvent;
+use fleet_queue::MAX_ATTEMPTS;
+use fleet_state::{JobStoreError, LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
 use lapin::Channel;
 
 use crate::context::Scheduler;
@@ -51,7 +51,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             let note = TaskNote { worker: Some(worker), error: Some(reason), ..Default::default() };
             // The last allowed attempt fails every item of the task with its reason.
             let outcome = if *attempt >= MAX_ATTEMPTS {
-                let id = fleet_common::protocol::task_id(tenant.as_str(), &job, task);
+                let id = fleet_protocol::message::task_id(tenant.as_str(), &job, task);
                 let keys = match sched.store.lease(&id).await? {
                     Some(lease) => serde_json::from_str::<TaskMessage>(&lease.body).map(|m| m.keys).unwrap_or_default(),
                     None => Vec::new(),
@@ -83,7 +83,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             if matches!(update, TaskUpdate::Applied { .. }) {
                 // Given back, not lost: the grant does not count toward the limit on workers
                 // dying with the task.
-                let id = fleet_common::protocol::task_id(tenant.as_str(), &job, task);
+                let id = fleet_protocol::message::task_id(tenant.as_str(), &job, task);
                 sched.store.forgive_grant(&id).await?;
             }
             update
@@ -101,7 +101,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         (Report::Released { .. }, _) => "released",
         (Report::Training { .. }, _) => "training",
     };
-    fleet_common::metrics::TASKS.with_label_values(&[event]).inc();
+    fleet_telemetry::metrics::TASKS.with_label_values(&[event]).inc();
     if matches!(update, TaskUpdate::Fenced) {
         tracing::info!(job = %job, task, token, report = report.kind(),
             "report under a lease that was taken over ignored (stale token)");
@@ -122,18 +122,18 @@ async fn training(
     job: &str,
     task: u32,
     token: u64,
-    progress: &fleet_common::protocol::TrainingProgress,
+    progress: &fleet_protocol::message::TrainingProgress,
 ) -> Result<(), JobStoreError> {
-    let id = fleet_common::protocol::task_id(tenant.as_str(), job, task);
+    let id = fleet_protocol::message::task_id(tenant.as_str(), job, task);
     if sched.store.lease_token(&id).await? != Some(token) {
-        fleet_common::metrics::TASKS.with_label_values(&["stale_report"]).inc();
+        fleet_telemetry::metrics::TASKS.with_label_values(&["stale_report"]).inc();
         tracing::info!(job, task, token, "training progress under a lease that was taken over ignored");
         return Ok(());
     }
     // The latest figures, for `fleetctl show` (the full step list is in the events).
     let mut latest = progress.clone();
     latest.steps = latest.steps.last().copied().into_iter().collect();
-    let key = fleet_common::lease::training_key(tenant.as_str(), job);
+    let key = fleet_state::schema::training_key(tenant.as_str(), job);
     sched.store.put_note(&key, &serde_json::to_string(&latest).expect("progress serialises"), 7 * 24 * 3600).await?;
     let counts = sched.store.progress(tenant, job).await?;
     let mut message = crate::context::event(tenant.as_str(), job, "progress").with_progress(counts);
@@ -162,7 +162,7 @@ pub async fn dead_lettered(sched: &Scheduler, events: &Channel, message: &TaskMe
     );
     tracing::warn!(job = %message.job, task = message.task, %reason, "task dead-lettered");
     let outcome = failed_items(&message.keys, &reason);
-    fleet_common::metrics::TASKS.with_label_values(&["dead_lettered"]).inc();
+    fleet_telemetry::metrics::TASKS.with_label_values(&["dead_lettered"]).inc();
     let lease = LeaseOp::End { token: None };
     let update = sched
         .store

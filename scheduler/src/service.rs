@@ -8,12 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::amqp::{
-    self, confirmed_channel, publish_confirmed, BATCH_REPORTS_QUEUE, DEAD_QUEUE, INTAKE_QUEUE,
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::{Report, TaskMessage};
+use fleet_queue::{
+    self as amqp, self, confirmed_channel, publish_confirmed, BATCH_REPORTS_QUEUE, DEAD_QUEUE, INTAKE_QUEUE,
     INTERACTIVE_REPORTS_QUEUE, TASKS_DEAD_QUEUE,
 };
-use fleet_common::keys::TenantId;
-use fleet_common::protocol::{Report, TaskMessage};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::context::{Config, Scheduler};
 use crate::intake::{self, Disposition, Intake};
 use crate::shard::{shard_job, ShardCursor, TaskChannels};
-use fleet_common::jobstore::JobRecord;
+use fleet_state::JobRecord;
 
 /// Reports handled at once.
 const REPORT_CONCURRENCY: usize = 64;
@@ -36,7 +36,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Runs the scheduler until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_addr {
-        let listener = fleet_common::metrics::serve(addr);
+        let listener = fleet_telemetry::metrics::serve(addr);
         tokio::spawn(async move {
             if let Err(e) = listener.await {
                 tracing::warn!(error = %e, "metrics endpoint stopped");
@@ -153,7 +153,7 @@ async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
         session.connection.create_channel().await?,
     );
     // Every consumer is in place: from here a submitted job is taken at once.
-    let _ready = fleet_common::metrics::ReadyGuard::new();
+    let _ready = fleet_telemetry::metrics::ReadyGuard::new();
     tracing::info!("ready: consuming intake, reports and tasks");
     tokio::select! {
         r = intake_done => r?,
@@ -254,7 +254,9 @@ async fn sample_queue_depths(channel: Channel) {
         for queue in queues {
             let passive = QueueDeclareOptions { passive: true, ..Default::default() };
             match channel.queue_declare(queue, passive, FieldTable::default()).await {
-                Ok(q) => fleet_common::metrics::QUEUE_DEPTH.with_label_values(&[queue]).set(q.message_count() as i64),
+                Ok(q) => {
+                    fleet_telemetry::metrics::QUEUE_DEPTH.with_label_values(&[queue]).set(q.message_count() as i64)
+                }
                 Err(_) => return,
             }
         }

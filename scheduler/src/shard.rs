@@ -5,14 +5,14 @@
 //! resumes from it. Task numbers follow from the cursor, so a resumed page makes the same
 //! tasks again, and the job store counts each task once.
 
-use fleet_common::amqp::{publish_all, string_headers, task_queue, Outgoing, TASKS_EXCHANGE};
-use fleet_common::finetune::FineTuneSpec;
-use fleet_common::job::{BackgroundReplaceSpec, InputSpec, JobKindName, JobRequest, OutputFormatName};
-use fleet_common::jobstore::JobRecord;
-use fleet_common::keys::TenantId;
-use fleet_common::protocol::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
-use fleet_common::state::{JobEvent, JobState};
-use fleet_common::store::ObjectStore;
+use fleet_protocol::fine_tune::FineTuneSpec;
+use fleet_protocol::job::{BackgroundReplaceSpec, InputSpec, JobKindName, JobRequest, OutputFormatName};
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
+use fleet_protocol::state::{JobEvent, JobState};
+use fleet_queue::{publish_all, string_headers, task_queue, Outgoing, TASKS_EXCHANGE};
+use fleet_state::JobRecord;
+use fleet_store::ObjectStore;
 use futures::future::try_join_all;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
@@ -31,10 +31,10 @@ pub struct TaskChannels {
 
 impl TaskChannels {
     /// The channel for `priority`.
-    pub fn for_priority(&self, priority: fleet_common::job::Priority) -> &Channel {
+    pub fn for_priority(&self, priority: fleet_protocol::job::Priority) -> &Channel {
         match priority {
-            fleet_common::job::Priority::Interactive => &self.interactive,
-            fleet_common::job::Priority::Batch => &self.batch,
+            fleet_protocol::job::Priority::Interactive => &self.interactive,
+            fleet_protocol::job::Priority::Batch => &self.batch,
         }
     }
 }
@@ -121,7 +121,7 @@ pub async fn read_page<S: ObjectStore>(
     cursor: &Cursor,
     shard_size: u32,
 ) -> Result<Page, PageError> {
-    let store = |e: fleet_common::store::StoreError| PageError::Store(e.to_string());
+    let store = |e: fleet_store::StoreError| PageError::Store(e.to_string());
     match (input, cursor) {
         (InputSpec::Keys(keys), Cursor::Keys { next }) => {
             let start = (*next).min(keys.len());
@@ -136,7 +136,7 @@ pub async fn read_page<S: ObjectStore>(
         (InputSpec::Manifest(key), Cursor::Manifest { offset }) => {
             let chunk = match s3.get_range(key, *offset, MANIFEST_CHUNK).await {
                 Ok(chunk) => chunk,
-                Err(fleet_common::store::StoreError::NotFound { .. }) => {
+                Err(fleet_store::StoreError::NotFound { .. }) => {
                     return Err(PageError::Input(format!("manifest {key}: no object at that key")))
                 }
                 Err(e) => return Err(store(e)),
@@ -299,8 +299,8 @@ async fn split_fine_tune(
         priority: record.priority,
         model: record.model.clone(),
         keys: vec![spec.data.clone()],
-        background: fleet_common::job::BackgroundSpec::Transparent,
-        output: fleet_common::job::OutputSpec { format: OutputFormatName::Png, quality: 90, max_side: None },
+        background: fleet_protocol::job::BackgroundSpec::Transparent,
+        output: fleet_protocol::job::OutputSpec { format: OutputFormatName::Png, quality: 90, max_side: None },
         shadow: None,
         accepted_at_ms: record.accepted_at_ms,
         fine_tune: Some(spec),
@@ -317,7 +317,7 @@ async fn split_fine_tune(
 }
 
 fn trace_of(record: &JobRecord) -> &str {
-    fleet_common::protocol::trace_id(&record.traceparent).unwrap_or("")
+    fleet_protocol::message::trace_id(&record.traceparent).unwrap_or("")
 }
 
 async fn fail_job(
@@ -395,7 +395,7 @@ async fn publish_tasks(
         .collect();
     let count = outgoing.len() as u64;
     publish_all(channel, TASKS_EXCHANGE, outgoing).await?;
-    fleet_common::metrics::TASKS.with_label_values(&["dispatched"]).inc_by(count);
+    fleet_telemetry::metrics::TASKS.with_label_values(&["dispatched"]).inc_by(count);
     Ok(())
 }
 

@@ -1,22 +1,12 @@
-//! The GPU worker: where a task's images meet libtorch. In the flow
-//! `client -> RabbitMQ -> scheduler -> worker (S3 in, libtorch, S3 out) -> events -> client`
-//! this crate is the worker's engine (decode, matting model, compositing, encode), the
-//! reference model the project builds for itself, and the commands around them.
-//! It is the only crate that links libtorch.
+//! The fleet worker, in the flow
+//! `client -> RabbitMQ -> scheduler -> worker (S3 in, libtorch, S3 out) -> events -> client`:
+//! it takes the tasks the scheduler's dispatcher sends to its own queue, holds their leases,
+//! runs them with `fleet_engine` (background replacement, generation) or `fleet_train`
+//! (fine-tunes) on the devices it drives, writes results to S3 and reports back.
+//!
+//! [`service`] is the running worker; [`nvml`] reads the GPUs; [`cli`] is the binary's
+//! command line.
 
-pub mod bench;
 pub mod cli;
-pub mod diffusion;
-pub mod engine;
-pub mod folder;
-pub mod generate;
-pub mod options;
-pub mod reference;
+pub mod nvml;
 pub mod service;
-pub mod telemetry;
-pub mod train;
-
-/// Whether libtorch sees a usable CUDA device.
-pub fn cuda_available() -> bool {
-    tch::Cuda::is_available()
-}

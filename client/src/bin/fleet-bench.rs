@@ -14,10 +14,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleet_client::report::percentile;
 use fleet_client::{amqp_url_as, Client, ClientConfig, Submitted};
-use fleet_common::amqp::{self, BATCH_QUEUE};
-use fleet_common::protocol::now_ms;
-use fleet_common::store::s3::S3Config;
-use fleet_common::store::ObjectStore;
+use fleet_protocol::message::now_ms;
+use fleet_queue::{self as amqp, BATCH_QUEUE};
+use fleet_store::s3::S3Config;
+use fleet_store::ObjectStore;
 use lapin::options::QueuePurgeOptions;
 use serde_json::json;
 

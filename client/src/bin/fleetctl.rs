@@ -15,10 +15,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleet_client::report::{job_contact_sheet, percentile, task_manifests};
 use fleet_client::{amqp_url_as, catalog, Client, ClientConfig, JobView, Submitted};
-use fleet_common::heartbeat::Order;
-use fleet_common::keys::results_prefix;
-use fleet_common::store::s3::S3Config;
-use fleet_common::store::ObjectStore;
+use fleet_protocol::heartbeat::Order;
+use fleet_protocol::keys::results_prefix;
+use fleet_store::s3::S3Config;
+use fleet_store::ObjectStore;
 use fleet_synth::CatalogSpec;
 
 #[derive(Debug, Parser)]
@@ -303,19 +303,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Queue { window } => queue(&client, window).await?,
         Command::SeedBackdrops { prefix, per_class, seed } => {
-            fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
+            fleet_protocol::keys::check_tenant_prefix(client.tenant(), &prefix)?;
             println!("{}", catalog::seed_backdrops(&client.s3, &prefix, per_class, seed, "cc0-1.0").await?);
         }
         Command::FetchModel { model, out } => {
-            let model: fleet_common::ModelRef = model.parse()?;
-            let (scope, manifest) = fleet_common::registry::locate(&client.s3, client.tenant(), &model).await?;
+            let model: fleet_protocol::ModelRef = model.parse()?;
+            let (scope, manifest) = fleet_store::registry::locate(&client.s3, client.tenant(), &model).await?;
             let cache = tempfile_dir(&out)?;
-            let (dir, _) = fleet_common::registry::fetch_in(&client.s3, &scope, &model, &cache).await?;
+            let (dir, _) = fleet_store::registry::fetch_in(&client.s3, &scope, &model, &cache).await?;
             let dest = out.join(&model.name).join(&model.version);
             let staging = out.join(&model.name).join(format!(".{}-fetching", model.version));
             let _ = std::fs::remove_dir_all(&staging);
             std::fs::create_dir_all(&staging)?;
-            for file in fleet_common::registry::model_files(&manifest) {
+            for file in fleet_store::registry::model_files(&manifest) {
                 std::fs::copy(dir.join(&file), staging.join(&file))?;
             }
             // What a fine-tune registers beside the model, when there.
@@ -330,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             println!("{}", dest.display());
         }
         Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
-            fleet_common::keys::check_tenant_prefix(client.tenant(), &prefix)?;
+            fleet_protocol::keys::check_tenant_prefix(client.tenant(), &prefix)?;
             let spec =
                 CatalogSpec { seed, count, min_long_side: min_side, max_long_side: max_side, ..Default::default() };
             let started = Instant::now();
@@ -370,7 +370,7 @@ async fn submit(client: &Client, args: SubmitArgs) -> anyhow::Result<std::proces
     let id = match (body.get("id").and_then(|v| v.as_str()), &args.id) {
         (_, Some(id)) => id.clone(),
         (Some(id), None) => id.to_string(),
-        (None, None) => format!("job-{}", fleet_common::protocol::now_ms()),
+        (None, None) => format!("job-{}", fleet_protocol::message::now_ms()),
     };
     body["id"] = serde_json::Value::String(id.clone());
     let bytes = serde_json::to_vec(&body)?;
@@ -542,7 +542,7 @@ async fn workers(client: &Client) -> anyhow::Result<()> {
         "{:<20} {:<9} {:<7} {:<26} {:>5} {:>15} {:>5} {:>7} {:>6} {:<24}",
         "worker", "state", "device", "gpu", "util", "memory MiB", "temp", "running", "leases", "warm models"
     );
-    let now = fleet_common::protocol::now_ms();
+    let now = fleet_protocol::message::now_ms();
     for b in &beats {
         let age = format!("{:.1}s ago", now.saturating_sub(b.at_ms) as f64 / 1e3);
         for d in &b.devices {
@@ -622,7 +622,7 @@ async fn queue(client: &Client, window: u64) -> anyhow::Result<()> {
     } else {
         println!("queue empty");
     }
-    if let Some(blocked) = client.jobs.note(fleet_common::lease::BLOCKED_KEY).await? {
+    if let Some(blocked) = client.jobs.note(fleet_state::schema::BLOCKED_KEY).await? {
         let blocked: serde_json::Value = serde_json::from_str(&blocked)?;
         println!(
             "waiting for a device: {} interactive, {} batch tasks; why:",

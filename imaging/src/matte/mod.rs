@@ -5,6 +5,8 @@ mod morph;
 #[cfg(test)]
 mod tests;
 
+pub use morph::dilate_mask;
+
 use image::GrayImage;
 use serde::{Deserialize, Serialize};
 

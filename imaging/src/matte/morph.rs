@@ -109,3 +109,26 @@ fn combine<const MIN: bool>(dst: &mut [u8], previous: Option<&[u8]>, row: Option
         (None, None) => dst.fill(neutral::<MIN>()),
     }
 }
+
+/// Square dilation of a boolean mask by `radius` pixels, as two running-count passes (rows, then columns).
+pub fn dilate_mask(fg: &[bool], width: usize, height: usize, radius: usize) -> Vec<bool> {
+    let pass = |src: &[bool], len: usize, lines: usize, at: &dyn Fn(usize, usize) -> usize| {
+        let mut out = vec![false; src.len()];
+        for line in 0..lines {
+            // Count of set pixels in the window [pos - radius, pos + radius].
+            let mut count = (0..radius.min(len)).filter(|&k| src[at(line, k)]).count();
+            for pos in 0..len {
+                if pos + radius < len && src[at(line, pos + radius)] {
+                    count += 1;
+                }
+                if pos > radius && src[at(line, pos - radius - 1)] {
+                    count -= 1;
+                }
+                out[at(line, pos)] = count > 0;
+            }
+        }
+        out
+    };
+    let rows = pass(fg, width, height, &|y, x| y * width + x);
+    pass(&rows, height, width, &|x, y| y * width + x)
+}

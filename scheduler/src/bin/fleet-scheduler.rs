@@ -44,7 +44,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
-        let s3 = fleet_common::store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?;
+        let s3 = fleet_store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?;
         let config = Config {
             amqp_url: cli.amqp_url,
             redis_url: cli.redis_url,

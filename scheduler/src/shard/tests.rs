@@ -1,5 +1,5 @@
-use fleet_common::job::{BackgroundSpec, OutputFormatName, OutputSpec, Priority};
-use fleet_common::store::local::LocalStore;
+use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec, Priority};
+use fleet_store::local::LocalStore;
 
 use super::*;
 

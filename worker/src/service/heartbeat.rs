@@ -1,4 +1,4 @@
-//! Building the worker's heartbeat ([`fleet_common::heartbeat`]): identity, NVML readings,
+//! Building the worker's heartbeat ([`fleet_protocol::heartbeat`]): identity, NVML readings,
 //! the devices it drives (memory, warm models, tasks running), tasks in hand and state. The
 //! service writes one every period and renews its leases right after.
 
@@ -6,11 +6,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use fleet_common::heartbeat::{DeviceSample, Heartbeat, Order, TrainingHold, WorkerDevice};
-use fleet_common::protocol::now_ms;
-use fleet_common::DeviceSpec;
+use fleet_protocol::heartbeat::{DeviceSample, Heartbeat, Order, TrainingHold, WorkerDevice};
+use fleet_protocol::message::now_ms;
+use fleet_protocol::DeviceSpec;
 
-use crate::telemetry::Gpus;
+use crate::nvml::Gpus;
 
 /// A lease the worker holds on a task.
 pub struct HeldLease {

@@ -29,16 +29,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::amqp::{self, confirmed_channel, declare_worker_queue, header_str, publish_confirmed, reports_queue};
-use fleet_common::heartbeat::Order;
-use fleet_common::job::Priority;
-use fleet_common::jobstore::RedisJobStore;
-use fleet_common::keys::TenantId;
-use fleet_common::metrics;
-use fleet_common::protocol::{now_ms, trace_id, LeaseGrant, Report, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
-use fleet_common::state::JobState;
-use fleet_common::store::s3::{S3Config, S3Store};
-use fleet_common::DeviceSpec;
+use fleet_protocol::heartbeat::Order;
+use fleet_protocol::job::Priority;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::{now_ms, trace_id, LeaseGrant, Report, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
+use fleet_protocol::state::JobState;
+use fleet_protocol::DeviceSpec;
+use fleet_queue::{
+    self as amqp, confirmed_channel, declare_worker_queue, header_str, publish_confirmed, reports_queue,
+};
+use fleet_state::RedisJobStore;
+use fleet_store::s3::{S3Config, S3Store};
+use fleet_telemetry::metrics;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
@@ -176,9 +178,9 @@ async fn beat_until(
     order: watch::Sender<Order>,
     mut exited: watch::Receiver<bool>,
 ) {
-    let gpus = crate::telemetry::Gpus::probe();
+    let gpus = crate::nvml::Gpus::probe();
     let host = host_name();
-    let base = fleet_common::heartbeat::Heartbeat {
+    let base = fleet_protocol::heartbeat::Heartbeat {
         id: worker.config.id.clone(),
         host,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -243,7 +245,7 @@ async fn beat_until(
         tokio::select! {
             _ = exited.wait_for(|d| *d) => break,
             _ = stop.wait_for(|s| *s), if !stopped => {}
-            _ = tokio::time::sleep(fleet_common::heartbeat::HEARTBEAT_PERIOD) => {}
+            _ = tokio::time::sleep(fleet_protocol::heartbeat::HEARTBEAT_PERIOD) => {}
         }
     }
     if let Err(e) = worker.jobs.remove_heartbeat(&worker.config.id).await {
@@ -412,7 +414,7 @@ fn accept(worker: &Worker, delivery: Delivery) -> Option<Accepted> {
     let held = heartbeat::HeldLease { token: lease.token, lost: lost.clone(), preempt: preempt.clone() };
     worker.live.leases.lock().expect("lease table").insert(task.id(), held);
     if let Some(ft) = &task.fine_tune {
-        let hold = fleet_common::heartbeat::TrainingHold {
+        let hold = fleet_protocol::heartbeat::TrainingHold {
             task: task.id(),
             whole_device: ft.resources.whole_device(),
             memory_mib: ft.resources.memory_mib.unwrap_or(0),
@@ -590,7 +592,7 @@ async fn work(
     let result = match (&task.fine_tune, worker.config.executor) {
         (Some(spec), Executor::Engine) => {
             let priority = task.priority;
-            let relay = move |progress: fleet_common::protocol::TrainingProgress| {
+            let relay = move |progress: fleet_protocol::message::TrainingProgress| {
                 let report = fine_tune::report_for(task, token, progress);
                 Box::pin(async move {
                     let _ = report_to_scheduler(worker, lost, priority, &report).await;
@@ -623,7 +625,7 @@ async fn work(
                 .await
                 .map_err(|e| Handback::Retry(e.to_string()))?;
             let generator = match &task.background {
-                fleet_common::job::BackgroundSpec::Generate(g) => Some(
+                fleet_protocol::job::BackgroundSpec::Generate(g) => Some(
                     device
                         .models
                         .generator(&worker.s3, &tenant, &g.model)

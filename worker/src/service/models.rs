@@ -8,16 +8,16 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use fleet_common::keys::TenantId;
-use fleet_common::registry::{self, Scope};
-use fleet_common::store::s3::S3Store;
-use fleet_common::{DeviceSpec, ModelManifest, ModelRef};
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::{DeviceSpec, ModelManifest, ModelRef};
+use fleet_store::registry::{self, Scope};
+use fleet_store::s3::S3Store;
 use tokio::sync::Mutex;
 
-use fleet_common::manifest::Task;
+use fleet_protocol::manifest::Task;
 
-use crate::engine::{Engine, InferenceThread};
-use crate::generate::Generator;
+use fleet_engine::generate::Generator;
+use fleet_engine::{Engine, InferenceThread};
 
 /// Images per forward pass the engine runs (its default batch): activation memory is
 /// counted for a full batch.
@@ -143,7 +143,7 @@ impl ModelCache {
             }
             Task::BackgroundGenerator => {
                 let generator = tokio::task::spawn_blocking(move || {
-                    let device = crate::engine::resolve_device(device)?;
+                    let device = fleet_engine::resolve_device(device)?;
                     Generator::load(&dir, device)
                 })
                 .await??;
@@ -152,7 +152,7 @@ impl ModelCache {
         };
         tracing::info!(model = %model, task = ?task, load_ms = started.elapsed().as_millis() as u64,
             mib = mib.round(), "model loaded and kept warm");
-        fleet_common::metrics::MODEL_LOADS.inc();
+        fleet_telemetry::metrics::MODEL_LOADS.inc();
         entries.by_model.insert(key, Entry { warm: warm.clone(), mib, last_used: now });
         self.publish_warm(&entries);
         Ok(warm)
@@ -185,7 +185,7 @@ impl ModelCache {
             let evicted = entries.by_model.remove(&oldest).expect("the oldest entry exists");
             tracing::info!(model = %oldest.1, scope = %oldest.0, freed_mib = evicted.mib.round(), budget_mib = budget.round(),
                 "model evicted (least recently used) to make room");
-            fleet_common::metrics::MODEL_EVICTIONS.inc();
+            fleet_telemetry::metrics::MODEL_EVICTIONS.inc();
         }
     }
 

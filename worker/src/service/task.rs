@@ -7,19 +7,19 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_common::job::{BackgroundSpec, OutputFormatName, OutputSpec};
-use fleet_common::keys::{check_tenant_key, output_keys, results_prefix, TenantId};
-use fleet_common::protocol::{now_ms, ItemFailureReport, TaskMessage};
-use fleet_common::store::s3::S3Store;
-use fleet_common::store::{content_type, ObjectStore, StoreError};
 use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::encode::OutputFormat;
+use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec};
+use fleet_protocol::keys::{check_tenant_key, output_keys, results_prefix, TenantId};
+use fleet_protocol::message::{now_ms, ItemFailureReport, TaskMessage};
+use fleet_store::s3::S3Store;
+use fleet_store::{content_type, ObjectStore, StoreError};
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::engine::{Engine, EngineOptions, InputItem, ItemRecord};
-use crate::folder::npy_f32;
+use fleet_engine::folder::npy_f32;
+use fleet_engine::{Engine, EngineOptions, InputItem, ItemRecord};
 
 /// Objects fetched or written at once per task.
 pub const IO_CONCURRENCY: usize = 8;
@@ -86,7 +86,7 @@ struct VariantItem {
 /// scheduler took the task over while it was silent) writes nothing.
 pub struct Fence<'a> {
     /// Where leases live.
-    pub jobs: &'a fleet_common::jobstore::RedisJobStore,
+    pub jobs: &'a fleet_state::RedisJobStore,
     /// The task's id.
     pub task_id: String,
     /// The token the worker was given.
@@ -127,13 +127,13 @@ pub struct TaskContext<'a> {
     /// The task's lease.
     pub fence: &'a Fence<'a>,
     /// The background generator, warm on the same device, for generate jobs.
-    pub generator: Option<Arc<crate::generate::Generator>>,
+    pub generator: Option<Arc<fleet_engine::generate::Generator>>,
 }
 
 /// The compositor's shadow for a job's.
-fn shadow(spec: fleet_common::job::ShadowSpec) -> fleet_imaging::composite::Shadow {
-    use fleet_common::job::ShadowKindName;
+fn shadow(spec: fleet_protocol::job::ShadowSpec) -> fleet_imaging::composite::Shadow {
     use fleet_imaging::composite::ShadowKind;
+    use fleet_protocol::job::ShadowKindName;
     fleet_imaging::composite::Shadow {
         kind: match spec.kind {
             ShadowKindName::Drop => ShadowKind::Drop,
@@ -279,10 +279,10 @@ fn variant_keys(result_key: &str, embedding_key: &str, extension: &str, k: usize
 async fn generate_job(
     ctx: &TaskContext<'_>,
     tenant: &TenantId,
-    spec: &fleet_common::job::GenerateSpec,
+    spec: &fleet_protocol::job::GenerateSpec,
     limits: &DecodeLimits,
-) -> Result<crate::generate::GenerateJob, AttemptError> {
-    use fleet_common::job::SamplingPreset;
+) -> Result<fleet_engine::generate::GenerateJob, AttemptError> {
+    use fleet_protocol::job::SamplingPreset;
     let generator =
         ctx.generator.clone().ok_or_else(|| AttemptError("no generator was loaded for a generate job".into()))?;
     let reference = match &spec.reference_image {
@@ -294,9 +294,9 @@ async fn generate_job(
         None => None,
     };
     let (steps, guidance) = spec.steps_and_guidance(generator.spec.guidance);
-    Ok(crate::generate::GenerateJob {
+    Ok(fleet_engine::generate::GenerateJob {
         generator,
-        options: crate::generate::GenerateOptions {
+        options: fleet_engine::generate::GenerateOptions {
             prompt: spec.prompt.clone(),
             negative_prompt: spec.negative_prompt.clone(),
             reference,
@@ -305,8 +305,8 @@ async fn generate_job(
             guidance,
             results: spec.results,
             sampler: match spec.sampling {
-                SamplingPreset::Fast => crate::diffusion::SamplerKind::Ddim { eta: 0.0 },
-                SamplingPreset::Quality => crate::diffusion::SamplerKind::Euler,
+                SamplingPreset::Fast => fleet_engine::diffusion::SamplerKind::Ddim { eta: 0.0 },
+                SamplingPreset::Quality => fleet_engine::diffusion::SamplerKind::Euler,
             },
             dilate_pct: GENERATE_MARGIN_PCT,
         },
@@ -375,7 +375,7 @@ async fn background(
     Ok(match spec {
         BackgroundSpec::Transparent => Background::Transparent,
         BackgroundSpec::Color { color } => {
-            Background::Color(fleet_common::job::parse_hex_color(color).map_err(AttemptError)?)
+            Background::Color(fleet_protocol::job::parse_hex_color(color).map_err(AttemptError)?)
         }
         BackgroundSpec::Blur { strength_pct } => Background::Blur { sigma_pct: *strength_pct },
         // Generated per image by the engine; this is what a cut-out falls back to.

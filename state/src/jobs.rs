@@ -1,0 +1,151 @@
+//! Durable job state in Redis (run with AOF, `noeviction`): the store, and job records.
+//!
+//! Every job and task state change goes through [`JobState::apply`] / [`TaskState::apply`]
+//! and is written with a compare-and-set script, so concurrent schedulers never lose an
+//! update or write an impossible transition. A task's counts are added in the same script
+//! that moves it to a terminal state, so a task reported twice is counted once. The keys are
+//! in [`crate::schema`].
+
+use redis::aio::ConnectionManager;
+
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::message::Progress;
+use fleet_protocol::state::JobEvent;
+
+use crate::error::{JobStoreError, CAS_ATTEMPTS};
+use crate::record::{Created, JobRecord};
+use crate::schema::job_record_key as key;
+
+/// Writes `ARGV[2]` only if the key still holds `ARGV[1]`.
+const COMPARE_AND_SET: &str = include_str!("scripts/compare_and_set.lua");
+
+/// Creates a task unless it exists; counts it into the job's totals once.
+pub(crate) const CREATE_TASK: &str = include_str!("scripts/create_task.lua");
+
+/// Moves a task from `ARGV[2]` to `ARGV[3]`; when `ARGV[4]` is 1 the task ended, and its
+/// counts and failures are added in the same step. With a token (`ARGV[7]`), the update is
+/// fenced: it applies only while the task's lease still carries that token. `ARGV[8]` says
+/// what happens to the lease: `end` deletes it, `requeue` takes it from its worker (a new
+/// token makes the old one stale) and queues the task for dispatch again after
+/// `ARGV[10]` ms since the epoch. Returns `{'ok', counters...}`, `{'stale'}` when fenced out,
+/// or `{}` if the task changed under us.
+pub(crate) const UPDATE_TASK: &str = include_str!("scripts/update_task.lua");
+
+/// Job records in Redis.
+#[derive(Clone)]
+pub struct RedisJobStore {
+    pub(crate) conn: ConnectionManager,
+    pub(crate) update_task: redis::Script,
+    pub(crate) create_task: redis::Script,
+}
+
+pub(crate) fn parse_progress(fields: &[(String, String)]) -> Progress {
+    let mut p = Progress::default();
+    for (name, value) in fields {
+        let n: u64 = value.parse().unwrap_or(0);
+        match name.as_str() {
+            "tasks_total" => p.tasks_total = n,
+            "tasks_done" => p.tasks_done = n,
+            "items_total" => p.items_total = n,
+            "items_succeeded" => p.items_succeeded = n,
+            "items_failed" => p.items_failed = n,
+            "sharded" => p.sharded = n == 1,
+            _ => {}
+        }
+    }
+    p
+}
+
+impl RedisJobStore {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379`); reconnects by itself afterwards.
+    pub async fn connect(url: &str) -> Result<Self, JobStoreError> {
+        let client = redis::Client::open(url)?;
+        Ok(RedisJobStore {
+            conn: ConnectionManager::new(client).await?,
+            update_task: redis::Script::new(UPDATE_TASK),
+            create_task: redis::Script::new(CREATE_TASK),
+        })
+    }
+
+    /// Records a new job unless the tenant already has one with that id.
+    pub async fn create(&self, record: JobRecord) -> Result<Created, JobStoreError> {
+        let tenant = TenantId::new(&record.tenant)
+            .map_err(|e| JobStoreError::Corrupt { key: record.id.clone(), reason: e.to_string() })?;
+        let k = key(&tenant, &record.id);
+        let json = serde_json::to_string(&record).expect("a job record serialises");
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET").arg(&k).arg(&json).arg("NX").query_async(&mut conn).await?;
+        if set.is_some() {
+            let _: i64 = redis::cmd("ZADD")
+                .arg(format!("fleet:jobs:{tenant}"))
+                .arg(record.accepted_at_ms)
+                .arg(&record.id)
+                .query_async(&mut conn)
+                .await?;
+            return Ok(Created::New(record));
+        }
+        let existing = self
+            .get(&tenant, &record.id)
+            .await?
+            .ok_or_else(|| JobStoreError::NotFound { tenant: tenant.to_string(), id: record.id.clone() })?;
+        Ok(Created::Existing(existing))
+    }
+
+    /// The job, if it exists.
+    pub async fn get(&self, tenant: &TenantId, id: &str) -> Result<Option<JobRecord>, JobStoreError> {
+        Ok(self.get_raw(&key(tenant, id)).await?.map(|(record, _)| record))
+    }
+
+    async fn get_raw(&self, k: &str) -> Result<Option<(JobRecord, String)>, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = redis::cmd("GET").arg(k).query_async(&mut conn).await?;
+        raw.map(|json| {
+            serde_json::from_str(&json)
+                .map(|r| (r, json))
+                .map_err(|e| JobStoreError::Corrupt { key: k.to_string(), reason: e.to_string() })
+        })
+        .transpose()
+    }
+
+    /// Applies `event` through the state machine and stores the result atomically; returns
+    /// the updated record.
+    pub async fn apply(&self, tenant: &TenantId, id: &str, event: JobEvent) -> Result<JobRecord, JobStoreError> {
+        self.apply_with_reason(tenant, id, event, None).await
+    }
+
+    /// As [`apply`](Self::apply), recording `reason` (job-level failures).
+    pub async fn apply_with_reason(
+        &self,
+        tenant: &TenantId,
+        id: &str,
+        event: JobEvent,
+        reason: Option<String>,
+    ) -> Result<JobRecord, JobStoreError> {
+        let k = key(tenant, id);
+        let script = redis::Script::new(COMPARE_AND_SET);
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut record, old) = self
+                .get_raw(&k)
+                .await?
+                .ok_or_else(|| JobStoreError::NotFound { tenant: tenant.to_string(), id: id.to_string() })?;
+            record.state = record.state.apply(event)?;
+            if let JobEvent::TasksEnded { succeeded, failed } = event {
+                record.succeeded_items = succeeded;
+                record.failed_items = failed;
+            }
+            if reason.is_some() {
+                record.reason = reason.clone();
+            }
+            if record.state.is_terminal() {
+                record.finished_at_ms = Some(fleet_protocol::message::now_ms());
+            }
+            let new = serde_json::to_string(&record).expect("a job record serialises");
+            let mut conn = self.conn.clone();
+            let swapped: i64 = script.key(&k).arg(&old).arg(&new).invoke_async(&mut conn).await?;
+            if swapped == 1 {
+                return Ok(record);
+            }
+        }
+        Err(JobStoreError::Contended(k))
+    }
+}

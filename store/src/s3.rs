@@ -1,0 +1,181 @@
+//! The S3 backend (aws-sdk-s3), for any S3-compatible server: path-style addressing,
+//! a fixed endpoint and static credentials, as Garage and MinIO need; AWS works the same.
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+
+use super::{ListPage, ObjectStore, StoreError};
+use fleet_protocol::keys::check_key;
+
+/// Where the bucket is and how to sign requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:3900`.
+    pub endpoint: String,
+    /// Signing region (`garage` for Garage).
+    pub region: String,
+    /// Bucket holding every tenant's prefix and the model registry.
+    pub bucket: String,
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+}
+
+impl S3Config {
+    /// Reads `FLEET_S3_ENDPOINT`, `FLEET_S3_REGION`, `FLEET_S3_BUCKET`, `AWS_ACCESS_KEY_ID` and
+    /// `AWS_SECRET_ACCESS_KEY` (what `deploy/stack.sh env` prints); names the first one missing.
+    pub fn from_env() -> Result<Self, String> {
+        let var = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set (see deploy/stack.sh env)"));
+        Ok(S3Config {
+            endpoint: var("FLEET_S3_ENDPOINT")?,
+            region: var("FLEET_S3_REGION")?,
+            bucket: var("FLEET_S3_BUCKET")?,
+            access_key: var("AWS_ACCESS_KEY_ID")?,
+            secret_key: var("AWS_SECRET_ACCESS_KEY")?,
+        })
+    }
+}
+
+/// A bucket on an S3-compatible server.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+}
+
+impl S3Store {
+    /// A client for `cfg`; no request is made until the first call.
+    pub fn new(cfg: &S3Config) -> Self {
+        let credentials = Credentials::new(&cfg.access_key, &cfg.secret_key, None, None, "fleet-config");
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .endpoint_url(&cfg.endpoint)
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            // S3-compatible servers differ in which checksum headers they know.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .build();
+        S3Store { client: Client::from_conf(conf), bucket: cfg.bucket.clone() }
+    }
+}
+
+/// Maps an SDK error, deciding whether it is worth retrying.
+fn backend<E: ProvideErrorMetadata, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
+where
+    SdkError<E, R>: std::error::Error,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(e) => {
+            matches!(e.err().code(), Some("SlowDown" | "InternalError" | "ServiceUnavailable" | "RequestTimeout"))
+        }
+        _ => false,
+    };
+    let reason = match err.as_service_error() {
+        Some(e) => format!("{}: {}", e.code().unwrap_or("error"), e.message().unwrap_or("")),
+        None => format!("{}", aws_smithy_types::error::display::DisplayErrorContext(&err)),
+    };
+    StoreError::Backend { op, key: key.to_string(), reason, retryable }
+}
+
+/// The bytes of a get's response body; a body cut off midway is worth retrying.
+async fn read_body(key: &str, out: aws_sdk_s3::operation::get_object::GetObjectOutput) -> Result<Vec<u8>, StoreError> {
+    let body = out.body.collect().await.map_err(|e| StoreError::Backend {
+        op: "get",
+        key: key.to_string(),
+        reason: e.to_string(),
+        retryable: true,
+    })?;
+    Ok(body.into_bytes().to_vec())
+}
+
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        check_key(key)?;
+        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                StoreError::NotFound { key: key.to_string() }
+            } else {
+                backend("get", key, e)
+            }
+        })?;
+        read_body(key, out).await
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        check_key(key)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let range = format!("bytes={start}-{}", start + len - 1);
+        let request = self.client.get_object().bucket(&self.bucket).key(key).range(range);
+        let out = match request.send().await {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(StoreError::NotFound { key: key.to_string() })
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => return Ok(Vec::new()),
+            Err(e) => return Err(backend("get", key, e)),
+        };
+        read_body(key, out).await
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| backend("put", key, e))?;
+        Ok(())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
+        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+            Err(e) => Err(backend("head", key, e)),
+        }
+    }
+
+    async fn list_page(&self, prefix: &str, token: Option<String>, limit: usize) -> Result<ListPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(limit.clamp(1, 1000) as i32)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| backend("list", prefix, e))?;
+        let keys = out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
+        let next =
+            if out.is_truncated().unwrap_or(false) { out.next_continuation_token().map(str::to_string) } else { None };
+        Ok(ListPage { keys, next })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| backend("delete", key, e))?;
+        Ok(())
+    }
+}
