@@ -1,2 +1,2 @@
 // The integration tests link libtorch exactly as the worker does.
-include!("../build/libtorch.rs");
+include!("../../build/libtorch.rs");

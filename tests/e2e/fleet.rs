@@ -13,8 +13,8 @@ use fleet_protocol::message::{trace_id, JobEventMessage};
 use fleet_protocol::state::JobState;
 use fleet_store::{list_all, ObjectStore};
 use fleet_synth::CatalogSpec;
-use fleet_tests::fleet::{client, free_port, Fleet};
-use fleet_tests::unique;
+use fleet_tests_e2e::fleet::{client, free_port, Fleet};
+use fleet_tests_e2e::unique;
 use serde_json::json;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -389,7 +389,7 @@ async fn scheduler_and_workers_ride_out_a_rabbitmq_restart() {
         Submitted::Accepted
     );
     wait_tasks_done(&client, &id, 2, Duration::from_secs(120)).await;
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap();
     let status =
         std::process::Command::new(root.join("deploy/stack.sh")).args(["restart", "rabbitmq"]).status().unwrap();
     assert!(status.success(), "RabbitMQ restarts");
@@ -441,7 +441,8 @@ async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_
     // A model whose manifest is fine but whose weights are not TorchScript: every load fails.
     let dir = tempfile::tempdir().unwrap();
     let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fleet_tests::reference_dir().join("manifest.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(fleet_tests_e2e::reference_dir().join("manifest.json")).unwrap())
+            .unwrap();
     manifest["name"] = json!("broken-weights");
     std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
     for file in ["model.pt", "embed.pt", "trainable.pt"] {
@@ -590,7 +591,7 @@ async fn past_its_memory_budget_a_worker_evicts_the_least_recently_used_model() 
     );
     let client = client(TENANT).await;
     let dir = tempfile::tempdir().unwrap();
-    let reference = fleet_tests::reference_dir();
+    let reference = fleet_tests_e2e::reference_dir();
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(reference.join("manifest.json")).unwrap()).unwrap();
     manifest["name"] = json!("matting-ref-copy");

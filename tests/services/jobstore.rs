@@ -7,7 +7,7 @@ use fleet_protocol::state::TaskEvent;
 use fleet_protocol::state::{JobEvent, JobState};
 use fleet_state::lease::{Grant, Renewal};
 use fleet_state::{Created, JobRecord, JobStoreError, LeaseOp, RedisJobStore, TaskNote, TaskOutcome, TaskUpdate};
-use fleet_tests::unique;
+use fleet_tests_services::unique;
 
 async fn store() -> RedisJobStore {
     let url = std::env::var("FLEET_REDIS_URL").expect("the test command starts the stack and exports FLEET_REDIS_URL");

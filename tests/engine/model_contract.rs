@@ -12,7 +12,7 @@ use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_protocol::manifest::{AlphaKind, EmbeddingSpec, InputSpec, ModelManifest, OutputSpec};
 use fleet_protocol::DeviceSpec;
 use fleet_synth::render_sample;
-use fleet_tests::{png_item, reference_dir, reference_engine};
+use fleet_tests_engine::{png_item, reference_dir, reference_engine};
 use tch::{nn, CModule, Device, Kind, Tensor};
 
 const H: i64 = 160;

@@ -9,7 +9,7 @@ use fleet_engine::{Engine, EngineError, EngineOptions, InferenceThread, InputIte
 use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::encode::OutputFormat;
 use fleet_protocol::DeviceSpec;
-use fleet_tests::python;
+use fleet_tests_engine::python;
 
 /// A toy matting model: bright pixels are foreground; the embedding is per-channel mean and
 /// standard deviation. Written by Python exactly as a customer's export would be.

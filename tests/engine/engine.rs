@@ -7,7 +7,7 @@ use fleet_engine::{EngineOptions, InputItem, ItemOutput};
 use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::encode::{png_header_only, OutputFormat};
 use fleet_synth::render_sample;
-use fleet_tests::{png_item, reference_engine};
+use fleet_tests_engine::{png_item, reference_engine};
 use image::GenericImageView;
 
 const SEED: u64 = 0x7E57;

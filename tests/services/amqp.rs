@@ -4,7 +4,7 @@
 //! the delivery limit instead of looping, and a tenant can listen only to its own job events.
 
 use fleet_queue::{self as amqp, AmqpError};
-use fleet_tests::unique;
+use fleet_tests_services::unique;
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, QueuePurgeOptions};
 use lapin::types::FieldTable;

@@ -54,7 +54,7 @@ async fn suite<S: ObjectStore>(store: &S, prefix: &str) {
 }
 
 fn run_id() -> String {
-    format!("test-runs/{}/", fleet_tests::unique("store"))
+    format!("test-runs/{}/", fleet_tests_services::unique("store"))
 }
 
 #[tokio::test]

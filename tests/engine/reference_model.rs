@@ -5,7 +5,7 @@ use fleet_dev::reference::evaluate;
 use fleet_dev::reference::train::{EVAL_LONG_SIDE, EVAL_SEED};
 use fleet_engine::InferenceThread;
 use fleet_protocol::DeviceSpec;
-use fleet_tests::reference_dir;
+use fleet_tests_engine::reference_dir;
 
 #[test]
 fn reference_model_meets_the_quality_target_on_held_out_images() {

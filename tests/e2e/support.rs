@@ -1,63 +1,8 @@
-//! Shared set-up for the integration tests: where the reference model lives and how to
-//! turn synthetic samples into encoded inputs.
-//!
-//! The reference model is built once by `./fleet test` (or `./fleet model`) before the
-//! tests run; the tests never train it themselves.
+//! Shared set-up for the end-to-end tier: the scheduler and workers of the release build run
+//! against the real services and the reference model, driven through the client.
 
-use std::path::PathBuf;
-
-use fleet_engine::{Engine, InferenceThread, InputItem};
-use fleet_imaging::composite::Composited;
-use fleet_imaging::encode::{encode, OutputFormat};
-use fleet_protocol::DeviceSpec;
-use fleet_synth::Sample;
-
-/// Root of the local model registry the tests read (`FLEET_MODEL_DIR`, as `./fleet` sets it).
-pub fn models_root() -> PathBuf {
-    match std::env::var_os("FLEET_MODEL_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/gpu-fleet/models"),
-    }
-}
-
-/// The Python with PyTorch that `./fleet` installs (`FLEET_PYTHON`), for exporting models
-/// the way customers do.
-pub fn python() -> PathBuf {
-    match std::env::var_os("FLEET_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))
-            .join(".cache/gpu-fleet/venv-torch-2.11.0/bin/python"),
-    }
-}
-
-/// Folder of the cached reference model; panics with the fix when it is missing.
-pub fn reference_dir() -> PathBuf {
-    let dir = fleet_dev::reference::model_dir(&models_root());
-    assert!(
-        dir.join("manifest.json").exists(),
-        "reference model missing at {}: run `./fleet model` (./fleet test does it first)",
-        dir.display()
-    );
-    dir
-}
-
-/// The reference model on the CPU behind a fresh engine.
-pub fn reference_engine() -> Engine {
-    Engine::new(InferenceThread::start(&reference_dir(), DeviceSpec::Cpu).expect("reference model loads"))
-}
-
-/// A synthetic sample encoded as PNG (lossless, so pixels can be compared exactly).
-pub fn png_item(id: &str, sample: &Sample) -> InputItem {
-    let bytes = encode(&Composited::Rgb(sample.image.clone()), OutputFormat::Png).expect("png encodes");
-    InputItem { id: id.to_string(), bytes }
-}
-
-/// A name no other test run uses, for keys, job ids and message ids on shared services.
-pub fn unique(what: &str) -> String {
-    let nanos =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
-    format!("{what}-{}-{nanos}", std::process::id())
-}
+pub use fleet_tests_engine::{models_root, png_item, python, reference_dir, reference_engine};
+pub use fleet_tests_services::unique;
 
 /// Running fleet processes (scheduler and workers from the release build), killed when
 /// dropped. `./fleet test` builds every binary before the tests run.

@@ -13,7 +13,7 @@ use fleet_protocol::DeviceSpec;
 use fleet_store::registry::{fetch, fetch_counted, publish, resolve, FetchStats, RegistryError, FILE_LIST};
 use fleet_store::s3::{S3Config, S3Store};
 use fleet_store::ObjectStore;
-use fleet_tests::{png_item, reference_dir, reference_engine, unique};
+use fleet_tests_e2e::{png_item, reference_dir, reference_engine, unique};
 
 fn store() -> S3Store {
     S3Store::new(&S3Config::from_env().expect("the test command starts the stack and exports its settings"))

@@ -9,7 +9,7 @@ use fleet_engine::InferenceThread;
 use fleet_protocol::{DeviceSpec, ModelManifest};
 use fleet_store::registry::model_files;
 use fleet_synth::Scene;
-use fleet_tests::reference_dir;
+use fleet_tests_engine::reference_dir;
 use tch::nn::{self, OptimizerConfig};
 use tch::{CModule, Device, Kind, Reduction, Tensor, TrainableCModule};
 

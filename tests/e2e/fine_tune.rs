@@ -12,8 +12,8 @@ use fleet_protocol::fine_tune::Hyper;
 use fleet_protocol::message::{JobEventMessage, StepRecord};
 use fleet_protocol::state::JobState;
 use fleet_store::ObjectStore;
-use fleet_tests::fleet::{client, Fleet};
-use fleet_tests::unique;
+use fleet_tests_e2e::fleet::{client, Fleet};
+use fleet_tests_e2e::unique;
 use image::{GrayImage, RgbImage};
 use serde_json::json;
 
@@ -213,7 +213,7 @@ async fn a_fine_tune_learns_a_new_domain_in_two_phases_and_registers_a_tenant_mo
     assert_eq!(client.submit(&rerender, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
     let used = client.wait(&rerender, Duration::from_secs(120), |_| {}).await.unwrap();
     assert_eq!(used.progress.items_succeeded, 2, "{}", fleet.log("ft-w1"));
-    let other = fleet_tests::fleet::client("tenant-b").await;
+    let other = fleet_tests_e2e::fleet::client("tenant-b").await;
     let stolen = unique("ft-steal");
     let body = serde_json::to_vec(&json!({
         "id": stolen, "priority": "batch", "kind": "background_replace",
