@@ -6,6 +6,7 @@ pub use fleet_tests_services::unique;
 
 /// Running fleet processes (scheduler and workers from the release build), killed when
 /// dropped. `./fleet test` builds every binary before the tests run.
+#[expect(clippy::disallowed_methods, reason = "the harness polls child processes from a test thread; no runtime shares it")]
 pub mod fleet {
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
