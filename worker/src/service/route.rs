@@ -1,0 +1,107 @@
+//! From delivery to task: decode a delivery and its lease, register the lease so heartbeats
+//! renew it, wait for a slot on the device's lane, run the attempt and let the lease go.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use fleet_protocol::heartbeat::{Order, TrainingHold};
+use fleet_protocol::message::{trace_id, LeaseGrant, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
+use fleet_queue::header_str;
+use lapin::message::Delivery;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use super::attempt::handle;
+use super::lanes::InFlight;
+use super::reports::{failed, released, report_to_scheduler};
+use super::{heartbeat, Worker};
+
+/// A task received under a lease, waiting for a slot on its device.
+pub(super) struct Accepted {
+    task: TaskMessage,
+    lease: LeaseGrant,
+    traceparent: String,
+    lost: Arc<AtomicBool>,
+    preempt: Arc<AtomicBool>,
+}
+
+/// Reads a delivery and registers its lease, so the next heartbeat renews it.
+pub(super) fn accept(worker: &Worker, delivery: Delivery) -> Option<Accepted> {
+    let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
+        Ok(task) => task,
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable task dropped; its lease expires and the scheduler sees to it");
+            return None;
+        }
+    };
+    let Some(lease) = header_str(&delivery.properties, LEASE_HEADER).as_deref().and_then(LeaseGrant::parse) else {
+        tracing::warn!(task = %task.id(), "task without a lease dropped");
+        return None;
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let preempt = Arc::new(AtomicBool::new(false));
+    let held = heartbeat::HeldLease { token: lease.token, lost: lost.clone(), preempt: preempt.clone() };
+    worker.live.leases.lock().expect("lease table").insert(task.id(), held);
+    if let Some(ft) = &task.fine_tune {
+        let hold = TrainingHold {
+            task: task.id(),
+            whole_device: ft.resources.whole_device(),
+            memory_mib: ft.resources.memory_mib.unwrap_or(0),
+            preemptible: ft.resources.preemptible,
+        };
+        worker.live.training.lock().expect("training table").insert(task.id(), (lease.device, hold));
+    }
+    let traceparent = header_str(&delivery.properties, TRACEPARENT_HEADER).unwrap_or_default();
+    Some(Accepted { task, lease, traceparent, lost, preempt })
+}
+
+impl Accepted {
+    /// Waits for a slot on the task's device lane and runs the attempt (or gives the task
+    /// back if the worker stops taking work first), then drops the lease from the tables.
+    pub(super) async fn run(self, worker: &Worker, mut order: watch::Receiver<Order>) {
+        let Accepted { task, lease, traceparent, lost, preempt } = self;
+        let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task,
+            attempt = lease.attempt, token = lease.token, trace_id = trace_id(&traceparent).unwrap_or(""));
+        async {
+            let Some(device) = worker.devices.get(lease.device as usize) else {
+                let reason = format!("placed on device {} but this worker has {}", lease.device, worker.devices.len());
+                let _ = report_to_scheduler(worker, &lost, task.priority, &failed(worker, &task, &lease, reason)).await;
+                return;
+            };
+            // Wait for a slot on the device's lane, unless told to stop taking work.
+            let permit = tokio::select! {
+                biased;
+                _ = order.wait_for(|o| *o != Order::Run) => None,
+                permit = device.lane(task.priority).clone().acquire_owned() => permit.ok(),
+            };
+            let Some(permit) = permit else {
+                let report = released(worker, &task, &lease, None);
+                let _ = report_to_scheduler(worker, &lost, task.priority, &report).await;
+                return;
+            };
+            let held = InFlight::hold(&worker.live, task.id());
+            // A fine-tune runs for hours: on cordon, drain or SIGTERM it checkpoints and yields
+            // rather than holding the worker until it ends.
+            let yield_on_drain = task.fine_tune.is_some().then(|| {
+                let (mut order, preempt) = (order.clone(), preempt.clone());
+                tokio::spawn(async move {
+                    if order.wait_for(|o| *o != Order::Run).await.is_ok() {
+                        preempt.store(true, Ordering::Relaxed);
+                    }
+                })
+            });
+            device.running.fetch_add(1, Ordering::Relaxed);
+            handle(worker, device, &task, &lease, &lost, &preempt).await;
+            device.running.fetch_sub(1, Ordering::Relaxed);
+            if let Some(watch) = yield_on_drain {
+                watch.abort();
+            }
+            drop(held);
+            drop(permit);
+        }
+        .instrument(span)
+        .await;
+        worker.live.leases.lock().expect("lease table").remove(&task.id());
+        worker.live.training.lock().expect("training table").remove(&task.id());
+    }
+}
