@@ -6,6 +6,7 @@
 //! Redis and S3 directly, which is what an operator's or a trusted front end's view needs.
 
 pub mod catalog;
+pub mod job_body;
 pub mod report;
 
 use std::time::{Duration, Instant};

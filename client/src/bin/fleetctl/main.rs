@@ -1,0 +1,191 @@
+//! `fleetctl`: submit, follow, inspect, fetch and cancel jobs; seed a synthetic catalog.
+//!
+//! ```text
+//! fleetctl submit --file job.yaml --watch
+//! fleetctl submit --id cat-1 --prefix tenant-a/catalog/ --background color:#f2f2f2 --format jpeg --watch
+//! fleetctl show cat-1 --watch | list | failed cat-1 | fetch cat-1 --out dir | cancel cat-1
+//! fleetctl summary cat-1 --sheet sheet.png
+//! ```
+//!
+//! This file parses the flags, sets up tracing, connects and dispatches; the commands live in
+//! [`submit`], [`tenant`] (the tenant's jobs and models), [`ops`] (the operator's view of
+//! workers and queue) and [`seed`] (synthetic data), and [`view`] prints jobs.
+
+mod ops;
+mod seed;
+mod submit;
+mod tenant;
+mod view;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleet_client::{amqp_url_as, Client, ClientConfig};
+use fleet_store::s3::S3Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "fleetctl", version, about = "gpu-fleet client: jobs, progress, results")]
+struct Cli {
+    /// Tenant to act as (its RabbitMQ user).
+    #[arg(long, env = "FLEET_TENANT", global = true, default_value = "tenant-a")]
+    tenant: String,
+    /// The tenant's RabbitMQ password.
+    #[arg(long, env = "FLEET_TENANT_PASSWORD", global = true, hide_env_values = true)]
+    password: Option<String>,
+    /// Broker URL; its user and password are replaced by the tenant's.
+    #[arg(long, env = "FLEET_AMQP_URL", global = true, hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Redis URL (job state).
+    #[arg(long, env = "FLEET_REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Submit a job from a JSON or YAML file, or from flags.
+    Submit(Box<submit::SubmitArgs>),
+    /// Show a job: state, counts, progress bar (live with --watch).
+    Show {
+        id: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// The tenant's recent jobs.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// A job's failed items, with reasons.
+    Failed { id: String },
+    /// Download a job's results (images, mattes, embeddings, task manifests).
+    Fetch {
+        id: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Cancel a job: no further task of it starts.
+    Cancel { id: String },
+    /// Images, failures, images/s and per-image latency of a finished job; optionally a
+    /// contact sheet of its least certain cutouts.
+    Summary {
+        id: String,
+        #[arg(long)]
+        sheet: Option<PathBuf>,
+        #[arg(long, default_value_t = 16)]
+        sheet_rows: usize,
+    },
+    /// Live workers and their devices, from their heartbeats: state, GPU utilisation, memory,
+    /// temperature, warm models, tasks in hand.
+    Workers,
+    /// Take a worker out of rotation: it takes nothing new, tasks in hand finish.
+    Cordon { worker: String },
+    /// Drain a worker: it takes nothing new, finishes what it holds, then reports `drained`.
+    Drain {
+        worker: String,
+        /// Wait until it reports drained.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Put a cordoned or drained worker back into rotation.
+    Uncordon { worker: String },
+    /// Tasks waiting by tenant and priority, the fleet's current rate and the time to drain
+    /// the queue at that rate (sampled over --window seconds): the figure an autoscaler needs.
+    Queue {
+        #[arg(long, default_value_t = 5)]
+        window: u64,
+    },
+    /// Seed the reference background generator's training set (product photos on studio
+    /// backdrops, with prompts) under a prefix; prints the data set's key.
+    SeedBackdrops {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 60)]
+        per_class: usize,
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+    },
+    /// Download a model (the tenant's own, else the shared one) into OUT/<name>/<version>/.
+    FetchModel {
+        /// name@version
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
+    SeedCatalog {
+        #[arg(long)]
+        prefix: String,
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 320)]
+        min_side: u32,
+        #[arg(long, default_value_t = 1600)]
+        max_side: u32,
+        /// Scratch folder for generation.
+        #[arg(long, default_value = ".fleet/seed")]
+        work: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connects as the tenant, with the broker URL's credentials replaced by the tenant's.
+async fn connect(cli: &Cli) -> anyhow::Result<Client> {
+    let url = cli.amqp_url.as_deref().context("set FLEET_AMQP_URL (./deploy/stack.sh env prints it)")?;
+    let password = cli.password.clone().context("set FLEET_TENANT_PASSWORD to the tenant's broker password")?;
+    let config = ClientConfig {
+        amqp_url: amqp_url_as(url, &cli.tenant, &password),
+        tenant: cli.tenant.clone(),
+        redis_url: cli.redis_url.clone().context("set FLEET_REDIS_URL")?,
+        s3: S3Config::from_env().map_err(anyhow::Error::msg)?,
+    };
+    Client::connect(&config).await
+}
+
+/// Runs one command; only `submit` has an exit code of its own (2: rejected).
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = connect(&cli).await?;
+    match cli.command {
+        Command::Submit(args) => return submit::submit(&client, *args).await,
+        Command::Show { id, watch } => tenant::show(&client, &id, watch).await?,
+        Command::List { limit } => tenant::list(&client, limit).await?,
+        Command::Failed { id } => tenant::failed(&client, &id).await?,
+        Command::Fetch { id, out } => tenant::fetch(&client, &id, &out).await?,
+        Command::Cancel { id } => tenant::cancel(&client, &id).await?,
+        Command::Summary { id, sheet, sheet_rows } => tenant::summary(&client, &id, sheet, sheet_rows).await?,
+        Command::FetchModel { model, out } => tenant::fetch_model(&client, &model, &out).await?,
+        Command::Workers => ops::workers(&client).await?,
+        Command::Cordon { worker } => ops::cordon(&client, &worker).await?,
+        Command::Uncordon { worker } => ops::uncordon(&client, &worker).await?,
+        Command::Drain { worker, wait } => ops::drain(&client, &worker, wait).await?,
+        Command::Queue { window } => ops::queue(&client, window).await?,
+        Command::SeedBackdrops { prefix, per_class, seed } => {
+            seed::backdrops(&client, &prefix, per_class, seed).await?
+        }
+        Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
+            seed::catalog(&client, &prefix, count, seed, min_side, max_side, &work).await?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
