@@ -101,6 +101,39 @@ pub struct ItemFailureReport {
     pub reason: String,
 }
 
+/// What a failed attempt tells the scheduler to do next: the worker knows why its attempt
+/// failed, and only it can tell an outage from an error that no retry can fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The same attempt may pass later (the object store or Redis was unreachable, the
+    /// device ran out of memory): dispatched again after a backoff, at least `retry_after_ms`
+    /// when given, until the task's attempts run out.
+    Retryable {
+        /// The least wait before the next attempt, if the failure knows one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// No attempt can pass (a model that breaks its contract, a task that does not parse):
+    /// the task fails now, every item with the reason, and no more device time is granted.
+    Permanent,
+    /// The worker lost the task's lease while it ran (taken over after a pause): nothing
+    /// it did counts, and the task's new holder carries on.
+    Fenced,
+}
+
+impl FailureKind {
+    /// A retryable failure with no wait of its own.
+    pub const RETRY: FailureKind = FailureKind::Retryable { retry_after_ms: None };
+}
+
+/// A report that names no kind (from a worker older than the kinds) asks for a retry.
+impl Default for FailureKind {
+    fn default() -> Self {
+        FailureKind::RETRY
+    }
+}
+
 /// What a worker tells the scheduler about a task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "report", rename_all = "snake_case")]
@@ -147,8 +180,9 @@ pub enum Report {
         /// When it ended.
         finished_at_ms: u64,
     },
-    /// The attempt failed as a whole (store or model trouble); the scheduler dispatches the
-    /// task again after a backoff until its attempts run out.
+    /// The attempt failed as a whole; what happens next is the failure's [`FailureKind`]:
+    /// dispatched again after a backoff until its attempts run out, failed at once, or
+    /// ignored because the worker had lost the lease.
     AttemptFailed {
         /// Tenant.
         tenant: String,
@@ -164,6 +198,9 @@ pub enum Report {
         worker: String,
         /// Why.
         reason: String,
+        /// What the scheduler does with it; a worker that names none asks for a retry.
+        #[serde(default)]
+        failure: FailureKind,
     },
     /// The worker did not run the task because its job is cancelled.
     Skipped {

@@ -4,7 +4,7 @@
 //! superseded) changes nothing, so every task is counted once.
 
 use fleet_protocol::keys::TenantId;
-use fleet_protocol::message::{now_ms, ItemFailureReport, Report, TaskMessage};
+use fleet_protocol::message::{now_ms, FailureKind, ItemFailureReport, Report, TaskMessage};
 use fleet_protocol::state::TaskEvent;
 use fleet_queue::MAX_ATTEMPTS;
 use fleet_state::{JobStoreError, LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
@@ -45,25 +45,8 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
             let lease = LeaseOp::End { token: Some(token) };
             sched.store.update_task(&tenant, &job, task, TaskEvent::Complete, &outcome, note, lease).await?
         }
-        Report::AttemptFailed { worker, reason, attempt, .. } => {
-            tracing::warn!(job = %job, task, attempt, worker = %worker, reason = %reason, "task attempt failed");
-            let event = TaskEvent::Error { max_attempts: MAX_ATTEMPTS };
-            let note = TaskNote { worker: Some(worker), error: Some(reason), ..Default::default() };
-            // The last allowed attempt fails every item of the task with its reason.
-            let outcome = if *attempt >= MAX_ATTEMPTS {
-                let id = fleet_protocol::message::task_id(tenant.as_str(), &job, task);
-                let keys = match sched.store.lease(&id).await? {
-                    Some(lease) => serde_json::from_str::<TaskMessage>(&lease.body).map(|m| m.keys).unwrap_or_default(),
-                    None => Vec::new(),
-                };
-                let reason = format!("task failed {MAX_ATTEMPTS} attempts; last error: {reason}");
-                failed_items(&keys, &reason)
-            } else {
-                none.clone()
-            };
-            let not_before_ms = now_ms() + RETRY_BACKOFF_MS * u64::from((*attempt).min(8));
-            let lease = LeaseOp::Requeue { token, not_before_ms };
-            sched.store.update_task(&tenant, &job, task, event, &outcome, note, lease).await?
+        Report::AttemptFailed { worker, reason, attempt, failure, .. } => {
+            attempt_failed(sched, &tenant, &job, task, token, worker, reason, *attempt, *failure).await?
         }
         Report::Skipped { .. } => {
             let lease = LeaseOp::End { token: Some(token) };
@@ -94,6 +77,7 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         (_, TaskUpdate::Refused(_)) => "stale_report",
         (Report::Started { .. }, _) => "started",
         (Report::Completed { .. }, _) => "completed",
+        (Report::AttemptFailed { failure: FailureKind::Fenced, .. }, _) => "stale_report",
         (Report::AttemptFailed { .. }, TaskUpdate::Applied { ended: true, .. }) => "dead_lettered",
         (Report::AttemptFailed { .. }, _) => "retried",
         (Report::Skipped { .. }, _) => "skipped",
@@ -111,6 +95,59 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
     }
     after_update(sched, events, &tenant, &job, task, update).await;
     Ok(())
+}
+
+/// Applies a failed attempt as its [`FailureKind`] says: a retryable failure is dispatched
+/// again after a backoff (at least its own `retry_after_ms`) until the attempts run out; a
+/// permanent one fails the task now, every item with the reason; a fenced one changes
+/// nothing (the worker had lost the lease, and the task's new holder carries on).
+#[allow(clippy::too_many_arguments)]
+async fn attempt_failed(
+    sched: &Scheduler,
+    tenant: &TenantId,
+    job: &str,
+    task: u32,
+    token: u64,
+    worker: &str,
+    reason: &str,
+    attempt: u32,
+    failure: FailureKind,
+) -> Result<TaskUpdate, JobStoreError> {
+    let permanent = match failure {
+        FailureKind::Fenced => {
+            tracing::info!(job, task, attempt, worker, reason, "attempt failed after its lease was lost; ignored");
+            return Ok(TaskUpdate::Fenced);
+        }
+        FailureKind::Permanent => true,
+        FailureKind::Retryable { .. } => false,
+    };
+    tracing::warn!(job, task, attempt, worker, reason, permanent, "task attempt failed");
+    // A permanent failure ends the task at this attempt; a retryable one at the last allowed.
+    let max_attempts = if permanent { attempt } else { MAX_ATTEMPTS };
+    let event = TaskEvent::Error { max_attempts };
+    let note = TaskNote { worker: Some(worker), error: Some(reason), ..Default::default() };
+    let outcome = if attempt >= max_attempts {
+        let id = fleet_protocol::message::task_id(tenant.as_str(), job, task);
+        let keys = match sched.store.lease(&id).await? {
+            Some(lease) => serde_json::from_str::<TaskMessage>(&lease.body).map(|m| m.keys).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let reason = if permanent {
+            format!("task failed and cannot pass on a retry: {reason}")
+        } else {
+            format!("task failed {MAX_ATTEMPTS} attempts; last error: {reason}")
+        };
+        failed_items(&keys, &reason)
+    } else {
+        TaskOutcome::default()
+    };
+    let backoff_ms = RETRY_BACKOFF_MS * u64::from(attempt.min(8));
+    let retry_after_ms = match failure {
+        FailureKind::Retryable { retry_after_ms } => retry_after_ms.unwrap_or(0),
+        _ => 0,
+    };
+    let lease = LeaseOp::Requeue { token, not_before_ms: now_ms() + backoff_ms.max(retry_after_ms) };
+    sched.store.update_task(tenant, job, task, event, &outcome, note, lease).await
 }
 
 /// Publishes a fine-tune's progress as a `progress` event, unless the report comes from a

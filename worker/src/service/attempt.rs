@@ -7,11 +7,12 @@ use std::sync::Arc;
 use fleet_protocol::fine_tune::FineTuneSpec;
 use fleet_protocol::job::BackgroundSpec;
 use fleet_protocol::keys::TenantId;
-use fleet_protocol::message::{now_ms, LeaseGrant, Report, TaskMessage, TrainingProgress};
+use fleet_protocol::message::{now_ms, FailureKind, LeaseGrant, Report, TaskMessage, TrainingProgress};
 use fleet_protocol::state::JobState;
 use fleet_telemetry::metrics;
 
 use super::config::Executor;
+use super::failure::AttemptError;
 use super::lanes::Device;
 use super::reports::{failed, released, report_to_scheduler};
 use super::task::{self, Fence, TaskContext, TaskResult};
@@ -19,8 +20,8 @@ use super::{fine_tune, Worker};
 
 /// How an attempt ended, when it did not complete.
 pub(super) enum Handback {
-    /// The attempt failed; retry it.
-    Retry(String),
+    /// The attempt failed; the report carries the failure's kind (retry, or fail the task).
+    Failed(AttemptError),
     /// The lease was taken over: stop, write and report nothing.
     Fenced,
     /// A fine-tune saved a checkpoint at this step and gives its device back.
@@ -44,10 +45,14 @@ pub(super) async fn handle(
             metrics::WORKER_TASKS.with_label_values(&[&priority, "ended"]).inc();
             timer.observe_duration();
         }
-        Err(Handback::Retry(reason)) => {
+        Err(Handback::Failed(failure)) => {
             metrics::WORKER_TASKS.with_label_values(&[&priority, "failed_attempt"]).inc();
-            tracing::warn!(%reason, "attempt failed; the scheduler retries it");
-            let _ = report_to_scheduler(worker, lost, task.priority, &failed(worker, task, lease, reason)).await;
+            if failure.is_retryable() {
+                tracing::warn!(reason = %failure.reason, "attempt failed; the scheduler retries it");
+            } else {
+                tracing::warn!(reason = %failure.reason, "attempt failed and no retry can pass; the task fails");
+            }
+            let _ = report_to_scheduler(worker, lost, task.priority, &failed(worker, task, lease, failure)).await;
         }
         Err(Handback::Fenced) => {
             metrics::WORKER_TASKS.with_label_values(&[&priority, "lease_lost"]).inc();
@@ -71,7 +76,7 @@ async fn work(
     lost: &Arc<AtomicBool>,
     preempt: &Arc<AtomicBool>,
 ) -> Result<(), Handback> {
-    let tenant = TenantId::new(&task.tenant).map_err(|e| Handback::Retry(e.to_string()))?;
+    let tenant = TenantId::new(&task.tenant).map_err(|e| Handback::Failed(AttemptError::permanent(e.to_string())))?;
     let token = lease.token;
     if matches!(worker.jobs.get(&tenant, &task.job).await, Ok(Some(job)) if job.state == JobState::Cancelled) {
         tracing::info!("job cancelled; task skipped");
@@ -100,6 +105,7 @@ async fn work(
             TaskResult { succeeded: task.keys.len() as u64, failures: Vec::new(), manifest: String::new() }
         }
         (None, Executor::Engine) => run_on(worker, device, task, lease, &tenant, &fence).await?,
+        (_, Executor::Panic) => panic!("fault injection (--executor panic): task {} dies", task.id()),
     };
     tracing::info!(succeeded = result.succeeded, failed = result.failures.len(), "task done");
     metrics::WORKER_IMAGES.with_label_values(&["ok"]).inc_by(result.succeeded);
@@ -149,8 +155,7 @@ async fn fine_tune_on(
     match fine_tune::run(&ctx, task, spec).await {
         Ok(fine_tune::Ended::Trained(result)) => Ok(result),
         Ok(fine_tune::Ended::Yielded { step }) => Err(Handback::Yielded(step)),
-        Err(_) if fence.is_lost() => Err(Handback::Fenced),
-        Err(e) => Err(Handback::Retry(e.0)),
+        Err(e) => Err(handback(e, fence)),
     }
 }
 
@@ -164,19 +169,27 @@ async fn run_on(
     tenant: &TenantId,
     fence: &Fence<'_>,
 ) -> Result<TaskResult, Handback> {
-    let engine =
-        device.models.get(&worker.s3, tenant, &task.model).await.map_err(|e| Handback::Retry(e.to_string()))?;
+    let engine = device.models.get(&worker.s3, tenant, &task.model).await.map_err(|e| Handback::Failed(e.into()))?;
     let generator = match &task.background {
-        BackgroundSpec::Generate(g) => Some(
-            device.models.generator(&worker.s3, tenant, &g.model).await.map_err(|e| Handback::Retry(e.to_string()))?,
-        ),
+        BackgroundSpec::Generate(g) => {
+            Some(device.models.generator(&worker.s3, tenant, &g.model).await.map_err(|e| Handback::Failed(e.into()))?)
+        }
         _ => None,
     };
     let ctx =
         TaskContext { s3: &worker.s3, engine, worker: &worker.config.id, attempt: lease.attempt, fence, generator };
     match task::run(&ctx, task).await {
         Ok(result) => Ok(result),
-        Err(_) if fence.is_lost() => Err(Handback::Fenced),
-        Err(e) => Err(Handback::Retry(e.0)),
+        Err(e) => Err(handback(e, fence)),
+    }
+}
+
+/// How a failed attempt ends: quietly when the lease was lost (the task's new holder carries
+/// on), otherwise with a report of the failure and its kind.
+fn handback(failure: AttemptError, fence: &Fence<'_>) -> Handback {
+    if fence.is_lost() || failure.kind == FailureKind::Fenced {
+        Handback::Fenced
+    } else {
+        Handback::Failed(failure)
     }
 }

@@ -15,6 +15,9 @@ pub enum Executor {
     /// Report every item done without touching S3 or the model: measures the dispatch path
     /// (broker, scheduler, Redis) alone.
     Noop,
+    /// Fault injection: every task panics after it reports its start, to show that a task
+    /// dying inside a live worker loses its lease and is taken over.
+    Panic,
 }
 
 /// Worker settings.

@@ -26,8 +26,10 @@
 mod attempt;
 mod beat;
 mod config;
+mod failure;
 pub mod fine_tune;
 pub mod heartbeat;
+mod hold;
 mod lanes;
 pub mod models;
 mod reports;

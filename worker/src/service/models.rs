@@ -9,15 +9,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use fleet_protocol::keys::TenantId;
-use fleet_protocol::{DeviceSpec, ModelManifest, ModelRef};
-use fleet_store::registry::{self, Scope};
+use fleet_protocol::{DeviceSpec, ManifestError, ModelManifest, ModelRef};
+use fleet_store::registry::{self, RegistryError, Scope};
 use fleet_store::s3::S3Store;
 use tokio::sync::Mutex;
 
 use fleet_protocol::manifest::Task;
 
 use fleet_engine::generate::Generator;
-use fleet_engine::{Engine, InferenceThread};
+use fleet_engine::{Engine, EngineError, InferenceThread};
+
+use super::failure::AttemptError;
 
 /// Images per forward pass the engine runs (its default batch): activation memory is
 /// counted for a full batch.
@@ -26,6 +28,75 @@ const BATCH: f64 = 8.0;
 /// Device memory a loaded model holds while it works, MiB.
 pub fn footprint_mib(manifest: &ModelManifest) -> f64 {
     manifest.weights_mib + manifest.memory_per_image_mib * BATCH
+}
+
+/// Why a model could not be made warm.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The task names a model that is not `name@version`.
+    #[error(transparent)]
+    Name(#[from] ManifestError),
+    /// The registry could not resolve or fetch it.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// Its fetched manifest is unreadable.
+    #[error("model {model}: manifest unreadable: {reason}")]
+    Manifest {
+        /// `name@version`.
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// It is not the kind of model the task needs.
+    #[error("model {model} is a {found:?} model, not a {wanted:?} one")]
+    WrongKind {
+        /// `name@version`.
+        model: String,
+        /// What it is.
+        found: Task,
+        /// What the task needs.
+        wanted: Task,
+    },
+    /// It needs more device memory than the worker may give its models.
+    #[error("model {model} needs {mib:.0} MiB of device memory, over this worker's budget of {budget:.0} MiB")]
+    OverBudget {
+        /// `name@version`.
+        model: String,
+        /// What it needs.
+        mib: f64,
+        /// The worker's budget.
+        budget: f64,
+    },
+    /// The engine could not load it.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The loading thread died.
+    #[error("model loading thread: {0}")]
+    Thread(#[from] tokio::task::JoinError),
+}
+
+impl ModelError {
+    /// Whether loading the same model may succeed later (an outage, a half-done download, a
+    /// device that comes back), as opposed to a model that can never serve the task.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ModelError::Registry(RegistryError::Store(e)) => e.is_retryable(),
+            ModelError::Registry(RegistryError::Io { .. } | RegistryError::HashMismatch { .. }) => true,
+            ModelError::Engine(e) => e.is_retryable(),
+            ModelError::Thread(_) => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<ModelError> for AttemptError {
+    fn from(e: ModelError) -> Self {
+        if e.is_retryable() {
+            AttemptError::retry(e.to_string())
+        } else {
+            AttemptError::permanent(e.to_string())
+        }
+    }
 }
 
 /// A warm model: a matting engine or a background generator.
@@ -93,23 +164,31 @@ impl ModelCache {
     /// recently used models if the budget needs the room). Loads are serialised, so two tasks
     /// arriving together for a cold model load it once.
     /// `tenant`'s own models come before shared ones of the same name and version.
-    pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> anyhow::Result<Arc<Engine>> {
+    pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> Result<Arc<Engine>, ModelError> {
         match self.warm_model(s3, tenant, model, Task::Matting).await? {
             Warm::Matting(engine) => Ok(engine),
-            Warm::Generator(_) => anyhow::bail!("model {model} is a background generator, not a matting model"),
+            Warm::Generator(_) => Err(ModelError::WrongKind {
+                model: model.into(),
+                found: Task::BackgroundGenerator,
+                wanted: Task::Matting,
+            }),
         }
     }
 
     /// The warm background generator `model`, loaded like [`get`](Self::get) loads engines,
     /// in the same memory budget.
-    pub async fn generator(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> anyhow::Result<Arc<Generator>> {
+    pub async fn generator(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> Result<Arc<Generator>, ModelError> {
         match self.warm_model(s3, tenant, model, Task::BackgroundGenerator).await? {
             Warm::Generator(generator) => Ok(generator),
-            Warm::Matting(_) => anyhow::bail!("model {model} is a matting model, not a background generator"),
+            Warm::Matting(_) => Err(ModelError::WrongKind {
+                model: model.into(),
+                found: Task::Matting,
+                wanted: Task::BackgroundGenerator,
+            }),
         }
     }
 
-    async fn warm_model(&self, s3: &S3Store, tenant: &TenantId, model: &str, task: Task) -> anyhow::Result<Warm> {
+    async fn warm_model(&self, s3: &S3Store, tenant: &TenantId, model: &str, task: Task) -> Result<Warm, ModelError> {
         let model: ModelRef = model.parse()?;
         let scope = self.scope_of(s3, tenant, &model).await?;
         let key = (scope.clone(), model.clone());
@@ -124,14 +203,17 @@ impl ModelCache {
         }
         let (dir, _) = registry::fetch_in(s3, &scope, &model, &self.root).await?;
         let manifest_path = dir.join("manifest.json");
-        let manifest = ModelManifest::from_json(&std::fs::read(&manifest_path)?)?;
-        anyhow::ensure!(manifest.task == task, "model {model} is a {:?} model, not a {task:?} one", manifest.task);
+        let unreadable = |reason: String| ModelError::Manifest { model: model.to_string(), reason };
+        let bytes = std::fs::read(&manifest_path).map_err(|e| unreadable(e.to_string()))?;
+        let manifest = ModelManifest::from_json(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        if manifest.task != task {
+            return Err(ModelError::WrongKind { model: model.to_string(), found: manifest.task, wanted: task });
+        }
         let mib = footprint_mib(&manifest);
         if let Some(budget) = self.budget_mib {
-            anyhow::ensure!(
-                mib <= budget,
-                "model {model} needs {mib:.0} MiB of device memory, over this worker's budget of {budget:.0} MiB"
-            );
+            if mib > budget {
+                return Err(ModelError::OverBudget { model: model.to_string(), mib, budget });
+            }
             self.evict_for(&mut entries, mib, budget);
         }
         let device = self.device;
@@ -160,7 +242,7 @@ impl ModelCache {
 
     /// Where `tenant` finds `model`, remembered for a while so a task does not cost a
     /// registry read.
-    async fn scope_of(&self, s3: &S3Store, tenant: &TenantId, model: &ModelRef) -> anyhow::Result<Scope> {
+    async fn scope_of(&self, s3: &S3Store, tenant: &TenantId, model: &ModelRef) -> Result<Scope, ModelError> {
         let key = (tenant.clone(), model.clone());
         if let Some((at, scope)) = self.scopes.lock().expect("scope cache").get(&key) {
             if at.elapsed() < SCOPE_TTL {

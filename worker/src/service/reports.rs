@@ -10,6 +10,7 @@ use fleet_queue::{confirmed_channel, publish_confirmed, reports_queue, AmqpError
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::attempt::Handback;
+use super::failure::AttemptError;
 use super::Worker;
 
 /// Confirm-mode channels for reports, one per priority: confirms come back in order per
@@ -58,8 +59,8 @@ pub(super) async fn report_to_scheduler(
     }
 }
 
-/// The attempt failed for `reason`: the scheduler retries the task.
-pub(super) fn failed(worker: &Worker, task: &TaskMessage, lease: &LeaseGrant, reason: String) -> Report {
+/// The attempt failed: the scheduler retries the task or fails it, as the failure's kind says.
+pub(super) fn failed(worker: &Worker, task: &TaskMessage, lease: &LeaseGrant, failure: AttemptError) -> Report {
     Report::AttemptFailed {
         tenant: task.tenant.clone(),
         job: task.job.clone(),
@@ -67,7 +68,8 @@ pub(super) fn failed(worker: &Worker, task: &TaskMessage, lease: &LeaseGrant, re
         attempt: lease.attempt,
         token: lease.token,
         worker: worker.config.id.clone(),
-        reason,
+        reason: failure.reason,
+        failure: failure.kind,
     }
 }
 

@@ -1,5 +1,6 @@
-//! From delivery to task: decode a delivery and its lease, register the lease so heartbeats
-//! renew it, wait for a slot on the device's lane, run the attempt and let the lease go.
+//! From delivery to task: decode a delivery and its lease, hold the lease (a guard: the
+//! heartbeats renew it while it lives), wait for a slot on the device's lane, run the attempt
+//! and let the lease go, also when the attempt panics.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,21 +13,22 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::attempt::handle;
+use super::failure::AttemptError;
+use super::heartbeat::HeldLease;
+use super::hold::LeaseHold;
 use super::lanes::InFlight;
 use super::reports::{failed, released, report_to_scheduler};
-use super::{heartbeat, Worker};
+use super::Worker;
 
 /// A task received under a lease, waiting for a slot on its device.
 pub(super) struct Accepted {
     task: TaskMessage,
     lease: LeaseGrant,
     traceparent: String,
-    lost: Arc<AtomicBool>,
-    preempt: Arc<AtomicBool>,
 }
 
-/// Reads a delivery and registers its lease, so the next heartbeat renews it.
-pub(super) fn accept(worker: &Worker, delivery: Delivery) -> Option<Accepted> {
+/// Reads a delivery and its lease.
+pub(super) fn accept(delivery: Delivery) -> Option<Accepted> {
     let task: TaskMessage = match serde_json::from_slice(&delivery.data) {
         Ok(task) => task,
         Err(e) => {
@@ -38,34 +40,36 @@ pub(super) fn accept(worker: &Worker, delivery: Delivery) -> Option<Accepted> {
         tracing::warn!(task = %task.id(), "task without a lease dropped");
         return None;
     };
-    let lost = Arc::new(AtomicBool::new(false));
-    let preempt = Arc::new(AtomicBool::new(false));
-    let held = heartbeat::HeldLease { token: lease.token, lost: lost.clone(), preempt: preempt.clone() };
-    worker.live.leases.lock().expect("lease table").insert(task.id(), held);
-    if let Some(ft) = &task.fine_tune {
-        let hold = TrainingHold {
-            task: task.id(),
-            whole_device: ft.resources.whole_device(),
-            memory_mib: ft.resources.memory_mib.unwrap_or(0),
-            preemptible: ft.resources.preemptible,
-        };
-        worker.live.training.lock().expect("training table").insert(task.id(), (lease.device, hold));
-    }
     let traceparent = header_str(&delivery.properties, TRACEPARENT_HEADER).unwrap_or_default();
-    Some(Accepted { task, lease, traceparent, lost, preempt })
+    Some(Accepted { task, lease, traceparent })
 }
 
 impl Accepted {
-    /// Waits for a slot on the task's device lane and runs the attempt (or gives the task
-    /// back if the worker stops taking work first), then drops the lease from the tables.
+    /// Holds the lease, waits for a slot on the task's device lane and runs the attempt (or
+    /// gives the task back if the worker stops taking work first). The hold ends with this
+    /// call, however it ends.
     pub(super) async fn run(self, worker: &Worker, mut order: watch::Receiver<Order>) {
-        let Accepted { task, lease, traceparent, lost, preempt } = self;
+        let Accepted { task, lease, traceparent } = self;
+        let lost = Arc::new(AtomicBool::new(false));
+        let preempt = Arc::new(AtomicBool::new(false));
+        let held = HeldLease { token: lease.token, lost: lost.clone(), preempt: preempt.clone() };
+        let training = task.fine_tune.as_ref().map(|ft| {
+            let hold = TrainingHold {
+                task: task.id(),
+                whole_device: ft.resources.whole_device(),
+                memory_mib: ft.resources.memory_mib.unwrap_or(0),
+                preemptible: ft.resources.preemptible,
+            };
+            (lease.device, hold)
+        });
+        let _hold = LeaseHold::hold(&worker.live, task.id(), held, training);
         let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task,
             attempt = lease.attempt, token = lease.token, trace_id = trace_id(&traceparent).unwrap_or(""));
         async {
             let Some(device) = worker.devices.get(lease.device as usize) else {
                 let reason = format!("placed on device {} but this worker has {}", lease.device, worker.devices.len());
-                let _ = report_to_scheduler(worker, &lost, task.priority, &failed(worker, &task, &lease, reason)).await;
+                let report = failed(worker, &task, &lease, AttemptError::retry(reason));
+                let _ = report_to_scheduler(worker, &lost, task.priority, &report).await;
                 return;
             };
             // Wait for a slot on the device's lane, unless told to stop taking work.
@@ -101,7 +105,5 @@ impl Accepted {
         }
         .instrument(span)
         .await;
-        worker.live.leases.lock().expect("lease table").remove(&task.id());
-        worker.live.training.lock().expect("training table").remove(&task.id());
     }
 }

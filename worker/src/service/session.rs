@@ -133,7 +133,7 @@ async fn take_tasks(
         };
         match next {
             Some(Ok(delivery)) => {
-                if let Some(held) = accept(worker, delivery) {
+                if let Some(held) = accept(delivery) {
                     let (worker, order) = (worker.clone(), order.clone());
                     running.spawn(async move { held.run(&worker, order).await });
                 }

@@ -19,17 +19,14 @@ use futures::{stream, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use fleet_engine::folder::npy_f32;
+
+pub use super::failure::AttemptError;
 use fleet_engine::{Engine, EngineOptions, InputItem, ItemRecord};
 
 /// Objects fetched or written at once per task.
 pub const IO_CONCURRENCY: usize = 8;
 /// Tries of one object operation on a retryable error.
 const IO_TRIES: u32 = 3;
-
-/// A task-level failure: the attempt is handed back to the broker.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct AttemptError(pub String);
 
 /// What a finished task produced.
 #[derive(Debug, Clone)]
@@ -107,10 +104,10 @@ impl Fence<'_> {
             match self.jobs.lease_token(&self.task_id).await {
                 Ok(Some(token)) if token == self.token => return Ok(()),
                 Ok(_) => self.lost.store(true, std::sync::atomic::Ordering::Relaxed),
-                Err(e) => return Err(AttemptError(format!("lease unreadable: {e}"))),
+                Err(e) => return Err(AttemptError::retry(format!("lease unreadable: {e}"))),
             }
         }
-        Err(AttemptError(format!("lease of {} taken over (token {} is stale)", self.task_id, self.token)))
+        Err(AttemptError::fenced(format!("lease of {} taken over (token {} is stale)", self.task_id, self.token)))
     }
 }
 
@@ -149,7 +146,7 @@ fn shadow(spec: fleet_protocol::job::ShadowSpec) -> fleet_imaging::composite::Sh
 /// device problems fail the attempt.
 pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult, AttemptError> {
     let started_at_ms = now_ms();
-    let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError(e.to_string()))?;
+    let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError::permanent(e.to_string()))?;
     let limits = DecodeLimits::default();
     let opts = EngineOptions {
         composite: CompositeOptions {
@@ -192,8 +189,8 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     let engine = ctx.engine.clone();
     let results = tokio::task::spawn_blocking(move || engine.process_batch(inputs, &opts))
         .await
-        .map_err(|e| AttemptError(format!("engine thread: {e}")))?
-        .map_err(|e| AttemptError(format!("engine: {e}")))?;
+        .map_err(|e| AttemptError::retry(format!("engine thread: {e}")))?
+        .map_err(|e| AttemptError::engine(&e))?;
     let extension = match task.output.format {
         OutputFormatName::Png => "png",
         OutputFormatName::Jpeg => "jpg",
@@ -284,12 +281,14 @@ async fn generate_job(
 ) -> Result<fleet_engine::generate::GenerateJob, AttemptError> {
     use fleet_protocol::job::SamplingPreset;
     let generator =
-        ctx.generator.clone().ok_or_else(|| AttemptError("no generator was loaded for a generate job".into()))?;
+        ctx.generator.clone().ok_or_else(|| AttemptError::retry("no generator was loaded for a generate job"))?;
     let reference = match &spec.reference_image {
         Some(key) => {
-            check_tenant_key(tenant, key).map_err(|e| AttemptError(e.to_string()))?;
-            let bytes = get(ctx.s3, key).await.map_err(|e| AttemptError(format!("reference image: {e}")))?;
-            Some(decode(&bytes, limits).map_err(|e| AttemptError(format!("reference image {key}: {e}")))?.rgb)
+            check_tenant_key(tenant, key).map_err(|e| AttemptError::permanent(e.to_string()))?;
+            let bytes = get(ctx.s3, key).await.map_err(|e| AttemptError::store("reference image", &e))?;
+            Some(
+                decode(&bytes, limits).map_err(|e| AttemptError::permanent(format!("reference image {key}: {e}")))?.rgb,
+            )
         }
         None => None,
     };
@@ -332,7 +331,7 @@ async fn fetch_item(s3: &S3Store, tenant: &TenantId, key: &str) -> Result<Fetche
     match get(s3, key).await {
         Ok(bytes) => Ok(Ok((bytes, started.elapsed().as_secs_f64() * 1e3))),
         Err(StoreError::NotFound { .. }) => fail("not_found", format!("no object at {key}")),
-        Err(e) if e.is_retryable() => Err(AttemptError(e.to_string())),
+        Err(e) if e.is_retryable() => Err(AttemptError::retry(e.to_string())),
         Err(e) => fail("store_error", e.to_string()),
     }
 }
@@ -355,7 +354,7 @@ async fn put(s3: &S3Store, key: &str, bytes: Vec<u8>, content_type: &str) -> Res
         match s3.put(key, bytes.clone(), content_type).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && tries < IO_TRIES => backoff(tries).await,
-            Err(e) => return Err(AttemptError(format!("writing {key}: {e}"))),
+            Err(e) => return Err(AttemptError::store(&format!("writing {key}"), &e)),
         }
     }
 }
@@ -375,15 +374,16 @@ async fn background(
     Ok(match spec {
         BackgroundSpec::Transparent => Background::Transparent,
         BackgroundSpec::Color { color } => {
-            Background::Color(fleet_protocol::job::parse_hex_color(color).map_err(AttemptError)?)
+            Background::Color(fleet_protocol::job::parse_hex_color(color).map_err(AttemptError::permanent)?)
         }
         BackgroundSpec::Blur { strength_pct } => Background::Blur { sigma_pct: *strength_pct },
         // Generated per image by the engine; this is what a cut-out falls back to.
         BackgroundSpec::Generate(_) => Background::Transparent,
         BackgroundSpec::Image { key } => {
-            check_tenant_key(tenant, key).map_err(|e| AttemptError(e.to_string()))?;
-            let bytes = get(s3, key).await.map_err(|e| AttemptError(format!("background image: {e}")))?;
-            let decoded = decode(&bytes, limits).map_err(|e| AttemptError(format!("background image {key}: {e}")))?;
+            check_tenant_key(tenant, key).map_err(|e| AttemptError::permanent(e.to_string()))?;
+            let bytes = get(s3, key).await.map_err(|e| AttemptError::store("background image", &e))?;
+            let decoded =
+                decode(&bytes, limits).map_err(|e| AttemptError::permanent(format!("background image {key}: {e}")))?;
             Background::Image(Arc::new(decoded.rgb))
         }
     })

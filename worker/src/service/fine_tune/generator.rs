@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use super::report::{finished_without_model, register, summarize, write_report, Run};
 use super::storage::{download_checkpoint, relay};
 use super::{Ended, FineTuneContext, SAMPLE_FETCHES};
-use crate::service::task::AttemptError;
+use crate::service::failure::AttemptError;
 
 /// Runs a generator fine-tune task: photos from S3, the base generator and the mask model
 /// from the registry, training on a thread, the result registered like a matting model.
@@ -36,11 +36,11 @@ pub(super) async fn run(
     digest: String,
 ) -> Result<Ended, AttemptError> {
     let started = Instant::now();
-    let fail = |reason: String| AttemptError(reason);
+    let fail = AttemptError::retry;
     let tenant = TenantId::new(&task.tenant).map_err(|e| fail(e.to_string()))?;
     let results = results_prefix(&tenant, &task.job);
     let checkpoint_prefix = format!("{tenant}/training/{}/checkpoint/", task.job);
-    let settings = spec.generator.clone().ok_or_else(|| fail("generator settings are missing".into()))?;
+    let settings = spec.generator.clone().ok_or_else(|| AttemptError::permanent("generator settings are missing"))?;
     let mut loaded = Vec::new();
     let mut fetches = futures::stream::iter(listed)
         .map(|(line, sample)| async move { (line, load_photo(ctx, &sample.image).await, sample) })
@@ -59,8 +59,9 @@ pub(super) async fn run(
             Ended::Trained(r)
         });
     }
-    let base_ref: ModelRef = task.model.parse().map_err(|e| fail(format!("base model: {e}")))?;
-    let mask_ref: ModelRef = settings.mask_model.parse().map_err(|e| fail(format!("mask model: {e}")))?;
+    let base_ref: ModelRef = task.model.parse().map_err(|e| AttemptError::permanent(format!("base model: {e}")))?;
+    let mask_ref: ModelRef =
+        settings.mask_model.parse().map_err(|e| AttemptError::permanent(format!("mask model: {e}")))?;
     let base_dir = fetch_model(ctx, &tenant, &base_ref).await?;
     let mask_dir = fetch_model(ctx, &tenant, &mask_ref).await?;
     let work = tempfile::tempdir().map_err(|e| fail(format!("work folder: {e}")))?;
@@ -97,9 +98,10 @@ pub(super) async fn run(
 
 /// The folder of `model` (the tenant's or a shared one) in the host's model cache.
 async fn fetch_model(ctx: &FineTuneContext<'_>, tenant: &TenantId, model: &ModelRef) -> Result<PathBuf, AttemptError> {
-    let (scope, _) = registry::locate(ctx.s3, tenant, model).await.map_err(|e| AttemptError(e.to_string()))?;
-    let (dir, _) =
-        registry::fetch_in(ctx.s3, &scope, model, ctx.model_cache).await.map_err(|e| AttemptError(e.to_string()))?;
+    let (scope, _) = registry::locate(ctx.s3, tenant, model).await.map_err(|e| AttemptError::retry(e.to_string()))?;
+    let (dir, _) = registry::fetch_in(ctx.s3, &scope, model, ctx.model_cache)
+        .await
+        .map_err(|e| AttemptError::retry(e.to_string()))?;
     Ok(dir)
 }
 
@@ -111,7 +113,7 @@ async fn load_photo(ctx: &FineTuneContext<'_>, key: &str) -> Result<Result<RgbIm
             .map(|d| d.rgb)
             .map_err(|e| (e.code().to_string(), format!("image {key}: {e}")))),
         Err(StoreError::NotFound { .. }) => Ok(Err(("not_found".into(), format!("no object at {key}")))),
-        Err(e) if e.is_retryable() => Err(AttemptError(e.to_string())),
+        Err(e) if e.is_retryable() => Err(AttemptError::retry(e.to_string())),
         Err(e) => Ok(Err(("store_error".into(), e.to_string()))),
     }
 }

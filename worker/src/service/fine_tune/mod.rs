@@ -41,7 +41,8 @@ use fleet_train::progress::{Event, Trained};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::task::{AttemptError, Fence, TaskResult};
+use super::failure::AttemptError;
+use super::task::{Fence, TaskResult};
 pub use report::report_for;
 use report::{finished_without_model, register, summarize, write_report, Run};
 use storage::{download_checkpoint, load_sample, relay, sha256_hex};
@@ -80,20 +81,21 @@ pub enum Ended {
 /// Runs the fine-tune of `task`; its one item is the registered model.
 pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneSpec) -> Result<Ended, AttemptError> {
     let started = Instant::now();
-    let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError(e.to_string()))?;
+    let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError::permanent(e.to_string()))?;
     let results = results_prefix(&tenant, &task.job);
     let checkpoint_prefix = format!("{tenant}/training/{}/checkpoint/", task.job);
-    let fail = |reason: String| AttemptError(reason);
+    let fail = AttemptError::retry;
 
     // The data set: refusals are reported, never trained on.
     let text = match ctx.s3.get(&spec.data).await {
-        Ok(bytes) => String::from_utf8(bytes).map_err(|e| fail(format!("data set {} is not UTF-8: {e}", spec.data)))?,
+        Ok(bytes) => String::from_utf8(bytes)
+            .map_err(|e| AttemptError::permanent(format!("data set {} is not UTF-8: {e}", spec.data)))?,
         Err(StoreError::NotFound { .. }) => {
             return finished_without_model(ctx, &results, task, spec, "no data set at that key")
                 .await
                 .map(Ended::Trained)
         }
-        Err(e) => return Err(fail(format!("data set: {e}"))),
+        Err(e) => return Err(AttemptError::store("data set", &e)),
     };
     let digest = sha256_hex(text.as_bytes());
     let (listed, mut refusals) = parse_dataset(&text, &tenant, spec.target);
@@ -122,7 +124,7 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     }
 
     // The base model and the checkpoint to resume from, if any.
-    let base_ref: ModelRef = task.model.parse().map_err(|e| fail(format!("base model: {e}")))?;
+    let base_ref: ModelRef = task.model.parse().map_err(|e| AttemptError::permanent(format!("base model: {e}")))?;
     let (scope, _) = registry::locate(ctx.s3, &tenant, &base_ref).await.map_err(|e| fail(e.to_string()))?;
     let (base_dir, _) =
         registry::fetch_in(ctx.s3, &scope, &base_ref, ctx.model_cache).await.map_err(|e| fail(e.to_string()))?;

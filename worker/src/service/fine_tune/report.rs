@@ -13,7 +13,8 @@ use fleet_train::progress::TrainOutcome;
 
 use super::storage::put;
 use super::FineTuneContext;
-use crate::service::task::{AttemptError, TaskResult};
+use crate::service::failure::AttemptError;
+use crate::service::task::TaskResult;
 
 /// What a fine-tune's report says about the run around the training itself.
 pub(super) struct Run<'a> {
@@ -69,10 +70,12 @@ pub(super) async fn register(
     let model_prefix = scope.prefix(&spec.output.model_ref());
     for (file, content_type) in [("training-embeddings.jsonl", "application/x-ndjson"), ("loss-curve.png", "image/png")]
     {
-        let bytes = std::fs::read(dir.join(file)).map_err(|e| AttemptError(format!("{file}: {e}")))?;
+        let bytes = std::fs::read(dir.join(file)).map_err(|e| AttemptError::retry(format!("{file}: {e}")))?;
         put(ctx.s3, &format!("{model_prefix}{file}"), bytes, content_type).await?;
     }
-    registry::publish_in(ctx.s3, &scope, dir).await.map_err(|e| AttemptError(format!("registering the model: {e}")))?;
+    registry::publish_in(ctx.s3, &scope, dir)
+        .await
+        .map_err(|e| AttemptError::retry(format!("registering the model: {e}")))?;
     Ok(model_prefix)
 }
 

@@ -15,7 +15,7 @@ use image::{GrayImage, RgbImage};
 use tokio::sync::mpsc;
 
 use super::FineTuneContext;
-use crate::service::task::AttemptError;
+use crate::service::failure::AttemptError;
 
 /// Reads and decodes one sample; a problem with the sample itself is a refusal, a store
 /// problem fails the attempt.
@@ -32,7 +32,7 @@ pub(super) async fn load_sample(
         match s3.get(key).await {
             Ok(bytes) => fetched.push(bytes),
             Err(StoreError::NotFound { .. }) => return Ok(Err(("not_found".into(), format!("no object at {key}")))),
-            Err(e) if e.is_retryable() => return Err(AttemptError(e.to_string())),
+            Err(e) if e.is_retryable() => return Err(AttemptError::retry(e.to_string())),
             Err(e) => return Ok(Err(("store_error".into(), e.to_string()))),
         }
     }
@@ -58,7 +58,7 @@ pub(super) fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 pub(super) async fn put(s3: &S3Store, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
-    s3.put(key, bytes, content_type).await.map_err(|e| AttemptError(format!("writing {key}: {e}")))
+    s3.put(key, bytes, content_type).await.map_err(|e| AttemptError::store(&format!("writing {key}"), &e))
 }
 
 /// Uploads a checkpoint under the lease: files first, `state.json` last (its presence means a
@@ -66,7 +66,8 @@ pub(super) async fn put(s3: &S3Store, key: &str, bytes: Vec<u8>, content_type: &
 pub(super) async fn upload_checkpoint(ctx: &FineTuneContext<'_>, prefix: &str, dir: &Path) -> Result<(), AttemptError> {
     ctx.fence.check().await?;
     for file in CHECKPOINT_FILES {
-        let bytes = std::fs::read(dir.join(file)).map_err(|e| AttemptError(format!("checkpoint {file}: {e}")))?;
+        let bytes =
+            std::fs::read(dir.join(file)).map_err(|e| AttemptError::retry(format!("checkpoint {file}: {e}")))?;
         put(ctx.s3, &format!("{prefix}{file}"), bytes, "application/octet-stream").await?;
     }
     Ok(())
@@ -81,16 +82,18 @@ pub(super) async fn download_checkpoint(
     let state = match s3.get(&format!("{prefix}state.json")).await {
         Ok(bytes) => bytes,
         Err(StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(AttemptError(format!("checkpoint: {e}"))),
+        Err(e) => return Err(AttemptError::store("checkpoint", &e)),
     };
     let state: CheckpointState =
-        serde_json::from_slice(&state).map_err(|e| AttemptError(format!("checkpoint state: {e}")))?;
+        serde_json::from_slice(&state).map_err(|e| AttemptError::permanent(format!("checkpoint state: {e}")))?;
     let resume = dir.join("resume");
-    std::fs::create_dir_all(&resume).map_err(|e| AttemptError(e.to_string()))?;
+    std::fs::create_dir_all(&resume).map_err(|e| AttemptError::retry(e.to_string()))?;
     for file in ["module.pt", "optimizer.pt"] {
-        let bytes =
-            s3.get(&format!("{prefix}{file}")).await.map_err(|e| AttemptError(format!("checkpoint {file}: {e}")))?;
-        std::fs::write(resume.join(file), bytes).map_err(|e| AttemptError(e.to_string()))?;
+        let bytes = s3
+            .get(&format!("{prefix}{file}"))
+            .await
+            .map_err(|e| AttemptError::retry(format!("checkpoint {file}: {e}")))?;
+        std::fs::write(resume.join(file), bytes).map_err(|e| AttemptError::retry(e.to_string()))?;
     }
     Ok(Some(state))
 }
@@ -118,7 +121,7 @@ pub(super) async fn relay(
                 } else {
                     tracing::info!(step, ms = t.elapsed().as_millis() as u64, "checkpoint saved");
                 }
-                let _ = done.send(uploaded.map_err(|e| e.0));
+                let _ = done.send(uploaded.map_err(|e| e.reason));
             }
         }
     }
