@@ -433,12 +433,13 @@ async fn a_cancelled_job_starts_no_more_tasks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_reason() {
+async fn a_model_that_cannot_load_fails_its_task_at_once_and_its_items_fail_with_the_reason() {
     let _turn = SERIAL.lock().await;
     let mut fleet = Fleet::default();
     fleet.scheduler("scheduler").worker("w1", 2);
     let client = client(TENANT).await;
-    // A model whose manifest is fine but whose weights are not TorchScript: every load fails.
+    // A model whose manifest is fine but whose weights are not TorchScript: every load would
+    // fail, so the first attempt fails the task (no retry can pass).
     let dir = tempfile::tempdir().unwrap();
     let mut manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fleet_tests_e2e::reference_dir().join("manifest.json")).unwrap())
@@ -463,9 +464,10 @@ async fn a_task_that_keeps_failing_is_dead_lettered_and_its_items_fail_with_the_
     assert_eq!(view.record.state, JobState::Failed);
     let failures = client.failures(&id).await.unwrap();
     assert_eq!(failures.len(), 7, "every item of the dead-lettered task");
+    assert_eq!(fleet.log("scheduler").matches("task attempt failed").count(), 1, "one attempt, no retry");
     for f in &failures {
         assert_eq!(f.code, "task_failed");
-        assert!(f.reason.contains("6 attempts") && f.reason.contains("model"), "{}", f.reason);
+        assert!(f.reason.contains("cannot pass on a retry") && f.reason.contains("model"), "{}", f.reason);
     }
 }
 

@@ -6,7 +6,10 @@ pub use fleet_tests_services::unique;
 
 /// Running fleet processes (scheduler and workers from the release build), killed when
 /// dropped. `./fleet test` builds every binary before the tests run.
-#[expect(clippy::disallowed_methods, reason = "the harness polls child processes from a test thread; no runtime shares it")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the harness polls child processes from a test thread; no runtime shares it"
+)]
 pub mod fleet {
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
@@ -82,11 +85,27 @@ pub mod fleet {
         /// Starts an engine worker on the CPU with `slots` task slots and returns once it
         /// answers ready (connected and consuming its own queue).
         pub fn worker(&mut self, name: &str, slots: usize) -> &mut Self {
+            self.worker_with(name, slots, &[], &[])
+        }
+
+        /// Starts a worker like [`worker`](Self::worker) with more arguments and environment
+        /// (another executor, another object store endpoint), and returns once it is ready.
+        pub fn worker_with(&mut self, name: &str, slots: usize, args: &[&str], env: &[(&str, &str)]) -> &mut Self {
             let mut command = Command::new(binary("fleet-worker"));
             command
                 .args(["serve", "--device", "cpu", "--id", name, "--slots", &slots.to_string()])
+                .args(args)
                 .env("FLEET_MODEL_DIR", self.models.path());
+            for (key, value) in env {
+                command.env(key, value);
+            }
             self.spawn_ready(name, command)
+        }
+
+        /// Whether the process `name` is still running.
+        pub fn alive(&mut self, name: &str) -> bool {
+            let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");
+            child.try_wait().expect("wait").is_none()
         }
 
         /// Spawns with a metrics endpoint on a free port and waits for its `/readyz`.

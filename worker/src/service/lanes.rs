@@ -3,7 +3,7 @@
 //! heartbeat's in-flight list while it runs.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use fleet_protocol::job::Priority;
@@ -65,5 +65,22 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.live.in_flight.lock().expect("in-flight set").remove(&self.id);
+    }
+}
+
+/// Counts a task as running on its device until the guard drops, however the task ends.
+pub(super) struct Running<'a>(&'a AtomicU32);
+
+impl<'a> Running<'a> {
+    /// One more task running on `device`.
+    pub(super) fn on(device: &'a Device) -> Self {
+        device.running.fetch_add(1, Ordering::Relaxed);
+        Running(&device.running)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -16,7 +16,7 @@ use super::attempt::handle;
 use super::failure::AttemptError;
 use super::heartbeat::HeldLease;
 use super::hold::LeaseHold;
-use super::lanes::InFlight;
+use super::lanes::{InFlight, Running};
 use super::reports::{failed, released, report_to_scheduler};
 use super::Worker;
 
@@ -94,9 +94,9 @@ impl Accepted {
                     }
                 })
             });
-            device.running.fetch_add(1, Ordering::Relaxed);
+            let running = Running::on(device);
             handle(worker, device, &task, &lease, &lost, &preempt).await;
-            device.running.fetch_sub(1, Ordering::Relaxed);
+            drop(running);
             if let Some(watch) = yield_on_drain {
                 watch.abort();
             }
