@@ -10,7 +10,7 @@ use fleet_imaging::sheet::contact_sheet;
 use serde::Serialize;
 
 use crate::record::format_name;
-use crate::{Engine, EngineOptions, InputItem, ItemResult, Preview};
+use crate::{Engine, EngineError, EngineOptions, InputItem, ItemResult, Preview};
 
 /// Height of each contact-sheet row, in pixels.
 pub const SHEET_ROW_HEIGHT: u32 = 160;
@@ -45,17 +45,28 @@ pub fn list_inputs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Processes every file in `input` and writes the outputs into `output`.
-pub fn run_folder(engine: &Engine, input: &Path, output: &Path, opts: &EngineOptions) -> anyhow::Result<FolderSummary> {
-    std::fs::create_dir_all(output)?;
-    let files = list_inputs(input)?;
+///
+/// Fails with [`EngineError::Io`] when the input folder cannot be listed or an output cannot
+/// be written, and with the engine's error when the engine as a whole fails; images that
+/// fail alone are counted and listed in `failures.jsonl`.
+pub fn run_folder(
+    engine: &Engine,
+    input: &Path,
+    output: &Path,
+    opts: &EngineOptions,
+) -> Result<FolderSummary, EngineError> {
+    std::fs::create_dir_all(output).map_err(|e| EngineError::io(output, e))?;
+    let files = list_inputs(input).map_err(|e| EngineError::io(input, e))?;
     let started = std::time::Instant::now();
     let items = files.iter().map(|path| InputItem {
         id: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         // An unreadable file becomes an empty input, which the engine fails with a reason.
         bytes: std::fs::read(path).unwrap_or_default(),
     });
-    let mut records = BufWriter::new(File::create(output.join("records.jsonl"))?);
-    let mut failures = BufWriter::new(File::create(output.join("failures.jsonl"))?);
+    let (records_path, failures_path) = (output.join("records.jsonl"), output.join("failures.jsonl"));
+    let create = |path: &Path| File::create(path).map(BufWriter::new).map_err(|e| EngineError::io(path, e));
+    let mut records = create(&records_path)?;
+    let mut failures = create(&failures_path)?;
     let mut previews: Vec<(f32, Preview)> = Vec::new();
     let (mut succeeded, mut failed) = (0, 0);
     let mut io_error = None;
@@ -77,21 +88,26 @@ pub fn run_folder(engine: &Engine, input: &Path, output: &Path, opts: &EngineOpt
         }
     })?;
     if let Some(e) = io_error {
-        return Err(e.into());
+        return Err(e);
     }
-    records.flush()?;
-    failures.flush()?;
+    records.flush().map_err(|e| EngineError::io(&records_path, e))?;
+    failures.flush().map_err(|e| EngineError::io(&failures_path, e))?;
     let contact_sheet = write_sheet(output, previews)?;
     let seconds = started.elapsed().as_secs_f64();
     let images_per_second = succeeded as f64 / seconds.max(1e-9);
     Ok(FolderSummary { succeeded, failed, seconds, images_per_second, contact_sheet })
 }
 
-fn write_outputs(dir: &Path, out: &crate::ItemOutput, opts: &EngineOptions) -> std::io::Result<()> {
+fn write_outputs(dir: &Path, out: &crate::ItemOutput, opts: &EngineOptions) -> Result<(), EngineError> {
     let stem = Path::new(&out.record.id).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    write_atomic(&dir.join(format!("{stem}.{}", format_name(opts.format))), &out.image)?;
-    write_atomic(&dir.join(format!("{stem}.matte.png")), &out.matte_png)?;
-    write_atomic(&dir.join(format!("{stem}.embedding.npy")), &npy_f32(&out.embedding))
+    write_output(&dir.join(format!("{stem}.{}", format_name(opts.format))), &out.image)?;
+    write_output(&dir.join(format!("{stem}.matte.png")), &out.matte_png)?;
+    write_output(&dir.join(format!("{stem}.embedding.npy")), &npy_f32(&out.embedding))
+}
+
+/// [`write_atomic`], failing with the path written.
+fn write_output(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    write_atomic(path, bytes).map_err(|e| EngineError::io(path, e))
 }
 
 /// Writes through a temporary sibling and a rename, so a reader never sees half a file.
@@ -130,7 +146,7 @@ fn keep_worst(previews: &mut Vec<(f32, Preview)>, entry: (f32, Preview)) {
     }
 }
 
-fn write_sheet(dir: &Path, previews: Vec<(f32, Preview)>) -> anyhow::Result<Option<PathBuf>> {
+fn write_sheet(dir: &Path, previews: Vec<(f32, Preview)>) -> Result<Option<PathBuf>, EngineError> {
     if previews.is_empty() {
         return Ok(None);
     }
@@ -138,8 +154,10 @@ fn write_sheet(dir: &Path, previews: Vec<(f32, Preview)>) -> anyhow::Result<Opti
     let sheet = contact_sheet(&rows, SHEET_ROW_HEIGHT);
     let path = dir.join("contact-sheet.png");
     let mut bytes = Vec::new();
-    sheet.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-    write_atomic(&path, &bytes)?;
+    sheet
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|e| EngineError::io(&path, format!("encoding the png: {e}")))?;
+    write_output(&path, &bytes)?;
     Ok(Some(path))
 }
 
@@ -157,5 +175,13 @@ mod tests {
         let data: Vec<f32> =
             bytes[10 + header_len..].chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         assert_eq!(data, vec![1.0, -2.5, 3.25]);
+    }
+
+    #[test]
+    fn an_output_that_cannot_be_written_names_its_path_and_may_pass_later() {
+        let path = std::env::temp_dir().join("fleet-engine-no-such-folder").join("x").join("a.png");
+        let err = write_output(&path, b"png").unwrap_err();
+        assert!(matches!(&err, EngineError::Io { path: p, .. } if p == &path.display().to_string()), "{err}");
+        assert!(err.is_retryable() && err.to_string().contains("a.png"), "{err}");
     }
 }

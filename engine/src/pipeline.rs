@@ -348,7 +348,7 @@ fn finish_generated(g: Generated, job: &crate::generate::GenerateJob, ctx: &Fini
     let backgrounds = job
         .generator
         .backgrounds(&rgb, &alpha, &job.options)
-        .map_err(|e| fail("generation_failed", format!("generating the background: {e:#}")))?;
+        .map_err(|e| fail("generation_failed", format!("generating the background: {e}")))?;
     timings.generate_ms = ms(started);
     let started = Instant::now();
     let composites: Vec<Composited> = backgrounds

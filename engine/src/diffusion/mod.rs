@@ -20,6 +20,8 @@ pub use schedule::{NoiseSchedule, Spacing};
 
 use tch::Tensor;
 
+use crate::EngineError;
+
 pub use fleet_protocol::manifest::generator::{BetaSchedule, Prediction};
 
 /// What one forward pass of the denoiser is conditioned on, batched like the sample.
@@ -48,5 +50,8 @@ pub trait Denoiser {
     /// What [`predict`](Self::predict) returns.
     fn prediction(&self) -> Prediction;
     /// The prediction for samples `x_t` (`[B, ...]`) at integer timesteps `t` (`[B]`, int64).
-    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> anyhow::Result<Tensor>;
+    ///
+    /// A failure of the denoiser (a forward pass that fails, conditioning it cannot use) ends
+    /// the sampling call with that error.
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor, EngineError>;
 }

@@ -24,6 +24,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::schedule::{NoiseSchedule, Spacing};
 use super::{Conditioning, Denoiser, Prediction};
+use crate::EngineError;
 
 /// Which update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -101,7 +102,7 @@ fn epsilon(
     t: usize,
     cond: &Conditioning,
     guidance: Option<&Guidance>,
-) -> anyhow::Result<Tensor> {
+) -> Result<Tensor, EngineError> {
     let batch = x_t.size()[0];
     let ts = |b: i64| Tensor::full([b], t as i64, (Kind::Int64, x_t.device()));
     let pred = match guidance {
@@ -129,9 +130,13 @@ pub fn sample(
     schedule: &NoiseSchedule,
     cond: &Conditioning,
     opts: &SampleOptions,
-) -> anyhow::Result<Tensor> {
-    anyhow::ensure!(!opts.seeds.is_empty(), "no results asked for");
-    anyhow::ensure!(opts.steps >= 1, "at least one step");
+) -> Result<Tensor, EngineError> {
+    if opts.seeds.is_empty() {
+        return Err(EngineError::invalid("no results asked for"));
+    }
+    if opts.steps < 1 {
+        return Err(EngineError::invalid("at least one step is needed"));
+    }
     let timesteps = schedule.timesteps(opts.steps, opts.spacing);
     let noise = batch_noise(opts);
     tch::no_grad(|| match opts.sampler {
@@ -148,7 +153,7 @@ fn ddim(
     timesteps: &[usize],
     noise: Tensor,
     eta: f64,
-) -> anyhow::Result<Tensor> {
+) -> Result<Tensor, EngineError> {
     // Starting at the first timestep's marginal: x_T ~ N(0, 1) up to sqrt(a_T) x0, which the
     // schedules in use make negligible.
     let mut x = noise;
@@ -192,7 +197,7 @@ fn euler(
     opts: &SampleOptions,
     timesteps: &[usize],
     noise: Tensor,
-) -> anyhow::Result<Tensor> {
+) -> Result<Tensor, EngineError> {
     let sigmas: Vec<f64> = timesteps.iter().map(|&t| schedule.sigma(t)).chain([0.0]).collect();
     // x_sigma = x0 + sigma eps starts as pure noise of scale sigma_max (with the tiny signal
     // term dropped, as for DDIM).

@@ -57,7 +57,7 @@ pub struct GenerateOptions {
 /// `[masked, mask]` on channels.
 pub struct ScriptDenoiser<'a> {
     /// The module (inference or trainable, both run `forward`).
-    pub forward: &'a dyn Fn(&[Tensor]) -> anyhow::Result<Tensor>,
+    pub forward: &'a dyn Fn(&[Tensor]) -> Result<Tensor, EngineError>,
     /// What it predicts.
     pub prediction: Prediction,
     /// Channels of a sample.
@@ -69,8 +69,9 @@ impl Denoiser for ScriptDenoiser<'_> {
         self.prediction
     }
 
-    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> anyhow::Result<Tensor> {
-        let concat = cond.concat.as_ref().ok_or_else(|| anyhow::anyhow!("an inpainting denoiser needs its mask"))?;
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor, EngineError> {
+        let concat =
+            cond.concat.as_ref().ok_or_else(|| EngineError::invalid("an inpainting denoiser needs its mask"))?;
         let masked = concat.narrow(1, 0, self.channels);
         let mask = concat.narrow(1, self.channels, 1);
         (self.forward)(&[x_t.shallow_clone(), t.shallow_clone(), masked, mask, cond.embedding.shallow_clone()])
@@ -78,11 +79,11 @@ impl Denoiser for ScriptDenoiser<'_> {
 }
 
 /// Runs a TorchScript method on tensors and expects one tensor back.
-pub fn run_module(module: &CModule, inputs: &[Tensor]) -> anyhow::Result<Tensor> {
+pub fn run_module(module: &CModule, inputs: &[Tensor]) -> Result<Tensor, EngineError> {
     let args: Vec<IValue> = inputs.iter().map(|t| IValue::Tensor(t.shallow_clone())).collect();
-    match module.forward_is(&args)? {
+    match module.forward_is(&args).map_err(|e| EngineError::Forward { reason: e.to_string() })? {
         IValue::Tensor(t) => Ok(t),
-        other => anyhow::bail!("expected one tensor, got {}", kind_of(&other)),
+        other => Err(EngineError::Forward { reason: format!("expected one tensor, got {}", kind_of(&other)) }),
     }
 }
 
@@ -101,8 +102,8 @@ pub fn tokenize(
     text: &str,
     max_tokens: usize,
     pad_id: u32,
-) -> anyhow::Result<Vec<i64>> {
-    let encoding = tokenizer.encode(text, true).map_err(|e| anyhow::anyhow!("tokenising the prompt: {e}"))?;
+) -> Result<Vec<i64>, EngineError> {
+    let encoding = tokenizer.encode(text, true).map_err(|e| EngineError::Tokenize { reason: e.to_string() })?;
     let mut ids: Vec<i64> = encoding.get_ids().iter().take(max_tokens).map(|&i| i64::from(i)).collect();
     ids.resize(max_tokens, i64::from(pad_id));
     Ok(ids)
@@ -184,7 +185,7 @@ impl Generator {
     }
 
     /// The conditioning of a prompt (or of the reference image), `[1, ...]` on the device.
-    pub fn encode(&self, prompt: Option<&str>, reference: Option<&RgbImage>) -> anyhow::Result<Tensor> {
+    pub fn encode(&self, prompt: Option<&str>, reference: Option<&RgbImage>) -> Result<Tensor, EngineError> {
         let _guard = tch::no_grad_guard();
         match (&self.spec.conditioning, &self.tokenizer) {
             (ConditioningSpec::Text { max_tokens, pad_id, .. }, Some(tok)) => {
@@ -193,18 +194,19 @@ impl Generator {
                 run_module(&self.encoder, &[ids])
             }
             (ConditioningSpec::Image { height, width, .. }, _) => {
-                let image =
-                    reference.ok_or_else(|| anyhow::anyhow!("this generator is conditioned on a reference image"))?;
+                let image = reference.ok_or_else(|| {
+                    EngineError::invalid("this generator is conditioned on a reference image, none was given")
+                })?;
                 let pixels = to_signed(&resize_rgb(image, *width, *height)).unsqueeze(0).to_device(self.device);
                 run_module(&self.encoder, &[pixels])
             }
-            _ => anyhow::bail!("a text-conditioned generator without its tokenizer"),
+            _ => Err(EngineError::model(&self.dir, "a text-conditioned generator without its tokenizer".into())),
         }
     }
 
     /// The unconditional half of guidance: the negative prompt where the generator takes
     /// one, the empty prompt otherwise (zeros for image conditioning).
-    pub fn encode_unconditional(&self, negative: Option<&str>, like: &Tensor) -> anyhow::Result<Tensor> {
+    pub fn encode_unconditional(&self, negative: Option<&str>, like: &Tensor) -> Result<Tensor, EngineError> {
         match &self.spec.conditioning {
             ConditioningSpec::Text { negative_prompt, .. } => {
                 self.encode(if *negative_prompt { negative } else { None }.or(Some("")), None)
@@ -221,7 +223,7 @@ impl Generator {
         rgb: &RgbImage,
         alpha: &GrayImage,
         opts: &GenerateOptions,
-    ) -> anyhow::Result<Vec<RgbImage>> {
+    ) -> Result<Vec<RgbImage>, EngineError> {
         let _guard = tch::no_grad_guard();
         let (w, h) = self.sample_size(rgb.width(), rgb.height());
         let small = resize_rgb(rgb, w, h);
@@ -267,7 +269,7 @@ impl Generator {
     }
 
     /// The masked image and mask in the space the denoiser samples in.
-    fn to_sample_space(&self, masked: &Tensor, mask: &Tensor) -> anyhow::Result<(Tensor, Tensor)> {
+    fn to_sample_space(&self, masked: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor), EngineError> {
         match (&self.spec.space, &self.vae) {
             (Space::Latent { downsample, .. }, Some((encoder, _))) => {
                 let latents = run_module(encoder, &[masked.shallow_clone()])?;
@@ -280,7 +282,7 @@ impl Generator {
         }
     }
 
-    fn to_pixels(&self, samples: &Tensor) -> anyhow::Result<Tensor> {
+    fn to_pixels(&self, samples: &Tensor) -> Result<Tensor, EngineError> {
         match &self.vae {
             Some((_, decoder)) => run_module(decoder, &[samples.shallow_clone()]),
             None => Ok(samples.shallow_clone()),

@@ -2,6 +2,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::*;
 use crate::diffusion::schedule::NoiseSchedule;
+use crate::EngineError;
 
 /// The exact denoiser of data drawn from N(mu, s^2) per value, mu per sample taken from the
 /// conditioning embedding (`[B]`): `E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) /
@@ -17,8 +18,8 @@ impl Denoiser for Gaussian {
         self.prediction
     }
 
-    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> anyhow::Result<Tensor> {
-        let ts: Vec<i64> = Vec::try_from(t)?;
+    fn predict(&self, x_t: &Tensor, t: &Tensor, cond: &Conditioning) -> Result<Tensor, EngineError> {
+        let ts = Vec::<i64>::try_from(t).map_err(|e| EngineError::Forward { reason: e.to_string() })?;
         let a: Vec<f32> = ts.iter().map(|&t| self.schedule.alpha_bar(t as usize) as f32).collect();
         let a = Tensor::from_slice(&a).view([-1, 1, 1, 1]);
         let mu = cond.embedding.view([-1, 1, 1, 1]);
@@ -146,5 +147,14 @@ fn guidance_extrapolates_from_the_unconditional_prediction() {
         let exact = (noise - a.sqrt() * mu) * (S / (a * S * S + 1.0 - a).sqrt()) + mu;
         let err = (&x - &exact).abs().max().double_value(&[]);
         assert!(err < 0.01, "g {scale}: largest error {err:.4}");
+    }
+}
+
+#[test]
+fn a_call_without_results_or_steps_is_refused_for_good() {
+    let denoiser = Gaussian { schedule: NoiseSchedule::stable_diffusion(), s: S, prediction: Prediction::Epsilon };
+    for opts in [options(SamplerKind::Euler, 10, vec![]), options(SamplerKind::Euler, 0, vec![1])] {
+        let err = sample(&denoiser, &denoiser.schedule, &cond(MU, 1), &opts).unwrap_err();
+        assert!(matches!(err, EngineError::InvalidRequest { .. }) && !err.is_retryable(), "{err}");
     }
 }
