@@ -20,16 +20,18 @@
 //! fetch at once and a crash never leaves half a file. Models published before `files.json`
 //! existed still fetch: their files are downloaded and hashed every time.
 
+mod cache;
+
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{content_type, ObjectStore, StoreError};
 use fleet_protocol::keys::model_prefix;
 use fleet_protocol::manifest::{EmbeddingSpec, ManifestError, ModelManifest, ModelRef};
+
+use self::cache::Cache;
 
 /// Name of the object, next to `manifest.json`, that records each file's sha256 and size.
 pub const FILE_LIST: &str = "files.json";
@@ -134,6 +136,7 @@ struct FileDigest {
 }
 
 impl FileDigest {
+    /// The digest of `bytes`.
     fn of(bytes: &[u8]) -> Self {
         FileDigest { sha256: hex(&sha256(bytes)), size: bytes.len() as u64 }
     }
@@ -162,6 +165,7 @@ pub fn model_files(manifest: &ModelManifest) -> Vec<String> {
     files
 }
 
+/// Maps an I/O error at `path` to [`RegistryError::Io`].
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
     move |source| RegistryError::Io { path: path.to_path_buf(), source }
 }
@@ -385,124 +389,13 @@ fn check(model: &ModelRef, file: &str, want: &FileDigest, got: &FileDigest) -> R
     })
 }
 
-/// The on-disk cache: content-addressed blobs and the model folders linked from them.
-#[derive(Clone)]
-struct Cache {
-    blobs: PathBuf,
-    folders: PathBuf,
-}
-
-impl Cache {
-    fn new(root: &Path) -> Self {
-        Cache { blobs: root.join("blobs").join("sha256"), folders: root.join("by-digest") }
-    }
-
-    /// Whether a blob with this digest is here, whole.
-    fn has_blob(&self, digest: &FileDigest) -> bool {
-        std::fs::metadata(self.blobs.join(&digest.sha256)).is_ok_and(|m| m.is_file() && m.len() == digest.size)
-    }
-
-    /// Stores verified bytes under their sha256, through a temporary file and a rename.
-    fn put_blob(&self, sha256: &str, bytes: &[u8]) -> Result<(), RegistryError> {
-        let path = self.blobs.join(sha256);
-        if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
-            return Ok(());
-        }
-        std::fs::create_dir_all(&self.blobs).map_err(io(&self.blobs))?;
-        let tmp = self.blobs.join(format!(".tmp-{sha256}-{}", unique_suffix()));
-        let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            // Read-only, so a write through a hard-linked model folder cannot change the blob.
-            let mut permissions = file.metadata()?.permissions();
-            permissions.set_readonly(true);
-            file.set_permissions(permissions)?;
-            std::fs::rename(&tmp, &path)
-        })();
-        if let Err(source) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(RegistryError::Io { path, source });
-        }
-        Ok(())
-    }
-
-    /// Whether the folder of these files exists with every file at its size.
-    fn folder_is_complete(&self, files: &BTreeMap<String, FileDigest>) -> bool {
-        let dir = self.folders.join(folder_digest(files));
-        files.iter().all(|(name, d)| std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.len() == d.size))
-    }
-
-    /// The folder of these files, built from the blobs (hard links, copies where the file
-    /// system has none) in a temporary folder renamed into place.
-    fn folder(&self, files: &BTreeMap<String, FileDigest>) -> Result<PathBuf, RegistryError> {
-        let digest = folder_digest(files);
-        let dir = self.folders.join(&digest);
-        if self.folder_is_complete(files) {
-            return Ok(dir);
-        }
-        if dir.exists() {
-            tracing::warn!(dir = %dir.display(), "model folder incomplete (changed by hand?): rebuilding it");
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
-        }
-        let tmp = self.folders.join(format!(".tmp-{digest}-{}", unique_suffix()));
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        for (name, d) in files {
-            let (blob, path) = (self.blobs.join(&d.sha256), tmp.join(name));
-            let linked = std::fs::hard_link(&blob, &path).or_else(|_| std::fs::copy(&blob, &path).map(|_| ()));
-            if let Err(source) = linked {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(RegistryError::Io { path: blob, source });
-            }
-        }
-        match std::fs::rename(&tmp, &dir) {
-            Ok(()) => Ok(dir),
-            // Another process built it first: theirs is as good as ours.
-            Err(_) if self.folder_is_complete(files) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Ok(dir)
-            }
-            Err(source) => {
-                let _ = std::fs::remove_dir_all(&tmp);
-                Err(RegistryError::Io { path: dir, source })
-            }
-        }
-    }
-}
-
-/// The sha256 of a folder's listing in `sha256sum` form, `<hex>  <file>\n` in byte order
-/// of file name: `cd <folder> && LC_ALL=C sha256sum * | sha256sum` prints it.
-fn folder_digest(files: &BTreeMap<String, FileDigest>) -> String {
-    let listing: String = files.iter().map(|(name, d)| format!("{}  {name}\n", d.sha256)).collect();
-    hex(&sha256(listing.as_bytes()))
-}
-
-/// Distinguishes temporary names of concurrent fetches, within and across processes.
-fn unique_suffix() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
+/// Lowercase hex of `bytes`.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The sha256 of `data`.
 fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_folder_digest_is_the_sha256sum_of_its_listing() {
-        let files = BTreeMap::from([
-            ("model.pt".to_string(), FileDigest::of(b"abc")),
-            ("manifest.json".to_string(), FileDigest::of(b"")),
-        ]);
-        // `printf abc > model.pt; : > manifest.json; LC_ALL=C sha256sum * | sha256sum`
-        assert_eq!(folder_digest(&files), "2efaa66ab06f37e454935c013a3e4d3773c783c637b02af2109ed75c7e73efcd");
-    }
 }

@@ -456,6 +456,16 @@ pub fn iou_mae(pairs: &[(Vec<f32>, Vec<u8>)]) -> (f64, f64) {
     (iou / n, mae / n)
 }
 
+impl crate::progress::Trainer for TrainJob {
+    fn stop_flag(&self) -> std::sync::Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    fn run(self, events: &mpsc::Sender<Event>) -> Result<Trained, String> {
+        self.train(events)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,8 @@
 //! upload, and how it ended.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use fleet_protocol::message::{StepRecord, TrainingProgress};
@@ -119,4 +121,13 @@ pub fn progress(
         resumed_from: resumed_from.take(),
         validation,
     }
+}
+
+/// A training loop that runs on a thread of its own and reports through [`Event`]s: the
+/// matting loop and the generator loop, hosted the same way by whoever runs them.
+pub trait Trainer: Send + 'static {
+    /// Set to stop the loop at its next step (its host gave up on it).
+    fn stop_flag(&self) -> Arc<AtomicBool>;
+    /// Runs the loop to its end, to a yield at a checkpoint, or to an error.
+    fn run(self, events: &mpsc::Sender<Event>) -> Result<Trained, String>;
 }

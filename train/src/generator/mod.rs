@@ -346,3 +346,13 @@ pub fn read_manifest(dir: &Path) -> Result<ModelManifest, String> {
     }
     Ok(manifest)
 }
+
+impl crate::progress::Trainer for GeneratorJob {
+    fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    fn run(self, events: &mpsc::Sender<Event>) -> Result<Trained, String> {
+        self.train(events)
+    }
+}

@@ -15,14 +15,12 @@ use fleet_protocol::message::TaskMessage;
 use fleet_store::registry;
 use fleet_store::{ObjectStore, StoreError};
 use fleet_train::generator::{GenSample, GeneratorJob};
-use fleet_train::progress::{Event, Trained};
 use futures::StreamExt;
 use image::RgbImage;
-use tokio::sync::mpsc;
 
-use super::report::{finished_without_model, register, summarize, write_report, Run};
-use super::storage::{download_checkpoint, relay};
-use super::{Ended, FineTuneContext, SAMPLE_FETCHES};
+use super::report::{finished_without_model, summarize};
+use super::storage::download_checkpoint;
+use super::{train_and_report, Ended, FineTuneContext, Outputs, SAMPLE_FETCHES};
 use crate::service::failure::AttemptError;
 
 /// Runs a generator fine-tune task: photos from S3, the base generator and the mask model
@@ -83,17 +81,17 @@ pub(super) async fn run(
         stop: Arc::new(AtomicBool::new(false)),
         yield_now: ctx.yield_now.clone(),
     };
-    let stop = job.stop.clone();
-    let (tx, rx) = mpsc::channel::<Event>(4);
-    let trainer = tokio::task::spawn_blocking(move || job.train(&tx));
-    let checkpoint_s = relay(ctx, &checkpoint_prefix, rx, &stop).await;
-    let outcome = match trainer.await.map_err(|e| fail(format!("training thread: {e}")))?.map_err(fail)? {
-        Trained::Done(outcome) => outcome,
-        Trained::Yielded(step) => return Ok(Ended::Yielded { step }),
+    let out = Outputs {
+        tenant: &tenant,
+        spec,
+        results: &results,
+        checkpoint_prefix: &checkpoint_prefix,
+        base: &base_ref,
+        digest: &digest,
+        refusals: &refusals,
+        started,
     };
-    let model_prefix = register(ctx, &tenant, spec, &outcome.dir).await?;
-    let run = Run { base: &base_ref, digest: &digest, refusals: &refusals, checkpoint_s, started };
-    write_report(ctx, &results, spec, &model_prefix, &outcome, &run).await.map(Ended::Trained)
+    train_and_report(ctx, job, out).await
 }
 
 /// The folder of `model` (the tenant's or a shared one) in the host's model cache.

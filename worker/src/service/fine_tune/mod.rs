@@ -37,7 +37,7 @@ use fleet_store::registry;
 use fleet_store::s3::S3Store;
 use fleet_store::{ObjectStore, StoreError};
 use fleet_train::matting::{Loaded, TrainJob};
-use fleet_train::progress::{Event, Trained};
+use fleet_train::progress::{Event, Trained, Trainer};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -134,8 +134,6 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
         tracing::info!(step = state.step, "resuming the fine-tune from its last checkpoint");
     }
 
-    // Training runs on its own thread; the task uploads its checkpoints and relays progress.
-    let (tx, rx) = mpsc::channel::<Event>(4);
     let job = TrainJob {
         samples: loaded,
         hyper: spec.hyper.clone(),
@@ -148,15 +146,49 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
         stop: std::sync::Arc::new(AtomicBool::new(false)),
         yield_now: ctx.yield_now.clone(),
     };
-    let stop = job.stop.clone();
-    let trainer = tokio::task::spawn_blocking(move || job.train(&tx));
-    let checkpoint_s = relay(ctx, &checkpoint_prefix, rx, &stop).await;
-    let outcome = match trainer.await.map_err(|e| fail(format!("training thread: {e}")))?.map_err(fail)? {
+    let out = Outputs {
+        tenant: &tenant,
+        spec,
+        results: &results,
+        checkpoint_prefix: &checkpoint_prefix,
+        base: &base_ref,
+        digest: &digest,
+        refusals: &refusals,
+        started,
+    };
+    train_and_report(ctx, job, out).await
+}
+
+/// Where a fine-tune's model and report go, and what the report says about the run.
+struct Outputs<'a> {
+    tenant: &'a TenantId,
+    spec: &'a FineTuneSpec,
+    results: &'a str,
+    checkpoint_prefix: &'a str,
+    base: &'a ModelRef,
+    digest: &'a str,
+    refusals: &'a [Refusal],
+    started: Instant,
+}
+
+/// Runs a training loop on a thread of its own while the task uploads its checkpoints under
+/// the lease and relays its progress; then registers the model and writes the report, or
+/// hands back the step it yielded at.
+async fn train_and_report<T: Trainer>(
+    ctx: &FineTuneContext<'_>,
+    job: T,
+    out: Outputs<'_>,
+) -> Result<Ended, AttemptError> {
+    let stop = job.stop_flag();
+    let (tx, rx) = mpsc::channel::<Event>(4);
+    let trainer = tokio::task::spawn_blocking(move || job.run(&tx));
+    let checkpoint_s = relay(ctx, out.checkpoint_prefix, rx, &stop).await;
+    let trained = trainer.await.map_err(|e| AttemptError::retry(format!("training thread: {e}")))?;
+    let outcome = match trained.map_err(AttemptError::retry)? {
         Trained::Done(outcome) => outcome,
         Trained::Yielded(step) => return Ok(Ended::Yielded { step }),
     };
-
-    let model_prefix = register(ctx, &tenant, spec, &outcome.dir).await?;
-    let run = Run { base: &base_ref, digest: &digest, refusals: &refusals, checkpoint_s, started };
-    write_report(ctx, &results, spec, &model_prefix, &outcome, &run).await.map(Ended::Trained)
+    let model_prefix = register(ctx, out.tenant, out.spec, &outcome.dir).await?;
+    let run = Run { base: out.base, digest: out.digest, refusals: out.refusals, checkpoint_s, started: out.started };
+    write_report(ctx, out.results, out.spec, &model_prefix, &outcome, &run).await.map(Ended::Trained)
 }
