@@ -11,6 +11,8 @@ use fleet_synth::{write_catalog, CatalogEntry, CatalogSpec};
 use futures::{stream, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::ClientError;
+
 /// Uploads at once.
 const UPLOAD_CONCURRENCY: usize = 8;
 
@@ -55,7 +57,7 @@ pub async fn seed<S: ObjectStore>(
     prefix: &str,
     spec: &CatalogSpec,
     work: &Path,
-) -> anyhow::Result<(SeededCatalog, bool)> {
+) -> Result<(SeededCatalog, bool), ClientError> {
     let marker = format!("{prefix}seed.json");
     if let Ok(bytes) = s3.get(&marker).await {
         if let Ok(existing) = serde_json::from_slice::<SeededCatalog>(&bytes) {
@@ -86,9 +88,9 @@ pub async fn seed<S: ObjectStore>(
         .collect();
     stream::iter(uploads)
         .map(|(key, path)| async move {
-            let bytes = tokio::fs::read(&path).await?;
+            let bytes = tokio::fs::read(&path).await.map_err(|cause| ClientError::Read { path, cause })?;
             s3.put(&key, bytes, content_type(&key)).await?;
-            anyhow::Ok(())
+            Ok::<_, ClientError>(())
         })
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .try_collect::<Vec<()>>()
@@ -107,20 +109,24 @@ pub async fn seed<S: ObjectStore>(
         entries,
         broken,
     };
-    s3.put(&marker, serde_json::to_vec_pretty(&seeded)?, "application/json").await?;
+    let json = serde_json::to_vec_pretty(&seeded).map_err(ClientError::json(format!("encoding {marker}")))?;
+    s3.put(&marker, json, "application/json").await?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok((seeded, true))
 }
 
+/// A broken upload: file name, the code the engine must fail it with, its bytes.
+type BrokenUpload = (&'static str, &'static str, Vec<u8>);
+
 /// The broken uploads a real catalog has, each with the code the engine must fail it with.
-fn broken_uploads(jpeg: Option<&Path>) -> anyhow::Result<Vec<(&'static str, &'static str, Vec<u8>)>> {
+fn broken_uploads(jpeg: Option<&Path>) -> Result<Vec<BrokenUpload>, ClientError> {
     let mut out = vec![
         ("broken-notes.jpg", "unsupported_format", b"not a photo, a note someone saved as .jpg\n".to_vec()),
         ("broken-empty.png", "empty", Vec::new()),
         ("broken-huge.png", "too_many_pixels", png_header_only(100_000, 100_000)),
     ];
     if let Some(path) = jpeg {
-        let bytes = std::fs::read(path)?;
+        let bytes = std::fs::read(path).map_err(|cause| ClientError::Read { path: path.to_path_buf(), cause })?;
         out.push(("broken-truncated.jpg", "corrupt", bytes[..bytes.len().min(3000)].to_vec()));
     }
     Ok(out)
@@ -136,7 +142,7 @@ pub async fn seed_backdrops<S: ObjectStore>(
     per_class: usize,
     seed: u64,
     licence: &str,
-) -> anyhow::Result<String> {
+) -> Result<String, ClientError> {
     let key = format!("{prefix}dataset.jsonl");
     let expected = per_class * fleet_synth::Backdrop::ALL.len();
     if let Ok(bytes) = s3.get(&key).await {
@@ -152,7 +158,9 @@ pub async fn seed_backdrops<S: ObjectStore>(
         let line = serde_json::json!({"image": image_key, "prompt": p.prompt, "contributor": p.contributor, "licence": licence});
         lines.push_str(&format!("{line}\n"));
         let mut png = std::io::Cursor::new(Vec::new());
-        p.image.write_to(&mut png, image::ImageFormat::Png)?;
+        p.image
+            .write_to(&mut png, image::ImageFormat::Png)
+            .map_err(|cause| ClientError::Image { what: format!("encoding {image_key} as png"), cause })?;
         uploads.push((image_key, png.into_inner()));
     }
     stream::iter(uploads)

@@ -5,8 +5,9 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use serde_json::{json, Value};
+
+use crate::JobBodyError;
 
 /// What a `generate:PROMPT` background takes besides its prompt.
 #[derive(Debug, Clone, Copy)]
@@ -22,37 +23,42 @@ pub struct Generation<'a> {
 }
 
 /// The `input` of a job: exactly one of a prefix, a manifest key or explicit keys.
-pub fn input(prefix: Option<&str>, manifest: Option<&str>, keys: &[String]) -> anyhow::Result<Value> {
+pub fn input(prefix: Option<&str>, manifest: Option<&str>, keys: &[String]) -> Result<Value, JobBodyError> {
     Ok(match (prefix, manifest, keys.is_empty()) {
         (Some(p), None, true) => json!({"prefix": p}),
         (None, Some(m), true) => json!({"manifest": m}),
         (None, None, false) => json!({"keys": keys}),
-        _ => anyhow::bail!("give exactly one of --prefix, --manifest, --keys (or --file)"),
+        _ => return Err(JobBodyError::InputSources),
     })
 }
 
 /// The `background` of a job from `transparent`, `color:#rrggbb`, `blur[:PCT]`, `image:KEY`
 /// or `generate:PROMPT` (the latter with `generation`).
-pub fn background(spec: &str, generation: &Generation<'_>) -> anyhow::Result<Value> {
+pub fn background(spec: &str, generation: &Generation<'_>) -> Result<Value, JobBodyError> {
     let (mode, arg) = spec.split_once(':').unwrap_or((spec, ""));
     Ok(match mode {
         "transparent" => json!({"mode": "transparent"}),
         "color" => json!({"mode": "color", "color": arg}),
         "blur" if arg.is_empty() => json!({"mode": "blur"}),
-        "blur" => json!({"mode": "blur", "strength_pct": arg.parse::<f32>()?}),
+        "blur" => {
+            let strength =
+                arg.parse::<f32>().map_err(|cause| JobBodyError::BlurStrength { value: arg.into(), cause })?;
+            json!({"mode": "blur", "strength_pct": strength})
+        }
         "image" => json!({"mode": "image", "key": arg}),
         "generate" => json!({"mode": "generate", "model": generation.model, "prompt": arg,
                              "results": generation.results, "sampling": generation.sampling,
                              "seed": generation.seed}),
-        _ => anyhow::bail!("unknown background {spec:?}"),
+        _ => return Err(JobBodyError::UnknownBackground(spec.to_string())),
     })
 }
 
 /// The `output` of a job from `FORMAT[:QUALITY]` (quality 90 when absent) and an optional
 /// longest side.
-pub fn output(format: &str, max_side: Option<u32>) -> anyhow::Result<Value> {
+pub fn output(format: &str, max_side: Option<u32>) -> Result<Value, JobBodyError> {
     let (format, quality) = format.split_once(':').unwrap_or((format, "90"));
-    let mut output = json!({"format": format, "quality": quality.parse::<u8>()?});
+    let quality = quality.parse::<u8>().map_err(|cause| JobBodyError::Quality { value: quality.into(), cause })?;
+    let mut output = json!({"format": format, "quality": quality});
     if let Some(max) = max_side {
         output["max_side"] = max.into();
     }
@@ -76,13 +82,13 @@ pub fn background_replace(
 }
 
 /// A job body read from a file: YAML when it ends in `.yaml` or `.yml`, JSON otherwise.
-pub fn read_file(path: &Path) -> anyhow::Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+pub fn read_file(path: &Path) -> Result<Value, JobBodyError> {
+    let text = std::fs::read_to_string(path).map_err(|cause| JobBodyError::Read { path: path.to_path_buf(), cause })?;
     let is_yaml = path.extension().is_some_and(|e| e == "yaml" || e == "yml");
     if is_yaml {
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", path.display()))
+        serde_yaml::from_str(&text).map_err(|cause| JobBodyError::Yaml { path: path.to_path_buf(), cause })
     } else {
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+        serde_json::from_str(&text).map_err(|cause| JobBodyError::Json { path: path.to_path_buf(), cause })
     }
 }
 
@@ -131,7 +137,9 @@ mod tests {
                    "results": 4, "sampling": "fast", "seed": 7})
         );
         assert_eq!(background("plaid", &GENERATION).unwrap_err().to_string(), "unknown background \"plaid\"");
-        assert!(background("blur:lots", &GENERATION).is_err());
+        let err = background("blur:lots", &GENERATION).unwrap_err();
+        assert!(matches!(err, JobBodyError::BlurStrength { .. }), "{err:?}");
+        assert_eq!(err.to_string(), "invalid blur strength \"lots\": invalid float literal");
     }
 
     #[test]
@@ -139,7 +147,29 @@ mod tests {
         assert_eq!(output("jpeg:90", None).unwrap(), json!({"format": "jpeg", "quality": 90}));
         assert_eq!(output("png", Some(1024)).unwrap(), json!({"format": "png", "quality": 90, "max_side": 1024}));
         assert_eq!(output("jpeg:75", None).unwrap(), json!({"format": "jpeg", "quality": 75}));
-        assert!(output("jpeg:300", None).is_err());
+        let err = output("jpeg:300", None).unwrap_err();
+        assert!(matches!(err, JobBodyError::Quality { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("invalid output quality \"300\": "), "{err}");
+    }
+
+    #[test]
+    fn a_job_file_is_read_as_yaml_or_json() {
+        let dir = std::env::temp_dir().join(format!("fleet-client-job-body-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (yaml, json, bad) = (dir.join("job.yml"), dir.join("job.json"), dir.join("bad.json"));
+        std::fs::write(&yaml, "priority: batch\nkind: background_replace\n").unwrap();
+        std::fs::write(&json, r#"{"priority": "batch"}"#).unwrap();
+        std::fs::write(&bad, "priority: batch").unwrap();
+        assert_eq!(read_file(&yaml).unwrap(), json!({"priority": "batch", "kind": "background_replace"}));
+        assert_eq!(read_file(&json).unwrap(), json!({"priority": "batch"}));
+        let err = read_file(&bad).unwrap_err();
+        assert!(matches!(err, JobBodyError::Json { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("{} is not valid JSON: ", bad.display())), "{err}");
+        let missing = dir.join("missing.yaml");
+        let err = read_file(&missing).unwrap_err();
+        assert!(matches!(err, JobBodyError::Read { .. }), "{err:?}");
+        assert!(err.to_string().starts_with(&format!("reading {}: ", missing.display())), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //! Redis and S3 directly, which is what an operator's or a trusted front end's view needs.
 
 pub mod catalog;
+mod error;
 pub mod job_body;
 pub mod report;
+
+pub use error::{ClientError, JobBodyError};
 
 use std::time::{Duration, Instant};
 
@@ -79,7 +82,7 @@ pub struct Client {
 
 impl Client {
     /// Connects to the broker as the tenant, and to Redis and S3.
-    pub async fn connect(config: &ClientConfig) -> anyhow::Result<Client> {
+    pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
         let tenant = TenantId::new(&config.tenant)?;
         let connection = amqp::connect(&config.amqp_url).await?;
         let channel = confirmed_channel(&connection).await?;
@@ -98,7 +101,7 @@ impl Client {
     }
 
     /// Publishes a job body (JSON) under message id `id`, without waiting for the scheduler.
-    pub async fn publish(&self, id: &str, body: &[u8]) -> anyhow::Result<()> {
+    pub async fn publish(&self, id: &str, body: &[u8]) -> Result<(), ClientError> {
         let traceparent = new_traceparent();
         let props = job_properties(self.tenant.as_str(), id)
             .with_headers(string_headers(&[(TRACEPARENT_HEADER, &traceparent)]));
@@ -107,8 +110,9 @@ impl Client {
     }
 
     /// Publishes a job and waits for the scheduler's answer (accepted, duplicate or
-    /// rejected), listening on the job's events.
-    pub async fn submit(&self, id: &str, body: &[u8], timeout: Duration) -> anyhow::Result<Submitted> {
+    /// rejected), listening on the job's events; [`ClientError::NoAnswer`] when none comes
+    /// within `timeout`.
+    pub async fn submit(&self, id: &str, body: &[u8], timeout: Duration) -> Result<Submitted, ClientError> {
         let mut events = self.subscribe(id).await?;
         self.publish(id, body).await?;
         let deadline = Instant::now() + timeout;
@@ -125,12 +129,13 @@ impl Client {
                 _ => {}
             }
         }
-        anyhow::bail!("no answer from the scheduler within {timeout:?} (is it running?)")
+        Err(ClientError::NoAnswer { timeout })
     }
 
     /// Asks the scheduler to cancel a job.
-    pub async fn cancel(&self, id: &str) -> anyhow::Result<()> {
-        let body = serde_json::to_vec(&CancelRequest { cancel: id.to_string() })?;
+    pub async fn cancel(&self, id: &str) -> Result<(), ClientError> {
+        let body = serde_json::to_vec(&CancelRequest { cancel: id.to_string() })
+            .map_err(ClientError::json("encoding the cancel request"))?;
         let props = job_properties(self.tenant.as_str(), id).with_type(CANCEL_TYPE.into());
         publish_confirmed(&self.channel, amqp::JOBS_EXCHANGE, amqp::CANCEL_KEY, &body, props).await?;
         Ok(())
@@ -138,7 +143,7 @@ impl Client {
 
     /// Subscribes to the events of one job (`None` = every job of the tenant) on a private
     /// queue that goes away with the connection.
-    pub async fn subscribe(&self, id: impl Into<Option<&str>>) -> anyhow::Result<Events> {
+    pub async fn subscribe(&self, id: impl Into<Option<&str>>) -> Result<Events, ClientError> {
         let channel = self.connection.create_channel().await?;
         let name = format!("{}.watch.{}", self.tenant, new_traceparent().get(3..19).unwrap_or("0"));
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
@@ -161,8 +166,8 @@ impl Client {
         Ok(Events { _channel: channel, consumer })
     }
 
-    /// The job and its counts; `Err` with the rejection when it was refused.
-    pub async fn job(&self, id: &str) -> anyhow::Result<Option<JobView>> {
+    /// The job and its counts; [`ClientError::Rejected`] when it was refused at submission.
+    pub async fn job(&self, id: &str) -> Result<Option<JobView>, ClientError> {
         match self.jobs.get(&self.tenant, id).await? {
             Some(record) => {
                 let progress = self.jobs.progress(&self.tenant, id).await?;
@@ -174,19 +179,20 @@ impl Client {
                 Ok(Some(JobView { record, progress, training }))
             }
             None => match self.jobs.rejection(&self.tenant, id).await? {
-                Some(rejection) => Err(anyhow::anyhow!(rejection)),
+                Some(rejection) => Err(ClientError::Rejected(rejection)),
                 None => Ok(None),
             },
         }
     }
 
-    /// Polls the job until it ends, calling `on_progress` on every poll.
+    /// Polls the job until it ends, calling `on_progress` on every poll;
+    /// [`ClientError::NotEnded`] when `timeout` passes first.
     pub async fn wait(
         &self,
         id: &str,
         timeout: Duration,
         mut on_progress: impl FnMut(&JobView),
-    ) -> anyhow::Result<JobView> {
+    ) -> Result<JobView, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(view) = self.job(id).await? {
@@ -195,13 +201,15 @@ impl Client {
                     return Ok(view);
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "job {id} did not end within {timeout:?}");
+            if Instant::now() >= deadline {
+                return Err(ClientError::NotEnded { id: id.to_string(), timeout });
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
     /// Every failed item of the job, with reasons.
-    pub async fn failures(&self, id: &str) -> anyhow::Result<Vec<ItemFailureReport>> {
+    pub async fn failures(&self, id: &str) -> Result<Vec<ItemFailureReport>, ClientError> {
         let mut all = Vec::new();
         loop {
             let page = self.jobs.failures(&self.tenant, id, all.len(), 1000).await?;
@@ -213,7 +221,7 @@ impl Client {
     }
 
     /// The tenant's most recent job ids.
-    pub async fn list(&self, limit: usize) -> anyhow::Result<Vec<String>> {
+    pub async fn list(&self, limit: usize) -> Result<Vec<String>, ClientError> {
         Ok(self.jobs.list(&self.tenant, limit).await?)
     }
 }
@@ -225,13 +233,16 @@ pub struct Events {
 }
 
 impl Events {
-    /// The next event, or `None` once `deadline` passes.
-    pub async fn next_before(&mut self, deadline: Instant) -> anyhow::Result<Option<JobEventMessage>> {
+    /// The next event, or `None` once `deadline` passes; [`ClientError::SubscriptionClosed`]
+    /// when the broker ends the subscription.
+    pub async fn next_before(&mut self, deadline: Instant) -> Result<Option<JobEventMessage>, ClientError> {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.consumer.next()).await {
             Err(_) => Ok(None),
-            Ok(None) => anyhow::bail!("event subscription closed"),
-            Ok(Some(delivery)) => Ok(Some(serde_json::from_slice(&delivery?.data)?)),
+            Ok(None) => Err(ClientError::SubscriptionClosed),
+            Ok(Some(delivery)) => {
+                Ok(Some(serde_json::from_slice(&delivery?.data).map_err(ClientError::json("decoding a job event"))?))
+            }
         }
     }
 }

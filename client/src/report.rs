@@ -11,6 +11,8 @@ use futures::{stream, StreamExt, TryStreamExt};
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
 
+use crate::ClientError;
+
 /// One image's line in a task manifest (the fields read back here).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ManifestItem {
@@ -42,12 +44,17 @@ pub struct TaskManifest {
 }
 
 /// Every task manifest of a job, by task number.
-pub async fn task_manifests<S: ObjectStore>(s3: &S, tenant: &TenantId, job: &str) -> anyhow::Result<Vec<TaskManifest>> {
+pub async fn task_manifests<S: ObjectStore>(
+    s3: &S,
+    tenant: &TenantId,
+    job: &str,
+) -> Result<Vec<TaskManifest>, ClientError> {
     let keys = fleet_store::list_all(s3, &format!("{}tasks/", results_prefix(tenant, job))).await?;
     let mut manifests: Vec<TaskManifest> = stream::iter(keys)
         .map(|key| async move {
             let bytes = s3.get(&key).await?;
-            anyhow::Ok(serde_json::from_slice::<TaskManifest>(&bytes)?)
+            serde_json::from_slice::<TaskManifest>(&bytes)
+                .map_err(ClientError::json(format!("decoding task manifest {key}")))
         })
         .buffer_unordered(8)
         .try_collect()
@@ -73,7 +80,7 @@ pub async fn job_contact_sheet<S: ObjectStore>(
     manifests: &[TaskManifest],
     rows: usize,
     row_height: u32,
-) -> anyhow::Result<Option<RgbImage>> {
+) -> Result<Option<RgbImage>, ClientError> {
     let mut items: Vec<&ManifestItem> = manifests.iter().flat_map(|m| &m.items).collect();
     items.sort_by(|a, b| b.uncertainty.total_cmp(&a.uncertainty).then_with(|| a.input_key.cmp(&b.input_key)));
     items.truncate(rows);
@@ -83,15 +90,22 @@ pub async fn job_contact_sheet<S: ObjectStore>(
     let limits = DecodeLimits::default();
     let loaded: Vec<(RgbImage, GrayImage, Composited)> = stream::iter(items)
         .map(|item| async move {
-            let input = decode(&s3.get(&item.input_key).await?, &limits)?.rgb;
-            let matte = image::load_from_memory(&s3.get(&item.matte_key).await?)?.to_luma8();
-            let result = image::load_from_memory(&s3.get(&item.result_key).await?)?;
+            let key = &item.input_key;
+            let input = decode(&s3.get(key).await?, &limits)
+                .map_err(|cause| ClientError::Decode { key: key.clone(), cause })?
+                .rgb;
+            let load = |key: &str, bytes: Vec<u8>| {
+                image::load_from_memory(&bytes)
+                    .map_err(|cause| ClientError::Image { what: format!("decoding {key}"), cause })
+            };
+            let matte = load(&item.matte_key, s3.get(&item.matte_key).await?)?.to_luma8();
+            let result = load(&item.result_key, s3.get(&item.result_key).await?)?;
             let after = if result.color().has_alpha() {
                 Composited::Rgba(result.to_rgba8())
             } else {
                 Composited::Rgb(result.to_rgb8())
             };
-            anyhow::Ok((input, matte, after))
+            Ok::<_, ClientError>((input, matte, after))
         })
         .buffered(8)
         .try_collect()

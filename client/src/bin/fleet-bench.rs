@@ -80,13 +80,13 @@ const TENANT: &str = "tenant-a";
 
 async fn client() -> anyhow::Result<Client> {
     let url = std::env::var("FLEET_AMQP_URL").context("FLEET_AMQP_URL")?;
-    Client::connect(&ClientConfig {
+    let config = ClientConfig {
         amqp_url: amqp_url_as(&url, TENANT, &format!("{TENANT}-dev")),
         tenant: TENANT.into(),
         redis_url: std::env::var("FLEET_REDIS_URL").context("FLEET_REDIS_URL")?,
         s3: S3Config::from_env().map_err(anyhow::Error::msg)?,
-    })
-    .await
+    };
+    Ok(Client::connect(&config).await?)
 }
 
 fn job(id: &str, priority: &str, input: serde_json::Value, shard: u32) -> Vec<u8> {

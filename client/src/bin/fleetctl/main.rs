@@ -160,7 +160,7 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
         redis_url: cli.redis_url.clone().context("set FLEET_REDIS_URL")?,
         s3: S3Config::from_env().map_err(anyhow::Error::msg)?,
     };
-    Client::connect(&config).await
+    Ok(Client::connect(&config).await?)
 }
 
 /// Runs one command; only `submit` has an exit code of its own (2: rejected).
