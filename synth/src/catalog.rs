@@ -84,8 +84,8 @@ pub fn is_jpeg(seed: u64, index: u64, jpeg_share: f32) -> bool {
     unit_hash(seed, index, FORMAT_PURPOSE) < jpeg_share
 }
 
-/// Writes a catalog: <dir>/images/<id>.{png|jpg} and <dir>/masks/<id>.png (8-bit gray)
-/// and <dir>/catalog.json (a `CatalogSummary`). Rendering in parallel with rayon, output
+/// Writes a catalog: `<dir>/images/<id>.{png|jpg}` and `<dir>/masks/<id>.png` (8-bit gray)
+/// and `<dir>/catalog.json` (a `CatalogSummary`). Rendering in parallel with rayon, output
 /// identical regardless of thread count. ids like "item-000042". JPEG quality 92.
 pub fn write_catalog(dir: &Path, spec: &CatalogSpec) -> Result<CatalogSummary, SynthError> {
     if spec.min_long_side == 0 || spec.min_long_side > spec.max_long_side {
