@@ -230,7 +230,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
         metrics_addr: args.metrics_addr,
     };
-    runtime()?.block_on(crate::service::run(config, async {
+    let stopped = runtime()?.block_on(crate::service::run(config, async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
@@ -238,7 +238,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("stop signal: draining");
-    }))
+    }));
+    Ok(stopped?)
 }
 
 /// The host's memory from `/proc/meminfo`, MiB.

@@ -9,33 +9,34 @@ use fleet_protocol::heartbeat::{Heartbeat, Order};
 use fleet_protocol::message::now_ms;
 use fleet_telemetry::metrics;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::config::host_name;
 use super::{heartbeat, Worker};
 
 /// Writes a heartbeat every period, reading the operator's order for the worker on each beat
-/// (SIGTERM counts as a drain), until the worker exits; then removes the heartbeat.
+/// and passing it on through `order`. When `shutdown` is cancelled it beats at once, reporting
+/// a drain, and goes on beating (renewing the leases of the tasks still running) until
+/// `tasks` is closed and empty, which `run` lets happen only once the broker sessions have
+/// ended; then it removes the heartbeat.
 pub(super) async fn beat_until(
     worker: Arc<Worker>,
-    mut stop: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     order: watch::Sender<Order>,
-    mut exited: watch::Receiver<bool>,
+    tasks: TaskTracker,
 ) {
     let gpus = crate::nvml::Gpus::probe();
     let base = base_heartbeat(&worker, host_name());
+    // The order the last beat reported: the operator's, or a drain once shutting down.
+    let mut reported = *order.borrow();
     loop {
-        let ordered = match worker.jobs.worker_order(&worker.config.id).await {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!(error = %e, "operator order unreadable; keeping the last one");
-                *order.borrow()
-            }
-        };
-        let stopped = *stop.borrow();
-        let now = if stopped { Order::Drain } else { ordered };
-        if *order.borrow() != now {
+        // Shutting down, the worker drains whatever the operator says: no need to ask.
+        let stopping = shutdown.is_cancelled();
+        let now = if stopping { Order::Drain } else { operator_order(&worker, &order).await };
+        if reported != now {
             tracing::info!(order = ?now, "operator order");
-            let _ = order.send(now);
+            reported = now;
         }
         let beat = heartbeat::beat(&base, &gpus, &worker.live, now, &device_states(&worker));
         record_gpus(&beat);
@@ -44,14 +45,28 @@ pub(super) async fn beat_until(
         }
         renew_leases(&worker).await;
         tokio::select! {
-            _ = exited.wait_for(|d| *d) => break,
-            _ = stop.wait_for(|s| *s), if !stopped => {}
+            _ = tasks.wait() => break,
+            _ = shutdown.cancelled(), if !stopping => {}
             _ = tokio::time::sleep(fleet_protocol::heartbeat::HEARTBEAT_PERIOD) => {}
         }
     }
     if let Err(e) = worker.jobs.remove_heartbeat(&worker.config.id).await {
         tracing::warn!(error = %e, "heartbeat not removed; it expires by itself");
     }
+}
+
+/// Reads the operator's order for the worker (the last one if Redis cannot say) and passes it
+/// on through `order`, which carries the operator's order alone: shutdown is the token's.
+async fn operator_order(worker: &Worker, order: &watch::Sender<Order>) -> Order {
+    let ordered = match worker.jobs.worker_order(&worker.config.id).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "operator order unreadable; keeping the last one");
+            *order.borrow()
+        }
+    };
+    order.send_if_modified(|current| std::mem::replace(current, ordered) != ordered);
+    ordered
 }
 
 /// The parts of the heartbeat that stay the same while the worker runs.

@@ -19,17 +19,27 @@
 //! not started are given back at once, tasks in hand finish.
 //!
 //! Where each part lives: `config` the settings; `session` the broker sessions and
-//! reconnects; `route` a delivery to its task; `lanes` the devices and their slots; `attempt`
-//! one attempt at a task; `reports` the reports to the scheduler; `beat` the heartbeat loop
-//! and lease renewal, with [`heartbeat`] building each beat.
+//! reconnects; `intake` whether the worker takes tasks (operator's order, shutdown); `route` a
+//! delivery to its task; `lanes` the devices and their slots; `attempt` one attempt at a task;
+//! `reports` the reports to the scheduler; `beat` the heartbeat loop and lease renewal, with
+//! [`heartbeat`] building each beat; `error` the service's errors.
+//!
+//! Shutdown is one cancellation tree: [`run`] owns the root token, cancelled when its
+//! `shutdown` future resolves, and gives a child to the broker session loop (whose tasks watch
+//! it too) and one to the heartbeat loop. The tasks run on a [`TaskTracker`], and `run` drains
+//! in order: no new tasks, tasks not started given back, tasks in hand finished (fine-tunes
+//! checkpoint and yield), the broker session closed; then the heartbeat, which kept renewing
+//! the leases of the tasks until the last ended, removes itself; then `run` returns.
 
 mod attempt;
 mod beat;
 mod config;
+mod error;
 mod failure;
 pub mod fine_tune;
 pub mod heartbeat;
 mod hold;
+mod intake;
 mod lanes;
 pub mod models;
 mod reports;
@@ -45,8 +55,12 @@ use fleet_state::RedisJobStore;
 use fleet_store::s3::S3Store;
 use fleet_telemetry::metrics;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 pub use self::config::{host_name, DeviceConfig, Executor, WorkerConfig};
+pub use self::error::ServiceError;
+use self::intake::Intake;
 use self::lanes::Device;
 use self::reports::Reports;
 
@@ -61,9 +75,15 @@ struct Worker {
     reports: tokio::sync::RwLock<Option<Arc<Reports>>>,
 }
 
-/// Runs the worker until `shutdown` resolves, then drains.
-pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    anyhow::ensure!(!config.devices.is_empty(), "a worker needs at least one device");
+/// Runs the worker until `shutdown` resolves, then drains: takes nothing new, gives back the
+/// tasks not started, lets those in hand finish, stops the heartbeat last and returns.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    if config.devices.is_empty() {
+        return Err(ServiceError::NoDevice);
+    }
     let slots = config.slots.max(1);
     let devices = config.devices.iter().map(|d| Device::new(d, config.model_cache.clone(), slots)).collect();
     let worker = Arc::new(Worker {
@@ -74,23 +94,44 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         reports: tokio::sync::RwLock::new(None),
         config,
     });
-    if let Some(addr) = worker.config.metrics_addr {
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(addr).await {
+    // The metrics endpoint serves for as long as `run` runs, drain included, so probes of
+    // `/livez` keep passing while tasks finish.
+    let _metrics = worker.config.metrics_addr.map(|addr| {
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            if let Err(e) = metrics::serve(addr).await.map_err(ServiceError::Metrics) {
                 tracing::warn!(error = %e, "metrics endpoint stopped");
             }
-        });
-    }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+        }))
     });
+    let root = CancellationToken::new();
+    // However `run` ends, the tree ends cancelled.
+    let _cancel_all = root.clone().drop_guard();
+    let _signal = AbortOnDropHandle::new(tokio::spawn({
+        let root = root.clone();
+        async move {
+            shutdown.await;
+            root.cancel();
+        }
+    }));
+    let tasks = TaskTracker::new();
+    // Were `run` dropped midway, the heartbeat would still end once the last task has.
+    let _close = CloseOnDrop(tasks.clone());
     let (order_tx, order_rx) = watch::channel(Order::Run);
-    let (exited_tx, exited_rx) = watch::channel(false);
-    let beats = tokio::spawn(beat::beat_until(worker.clone(), stop_rx.clone(), order_tx, exited_rx));
-    let result = session::serve_sessions(&worker, stop_rx, order_rx).await;
-    let _ = exited_tx.send(true);
+    let beats = tokio::spawn(beat::beat_until(worker.clone(), root.child_token(), order_tx, tasks.clone()));
+    session::serve_sessions(&worker, Intake::new(order_rx, root.child_token()), &tasks).await;
+    // The sessions have ended and start no more tasks: once the last task in hand has ended,
+    // the heartbeat (which renews their leases until then) removes itself and ends.
+    tasks.close();
+    tasks.wait().await;
     let _ = beats.await;
-    result
+    Ok(())
+}
+
+/// Closes a task tracker when dropped.
+struct CloseOnDrop(TaskTracker);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }

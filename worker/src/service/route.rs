@@ -5,17 +5,17 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use fleet_protocol::heartbeat::{Order, TrainingHold};
+use fleet_protocol::heartbeat::TrainingHold;
 use fleet_protocol::message::{trace_id, LeaseGrant, TaskMessage, LEASE_HEADER, TRACEPARENT_HEADER};
 use fleet_queue::header_str;
 use lapin::message::Delivery;
-use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::attempt::handle;
 use super::failure::AttemptError;
 use super::heartbeat::HeldLease;
 use super::hold::LeaseHold;
+use super::intake::Intake;
 use super::lanes::{InFlight, Running};
 use super::reports::{failed, released, report_to_scheduler};
 use super::Worker;
@@ -46,9 +46,9 @@ pub(super) fn accept(delivery: Delivery) -> Option<Accepted> {
 
 impl Accepted {
     /// Holds the lease, waits for a slot on the task's device lane and runs the attempt (or
-    /// gives the task back if the worker stops taking work first). The hold ends with this
-    /// call, however it ends.
-    pub(super) async fn run(self, worker: &Worker, mut order: watch::Receiver<Order>) {
+    /// gives the task back if the worker stops taking work first: cordon, drain or shutdown).
+    /// The hold ends with this call, however it ends.
+    pub(super) async fn run(self, worker: &Worker, mut intake: Intake) {
         let Accepted { task, lease, traceparent } = self;
         let lost = Arc::new(AtomicBool::new(false));
         let preempt = Arc::new(AtomicBool::new(false));
@@ -75,7 +75,7 @@ impl Accepted {
             // Wait for a slot on the device's lane, unless told to stop taking work.
             let permit = tokio::select! {
                 biased;
-                _ = order.wait_for(|o| *o != Order::Run) => None,
+                _ = intake.closed() => None,
                 permit = device.lane(task.priority).clone().acquire_owned() => permit.ok(),
             };
             let Some(permit) = permit else {
@@ -84,14 +84,13 @@ impl Accepted {
                 return;
             };
             let held = InFlight::hold(&worker.live, task.id());
-            // A fine-tune runs for hours: on cordon, drain or SIGTERM it checkpoints and yields
+            // A fine-tune runs for hours: on cordon, drain or shutdown it checkpoints and yields
             // rather than holding the worker until it ends.
             let yield_on_drain = task.fine_tune.is_some().then(|| {
-                let (mut order, preempt) = (order.clone(), preempt.clone());
+                let (mut intake, preempt) = (intake.clone(), preempt.clone());
                 tokio::spawn(async move {
-                    if order.wait_for(|o| *o != Order::Run).await.is_ok() {
-                        preempt.store(true, Ordering::Relaxed);
-                    }
+                    intake.closed().await;
+                    preempt.store(true, Ordering::Relaxed);
                 })
             });
             let running = Running::on(device);
