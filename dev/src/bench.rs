@@ -13,6 +13,8 @@ use rayon::prelude::*;
 
 use fleet_engine::{Engine, EngineOptions, InputItem, StageTimings};
 
+use crate::error::{DevError, Result};
+
 /// Benchmark settings.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -40,22 +42,21 @@ impl Default for BenchConfig {
 /// Per-image cost of the CPU stages alone on one core: the images go through as one batch
 /// inside a one-thread pool, so every stage runs alone (the forward pass sits between the
 /// prepare and finish stages and overlaps neither).
-pub fn cpu_stages_one_core(
-    engine: &Engine,
-    inputs: &[InputItem],
-    format: OutputFormat,
-) -> anyhow::Result<StageTimings> {
+pub fn cpu_stages_one_core(engine: &Engine, inputs: &[InputItem], format: OutputFormat) -> Result<StageTimings> {
     let opts = EngineOptions {
         batch_size: inputs.len(),
         composite: CompositeOptions { background: Background::Color([242, 242, 242]), ..Default::default() },
         format,
         ..Default::default()
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| DevError::Threads { what: "one-thread pool", cause: e.to_string() })?;
     let results = pool.install(|| engine.process_batch(inputs.to_vec(), &opts))?;
     let mut sum = StageTimings::default();
     for r in &results {
-        let out = r.as_ref().map_err(|f| anyhow::anyhow!("benchmark image failed: {f}"))?;
+        let out = r.as_ref().map_err(|f| DevError::BenchImage(f.to_string()))?;
         add(&mut sum, &out.record.timings_ms);
     }
     Ok(scale(&sum, 1.0 / results.len() as f64))
@@ -88,7 +89,7 @@ pub fn make_inputs(count: usize, size: (u32, u32)) -> Vec<InputItem> {
 }
 
 /// Runs the benchmark on `engine`.
-pub fn run(engine: &Engine, cfg: &BenchConfig) -> anyhow::Result<Vec<BenchRow>> {
+pub fn run(engine: &Engine, cfg: &BenchConfig) -> Result<Vec<BenchRow>> {
     let inputs = make_inputs(cfg.images, cfg.size);
     let mut rows = Vec::new();
     for &batch in &cfg.batch_sizes {
@@ -110,7 +111,9 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> anyhow::Result<Vec<BenchRow>> 
             }
         })?;
         let seconds = started.elapsed().as_secs_f64();
-        anyhow::ensure!(n == inputs.len(), "{} of {} benchmark images failed", inputs.len() - n, inputs.len());
+        if n != inputs.len() {
+            return Err(DevError::BenchImages { failed: inputs.len() - n, total: inputs.len() });
+        }
         rows.push(BenchRow {
             batch,
             images_per_second: n as f64 / seconds,
@@ -122,7 +125,7 @@ pub fn run(engine: &Engine, cfg: &BenchConfig) -> anyhow::Result<Vec<BenchRow>> 
 }
 
 /// Mean milliseconds per image of the forward pass alone, on a ready-made batch.
-fn bare_forward(engine: &Engine, batch: usize, repeats: usize) -> anyhow::Result<f64> {
+fn bare_forward(engine: &Engine, batch: usize, repeats: usize) -> Result<f64> {
     let spec = &engine.inference().manifest().input;
     let len = 3 * (spec.width * spec.height) as usize * batch;
     let input: Vec<f32> = (0..len).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();

@@ -26,6 +26,8 @@ use fleet_train::data::split;
 use fleet_train::matting::{forward, matting_loss, prepare_training, step_batch, Loaded, TrainJob};
 use fleet_train::progress::{Event, Trained};
 
+use crate::error::{DevError, IoAt, Result};
+
 /// What to measure.
 pub struct BenchTrain {
     /// The model folder to fine-tune (the reference model's).
@@ -109,15 +111,20 @@ impl BenchTrain {
 
     /// Runs every loop `repeats` times, interleaved (so drift on a shared machine hits all
     /// three alike), and reports the median round of each and the per-round ratios.
-    pub fn run(&self) -> anyhow::Result<BenchTrainReport> {
-        let manifest = ModelManifest::from_json(&std::fs::read(self.model_dir.join("manifest.json"))?)?;
+    pub fn run(&self) -> Result<BenchTrainReport> {
+        let manifest_path = self.model_dir.join("manifest.json");
+        let manifest = ModelManifest::from_json(&std::fs::read(&manifest_path).at(&manifest_path)?)?;
         let loaded = samples(self.samples);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| DevError::Threads { what: "tokio runtime", cause: e.to_string() })?;
         let mut rounds = Vec::new();
         for round in 0..self.repeats.max(1) {
             // Both loops train on a thread of their own, as a worker's fine-tune does.
             let b = std::thread::scope(|scope| scope.spawn(|| self.bare(&manifest, &loaded)).join())
-                .map_err(|_| anyhow::anyhow!("bare loop panicked"))??;
+                .map_err(|_| DevError::Panicked { what: "bare loop" })??;
             let (f, _, _) = self.fleet(&rt, &loaded, self.steps + 1)?;
             let c = self.fleet(&rt, &loaded, self.checkpoint_every)?;
             eprintln!(
@@ -153,7 +160,7 @@ impl BenchTrain {
     }
 
     /// The bare loop: the same split, buckets, batches and flips, the same loss; tch's AdamW.
-    fn bare(&self, manifest: &ModelManifest, loaded: &[Loaded]) -> anyhow::Result<f64> {
+    fn bare(&self, manifest: &ModelManifest, loaded: &[Loaded]) -> Result<f64> {
         let device = fleet_engine::runtime::resolve_device(self.device)?;
         let h = self.hyper(self.steps + 1);
         let vs = nn::VarStore::new(device);
@@ -168,7 +175,7 @@ impl BenchTrain {
         for step in 0..self.steps {
             let (inputs, targets) = step_batch(&prepared, &set, &h, step, device);
             opt.zero_grad();
-            let alpha = forward(&module, manifest, &inputs).map_err(anyhow::Error::msg)?;
+            let alpha = forward(&module, manifest, &inputs).map_err(DevError::Training)?;
             let loss = matting_loss(&alpha, &targets, manifest.matting_output().alpha);
             loss.backward();
             opt.step();
@@ -179,13 +186,8 @@ impl BenchTrain {
 
     /// The fleet's loop; returns (steps/s of the loop, seconds spent on checkpoints,
     /// checkpoints written).
-    fn fleet(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        loaded: &[Loaded],
-        checkpoint_every: u32,
-    ) -> anyhow::Result<(f64, f64, u32)> {
-        let work = tempfile::tempdir()?;
+    fn fleet(&self, rt: &tokio::runtime::Runtime, loaded: &[Loaded], checkpoint_every: u32) -> Result<(f64, f64, u32)> {
+        let work = tempfile::tempdir().at(&std::env::temp_dir())?;
         let job = TrainJob {
             samples: loaded.to_vec(),
             hyper: self.hyper(checkpoint_every),
@@ -214,26 +216,28 @@ impl BenchTrain {
             }
             (seconds, count)
         });
-        let outcome = match trainer.join().map_err(|_| anyhow::anyhow!("training thread panicked"))? {
+        let outcome = match trainer.join().map_err(|_| DevError::Panicked { what: "training thread" })? {
             Ok(Trained::Done(outcome)) => outcome,
-            Ok(Trained::Yielded(step)) => anyhow::bail!("the benchmark run yielded at step {step}"),
-            Err(e) => anyhow::bail!(e),
+            Ok(Trained::Yielded(step)) => return Err(DevError::Yielded { step }),
+            Err(e) => return Err(DevError::Training(e)),
         };
         let loop_s = outcome.report["loop_seconds"].as_f64().unwrap_or(f64::NAN);
         // The checkpoint time is inside the loop's time: training waits for each upload.
         Ok((f64::from(self.steps) / loop_s, checkpoint_s, checkpoints))
     }
 
-    async fn store(&self, dir: &Path, sink: &Path, step: u32) -> anyhow::Result<()> {
+    async fn store(&self, dir: &Path, sink: &Path, step: u32) -> Result<()> {
         for file in fleet_train::checkpoint::CHECKPOINT_FILES {
-            let bytes = std::fs::read(dir.join(file))?;
+            let path = dir.join(file);
+            let bytes = std::fs::read(&path).at(&path)?;
             match &self.s3 {
                 Some(s3) => {
                     s3.put(&format!("bench/training/checkpoint/{file}"), bytes, "application/octet-stream").await?
                 }
                 None => {
-                    std::fs::create_dir_all(sink)?;
-                    std::fs::write(sink.join(format!("{step}-{file}")), bytes)?;
+                    std::fs::create_dir_all(sink).at(sink)?;
+                    let path = sink.join(format!("{step}-{file}"));
+                    std::fs::write(&path, bytes).at(&path)?;
                 }
             }
         }

@@ -5,5 +5,8 @@
 
 pub mod bench;
 pub mod bench_train;
+pub mod error;
 pub mod generate;
 pub mod reference;
+
+pub use error::{DevError, Result};

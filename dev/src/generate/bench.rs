@@ -13,6 +13,8 @@ use fleet_engine::diffusion::{self, Conditioning, Guidance, SampleOptions, Sampl
 use fleet_engine::generate::model::{run_module, ScriptDenoiser};
 use fleet_engine::generate::{GenerateOptions, Generator};
 
+use crate::error::Result;
+
 /// One benchmark run's figures.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GenerateBench {
@@ -50,7 +52,7 @@ pub fn run(
     results: u32,
     photos: usize,
     side: u32,
-) -> anyhow::Result<GenerateBench> {
+) -> Result<GenerateBench> {
     let _guard = tch::no_grad_guard();
     let device = generator.device();
     let (w, h) = generator.sample_size(side, side);
@@ -131,7 +133,7 @@ pub fn run(
         }
     }
     let scene = |i: usize| render_scene(Backdrop::ALL[i % 6], side, side, 77 + i as u64, 3_000 + i as u64);
-    let per_photo = |sampler: SamplerKind, steps: u32, guidance: f32, results: u32| -> anyhow::Result<f64> {
+    let per_photo = |sampler: SamplerKind, steps: u32, guidance: f32, results: u32| -> Result<f64> {
         let mut total = 0.0;
         for i in 0..photos {
             let s = scene(i);

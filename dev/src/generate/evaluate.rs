@@ -18,6 +18,7 @@ use image::{GrayImage, RgbImage};
 use serde::Serialize;
 
 use super::classifier::BackdropClassifier;
+use crate::error::{DevError, IoAt, Result};
 use fleet_engine::generate::{GenerateOptions, Generator};
 use fleet_engine::model::LoadedModel;
 use fleet_engine::preprocess::normalize_into;
@@ -47,15 +48,16 @@ pub struct Evaluation {
 }
 
 /// The product's alpha (full size) of `rgb` by the matting model.
-pub fn matte(matting: &LoadedModel, rgb: &RgbImage) -> anyhow::Result<GrayImage> {
+pub fn matte(matting: &LoadedModel, rgb: &RgbImage) -> Result<GrayImage> {
     let spec = &matting.manifest.input;
     let mut buf = vec![0f32; 3 * (spec.width * spec.height) as usize];
     normalize_into(rgb, spec, &mut buf);
     let batch = tch::Tensor::from_slice(&buf).view([1, 3, spec.height as i64, spec.width as i64]);
     let out = matting.forward(&batch)?;
     let (h, w) = out.alpha_size;
-    let small = GrayImage::from_raw(w, h, out.alphas.into_iter().next().unwrap_or_default())
-        .ok_or_else(|| anyhow::anyhow!("alpha size"))?;
+    let alpha = out.alphas.into_iter().next().unwrap_or_default();
+    let len = alpha.len();
+    let small = GrayImage::from_raw(w, h, alpha).ok_or(DevError::AlphaSize { width: w, height: h, len })?;
     Ok(resize_gray(&small, rgb.width(), rgb.height()))
 }
 
@@ -89,7 +91,7 @@ pub fn evaluate(
     photos: usize,
     opts: &GenerateOptions,
     save: Option<&std::path::Path>,
-) -> anyhow::Result<Evaluation> {
+) -> Result<Evaluation> {
     let compositing = CompositeOptions::default();
     let (mut exact, mut expanded, mut right, mut success) = (0usize, 0usize, 0usize, 0usize);
     let (mut expansion_sum, mut growth_sum) = (0.0, 0.0);
@@ -108,7 +110,7 @@ pub fn evaluate(
             &CompositeOptions { background: Background::Image(background.into()), ..compositing.clone() },
         ) {
             Composited::Rgb(img) => img,
-            Composited::Rgba(_) => anyhow::bail!("an opaque background gives an RGB result"),
+            Composited::Rgba(_) => return Err(DevError::OpaqueComposite),
         };
         let kept = alpha
             .pixels()
@@ -120,12 +122,13 @@ pub fn evaluate(
         let seen = classifier.classify(std::slice::from_ref(&out))[0];
         let class_ok = seen == asked;
         if let Some(dir) = save {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).at(dir)?;
             let name = format!("{i:03}-asked-{}-seen-{}-grew-{growth:.1}.png", asked.name(), seen.name());
             let mut pair = RgbImage::new(rgb.width() * 2, rgb.height());
             image::imageops::replace(&mut pair, &rgb, 0, 0);
             image::imageops::replace(&mut pair, &out, i64::from(rgb.width()), 0);
-            pair.save(dir.join(name))?;
+            let path = dir.join(name);
+            pair.save(&path).map_err(|cause| DevError::Image { path: path.clone(), cause })?;
         }
         exact += usize::from(kept);
         expanded += usize::from(growth > EXPANSION_LIMIT_PCT);

@@ -10,7 +10,6 @@ use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use anyhow::Context;
 use fleet_protocol::fine_tune::{GeneratorTraining, Hyper, MaskSource, Sample, Schedule};
 use fleet_protocol::manifest::generator::{
     BetaSchedule, ConditioningSpec, GeneratorSpec, Prediction, ScheduleSpec, Space,
@@ -21,6 +20,8 @@ use fleet_synth::backdrop::PROMPT_WORDS;
 
 use fleet_train::generator::{GenSample, GeneratorJob};
 use fleet_train::progress::{Event, TrainOutcome, Trained};
+
+use crate::error::{DevError, IoAt, JsonWhat, Result};
 
 /// The untrained generator's name.
 pub const BASE_NAME: &str = "bg-gen-base";
@@ -94,31 +95,33 @@ fn spec() -> GeneratorSpec {
 }
 
 /// Writes the untrained generator into `dir` (atomically), unless it is there.
-pub fn ensure_base(python: &Path, models_root: &Path) -> anyhow::Result<PathBuf> {
+pub fn ensure_base(python: &Path, models_root: &Path) -> Result<PathBuf> {
     let dir = dir_of(models_root, BASE_NAME);
     if complete(&dir) {
         return Ok(dir);
     }
     let parent = dir.parent().expect("a model folder has a parent");
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new().prefix(".building-").tempdir_in(parent)?;
-    let mut script = tempfile::Builder::new().prefix("export_generator-").suffix(".py").tempfile()?;
-    script.write_all(SCRIPT.as_bytes())?;
-    script.flush()?;
+    std::fs::create_dir_all(parent).at(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".building-").tempdir_in(parent).at(parent)?;
+    let mut script =
+        tempfile::Builder::new().prefix("export_generator-").suffix(".py").tempfile().at(&std::env::temp_dir())?;
+    script.write_all(SCRIPT.as_bytes()).at(script.path())?;
+    script.flush().at(script.path())?;
     let output = Command::new(python)
         .arg(script.path())
         .arg(tmp.path())
         .args(["--vocab", &PROMPT_WORDS.join(","), "--seed", "5"])
         .args(["--width", &WIDTH.to_string(), "--cond-dim", &COND_DIM.to_string()])
         .output()
-        .with_context(|| format!("running {} (set FLEET_PYTHON to a Python with torch)", python.display()))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "export_generator.py failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).context("export_generator.py report")?;
+        .map_err(|cause| DevError::PythonStart { python: python.to_path_buf(), cause })?;
+    if !output.status.success() {
+        return Err(DevError::Exporter {
+            script: "export_generator.py",
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).what("export_generator.py report")?;
     let parameters = report["parameters"].as_u64().unwrap_or(0);
     let manifest = ModelManifest {
         name: BASE_NAME.into(),
@@ -136,10 +139,12 @@ pub fn ensure_base(python: &Path, models_root: &Path) -> anyhow::Result<PathBuf>
         training: serde_json::json!({"state": "untrained: seeded initial weights", "vocabulary": PROMPT_WORDS}),
         metrics: None,
     };
-    std::fs::write(tmp.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
-    ModelManifest::from_json(&std::fs::read(tmp.path().join("manifest.json"))?)?;
+    let manifest_path = tmp.path().join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).what("encoding the manifest")?)
+        .at(&manifest_path)?;
+    ModelManifest::from_json(&std::fs::read(&manifest_path).at(&manifest_path)?)?;
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(tmp.keep(), &dir)?;
+    std::fs::rename(tmp.keep(), &dir).at(&dir)?;
     Ok(dir)
 }
 
@@ -181,7 +186,7 @@ pub fn train(
     cfg: &GeneratorConfig,
     output: ModelRef,
     work: &Path,
-) -> anyhow::Result<TrainOutcome> {
+) -> Result<TrainOutcome> {
     let hyper = Hyper {
         steps_phase1: cfg.steps.0,
         steps_phase2: cfg.steps.1,
@@ -217,12 +222,12 @@ pub fn train(
     };
     match run_local(job)? {
         Trained::Done(outcome) => Ok(outcome),
-        Trained::Yielded(step) => anyhow::bail!("training yielded at step {step} with nobody asking"),
+        Trained::Yielded(step) => Err(DevError::Yielded { step }),
     }
 }
 
 /// Runs a generator training on this thread, logging its progress; checkpoints stay local.
-pub fn run_local(job: GeneratorJob) -> anyhow::Result<Trained> {
+pub fn run_local(job: GeneratorJob) -> Result<Trained> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(4);
     let listener = std::thread::spawn(move || {
         let mut last = 0;
@@ -242,7 +247,7 @@ pub fn run_local(job: GeneratorJob) -> anyhow::Result<Trained> {
             }
         }
     });
-    let trained = job.train(&tx).map_err(anyhow::Error::msg);
+    let trained = job.train(&tx).map_err(DevError::Training);
     drop(tx);
     let _ = listener.join();
     trained
@@ -250,7 +255,7 @@ pub fn run_local(job: GeneratorJob) -> anyhow::Result<Trained> {
 
 /// The reference generator in `MODELS/bg-gen-ref/<version>`, trained once and cached; the
 /// untrained base beside it.
-pub fn ensure_reference_generator(python: &Path, models_root: &Path, matting: &Path) -> anyhow::Result<PathBuf> {
+pub fn ensure_reference_generator(python: &Path, models_root: &Path, matting: &Path) -> Result<PathBuf> {
     let base = ensure_base(python, models_root)?;
     let dir = dir_of(models_root, NAME);
     if complete(&dir) {
@@ -259,8 +264,8 @@ pub fn ensure_reference_generator(python: &Path, models_root: &Path, matting: &P
     }
     tracing::info!(dir = %dir.display(), "training the reference generator (once per version)");
     let parent = dir.parent().expect("a model folder has a parent");
-    std::fs::create_dir_all(parent)?;
-    let work = tempfile::Builder::new().prefix(".training-").tempdir_in(parent)?;
+    std::fs::create_dir_all(parent).at(parent)?;
+    let work = tempfile::Builder::new().prefix(".training-").tempdir_in(parent).at(parent)?;
     let started = std::time::Instant::now();
     let outcome = train(
         &base,
@@ -271,7 +276,7 @@ pub fn ensure_reference_generator(python: &Path, models_root: &Path, matting: &P
     )?;
     tracing::info!(seconds = started.elapsed().as_secs_f64(), report = %outcome.report["phases"], "reference generator trained");
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&outcome.dir, &dir)?;
+    std::fs::rename(&outcome.dir, &dir).at(&dir)?;
     Ok(dir)
 }
 
@@ -293,12 +298,7 @@ pub struct Arm {
 /// EXPERIMENTS.md's experiment: the same base, data, steps and seed trained once on
 /// scribble masks (general inpainting: the naive method) and once on background masks
 /// (the advanced one), each checked on `photos` held-out photos.
-pub fn masks_experiment(
-    python: &Path,
-    models_root: &Path,
-    cfg: &GeneratorConfig,
-    photos: usize,
-) -> anyhow::Result<Vec<Arm>> {
+pub fn masks_experiment(python: &Path, models_root: &Path, cfg: &GeneratorConfig, photos: usize) -> Result<Vec<Arm>> {
     let matting = super::train::ensure_reference_model(models_root)?;
     let base = ensure_base(python, models_root)?;
     let device = fleet_engine::resolve_device(DeviceSpec::Auto)?;
@@ -306,7 +306,7 @@ pub fn masks_experiment(
     let classifier = crate::generate::classifier::BackdropClassifier::standard();
     let mut arms = Vec::new();
     for masks in [MaskSource::Scribble, MaskSource::Background] {
-        let work = tempfile::tempdir()?;
+        let work = tempfile::tempdir().at(&std::env::temp_dir())?;
         let name = format!("experiment-{}", if masks == MaskSource::Scribble { "scribble" } else { "background" });
         let started = std::time::Instant::now();
         let outcome = train(

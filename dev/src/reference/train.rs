@@ -16,6 +16,7 @@ use tch::{CModule, Device, Kind, Reduction, Tensor};
 use super::eval::{evaluate, EvalReport};
 use super::trainable::{self, TRAINABLE_FILE};
 use super::unet::{UNet, EMBEDDING_DIM, WIDTHS};
+use crate::error::{IoAt, JsonWhat, Result};
 use fleet_engine::InferenceThread;
 
 /// Registry name of the reference model.
@@ -84,13 +85,13 @@ pub fn model_dir(models_root: &Path) -> PathBuf {
 
 /// Returns the cached reference model folder, training it first when it is missing. A
 /// folder built before `trainable.pt` existed gets it added from its weights.
-pub fn ensure_reference_model(models_root: &Path) -> anyhow::Result<PathBuf> {
+pub fn ensure_reference_model(models_root: &Path) -> Result<PathBuf> {
     ensure_reference_model_with(models_root, &TrainConfig::default())
 }
 
 /// [`ensure_reference_model`] with the training configuration of a build: the first-run check
 /// builds through this same path with a shortened one.
-pub fn ensure_reference_model_with(models_root: &Path, cfg: &TrainConfig) -> anyhow::Result<PathBuf> {
+pub fn ensure_reference_model_with(models_root: &Path, cfg: &TrainConfig) -> Result<PathBuf> {
     let dir = model_dir(models_root);
     if let Ok(bytes) = std::fs::read(dir.join("manifest.json")) {
         let complete = ["model.pt", EMBEDDING_FILE, "weights.safetensors"].iter().all(|f| dir.join(f).exists());
@@ -111,10 +112,10 @@ pub fn ensure_reference_model_with(models_root: &Path, cfg: &TrainConfig) -> any
 
 /// Trains, traces, evaluates and writes the model into `dir` (atomically: a temporary
 /// sibling folder renamed into place, so a crash never leaves half a model).
-pub fn build(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<ModelManifest> {
+pub fn build(cfg: &TrainConfig, dir: &Path) -> Result<ModelManifest> {
     let parent = dir.parent().expect("model dir has a parent");
-    std::fs::create_dir_all(parent)?;
-    let tmp = tempfile::Builder::new().prefix(".building-").tempdir_in(parent)?;
+    std::fs::create_dir_all(parent).at(parent)?;
+    let tmp = tempfile::Builder::new().prefix(".building-").tempdir_in(parent).at(parent)?;
     tch::manual_seed(cfg.seed as i64);
     let mut vs = nn::VarStore::new(Device::Cpu);
     let net = UNet::new(&vs.root());
@@ -159,19 +160,22 @@ pub fn build(cfg: &TrainConfig, dir: &Path) -> anyhow::Result<ModelManifest> {
             "threads": tch::get_num_threads(),
         }),
     );
-    std::fs::write(tmp.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    let manifest_path = tmp.path().join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).what("encoding the manifest")?)
+        .at(&manifest_path)?;
     let report = measure(tmp.path(), cfg.eval_samples)?;
     manifest.metrics = Some(report.metrics());
-    std::fs::write(tmp.path().join("manifest.json"), serde_json::to_vec_pretty(&manifest)?)?;
+    std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).what("encoding the manifest")?)
+        .at(&manifest_path)?;
     tracing::info!(iou = report.iou, mae = report.mae, "reference model measured on held-out images");
     if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
+        std::fs::remove_dir_all(dir).at(dir)?;
     }
-    std::fs::rename(tmp.keep(), dir)?;
+    std::fs::rename(tmp.keep(), dir).at(dir)?;
     Ok(manifest)
 }
 
-fn measure(dir: &Path, samples: usize) -> anyhow::Result<EvalReport> {
+fn measure(dir: &Path, samples: usize) -> Result<EvalReport> {
     let inference = InferenceThread::start(dir, DeviceSpec::Cpu)?;
     Ok(evaluate(&inference, EVAL_SEED, samples, EVAL_LONG_SIDE)?)
 }
@@ -207,13 +211,7 @@ struct FitSummary {
     seconds: f64,
 }
 
-fn fit(
-    cfg: &TrainConfig,
-    vs: &nn::VarStore,
-    net: &UNet,
-    images: &Tensor,
-    masks: &Tensor,
-) -> anyhow::Result<FitSummary> {
+fn fit(cfg: &TrainConfig, vs: &nn::VarStore, net: &UNet, images: &Tensor, masks: &Tensor) -> Result<FitSummary> {
     let mut opt = nn::Adam::default().build(vs, cfg.lr)?;
     let mean = Tensor::from_slice(&MEAN).view([1, 3, 1, 1]);
     let std = Tensor::from_slice(&STD).view([1, 3, 1, 1]);

@@ -7,8 +7,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::Context;
 use fleet_protocol::ModelManifest;
+
+use crate::error::{DevError, IoAt, JsonWhat, Result};
 
 /// File name of the trainable module next to `model.pt`.
 pub const TRAINABLE_FILE: &str = "trainable.pt";
@@ -28,22 +29,23 @@ pub fn python() -> PathBuf {
 
 /// Writes `out` from `dir/weights.safetensors`; the script refuses to write when its output
 /// differs from `dir/model.pt` (traced at `height`x`width`) by more than 1e-4.
-pub fn export(python: &Path, dir: &Path, out: &Path, height: u32, width: u32) -> anyhow::Result<()> {
-    let mut script = tempfile::Builder::new().prefix("export_trainable-").suffix(".py").tempfile()?;
-    script.write_all(SCRIPT.as_bytes())?;
-    script.flush()?;
+pub fn export(python: &Path, dir: &Path, out: &Path, height: u32, width: u32) -> Result<()> {
+    let mut script =
+        tempfile::Builder::new().prefix("export_trainable-").suffix(".py").tempfile().at(&std::env::temp_dir())?;
+    script.write_all(SCRIPT.as_bytes()).at(script.path())?;
+    script.flush().at(script.path())?;
     let output = Command::new(python)
         .arg(script.path())
         .arg(dir)
         .arg(out)
         .args(["--height", &height.to_string(), "--width", &width.to_string()])
         .output()
-        .with_context(|| format!("running {} (set FLEET_PYTHON to a Python with torch)", python.display()))?;
+        .map_err(|cause| DevError::PythonStart { python: python.to_path_buf(), cause })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().collect();
         let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-        anyhow::bail!("export_trainable.py failed ({}): {tail}", output.status);
+        return Err(DevError::Exporter { script: "export_trainable.py", status: output.status, stderr: tail });
     }
     let report = String::from_utf8_lossy(&output.stdout);
     tracing::info!(out = %out.display(), report = %report.trim(), "trainable module written");
@@ -53,18 +55,20 @@ pub fn export(python: &Path, dir: &Path, out: &Path, height: u32, width: u32) ->
 /// Adds `trainable.pt` to a model folder built before it existed, then records it in the
 /// manifest, without retraining. Each file is written to a temporary sibling and renamed, and
 /// the manifest last, so it never names a file that is not there.
-pub fn add_in_place(python: &Path, dir: &Path, mut manifest: ModelManifest) -> anyhow::Result<ModelManifest> {
+pub fn add_in_place(python: &Path, dir: &Path, mut manifest: ModelManifest) -> Result<ModelManifest> {
     // Temporary files are private; the new ones get the manifest's mode, like their siblings.
-    let mode = std::fs::metadata(dir.join("manifest.json"))?.permissions();
+    let manifest_path = dir.join("manifest.json");
+    let mode = std::fs::metadata(&manifest_path).at(&manifest_path)?.permissions();
     let sibling = |prefix: &str, suffix: &str| {
         tempfile::Builder::new().prefix(prefix).suffix(suffix).permissions(mode.clone()).tempfile_in(dir)
     };
-    let module = sibling(".trainable-", ".pt")?;
+    let module = sibling(".trainable-", ".pt").at(dir)?;
     export(python, dir, module.path(), manifest.input.height, manifest.input.width)?;
-    module.persist(dir.join(TRAINABLE_FILE))?;
+    let trainable = dir.join(TRAINABLE_FILE);
+    module.persist(&trainable).map_err(|e| DevError::io(&trainable, e.error))?;
     manifest.trainable_file = Some(TRAINABLE_FILE.to_string());
-    let mut json = sibling(".manifest-", ".json")?;
-    json.write_all(&serde_json::to_vec_pretty(&manifest)?)?;
-    json.persist(dir.join("manifest.json"))?;
+    let mut json = sibling(".manifest-", ".json").at(dir)?;
+    json.write_all(&serde_json::to_vec_pretty(&manifest).what("encoding the manifest")?).at(json.path())?;
+    json.persist(&manifest_path).map_err(|e| DevError::io(&manifest_path, e.error))?;
     Ok(manifest)
 }
