@@ -75,7 +75,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Connects to Redis and builds the S3 client.
-    pub async fn connect(config: Config) -> anyhow::Result<Self> {
+    pub async fn connect(config: Config) -> Result<Self, JobStoreError> {
         let store = RedisJobStore::connect(&config.redis_url).await?;
         let s3 = S3Store::new(&config.s3);
         Ok(Scheduler {

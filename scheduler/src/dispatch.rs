@@ -35,10 +35,12 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
+use tokio_util::sync::CancellationToken;
 
 use self::fleet::FleetView;
 use self::round::{GrantResult, Granted, Placed, Round};
 use crate::context::{ModelNeed, Scheduler};
+use crate::error::SchedulerError;
 use crate::placement::{self, Decision, DeviceView, TaskNeed};
 
 /// Interactive deliveries held at once.
@@ -75,12 +77,35 @@ struct Dispatcher {
     blocked_logged: Option<Instant>,
 }
 
-/// Runs the dispatcher on `connection` until a consumer or the connection fails.
-pub async fn run(sched: Arc<Scheduler>, connection: &Connection) -> anyhow::Result<()> {
-    let mut interactive = consumer(connection, INTERACTIVE_QUEUE, INTERACTIVE_PREFETCH).await?;
-    let mut batch = consumer(connection, BATCH_QUEUE, BATCH_PREFETCH).await?;
+/// The dispatcher's consumers of the priority queues and its channel to the workers' queues.
+#[derive(Clone)]
+pub struct Queues {
+    /// Consumer of the interactive task queue.
+    pub interactive: lapin::Consumer,
+    /// Consumer of the batch task queue.
+    pub batch: lapin::Consumer,
+    /// Confirm-mode channel for sending tasks to workers.
+    pub out: Channel,
+}
+
+impl Queues {
+    /// Starts consuming both task queues on `connection` and opens the channel to the workers.
+    pub async fn open(connection: &Connection) -> Result<Queues, SchedulerError> {
+        Ok(Queues {
+            interactive: consumer(connection, INTERACTIVE_QUEUE, INTERACTIVE_PREFETCH).await?,
+            batch: consumer(connection, BATCH_QUEUE, BATCH_PREFETCH).await?,
+            out: confirmed_channel(connection).await?,
+        })
+    }
+}
+
+/// Runs the dispatcher on `queues` until a consumer or the connection fails, or until `stop`
+/// is cancelled: then it takes nothing more and returns after the round in hand. The
+/// deliveries still waiting go back to their queues when the connection closes.
+pub async fn run(sched: Arc<Scheduler>, queues: Queues, stop: CancellationToken) -> Result<(), SchedulerError> {
+    let Queues { mut interactive, mut batch, out } = queues;
     let mut d = Dispatcher {
-        out: confirmed_channel(connection).await?,
+        out,
         sched,
         interactive: VecDeque::new(),
         batch: VecDeque::new(),
@@ -92,6 +117,7 @@ pub async fn run(sched: Arc<Scheduler>, connection: &Connection) -> anyhow::Resu
         let sched = d.sched.clone();
         let arrived = tokio::select! {
             biased;
+            _ = stop.cancelled() => return Ok(()),
             got = interactive.next() => Some(got),
             got = batch.next() => Some(got),
             _ = sched.capacity_freed.notified() => None,
@@ -116,17 +142,17 @@ pub async fn run(sched: Arc<Scheduler>, connection: &Connection) -> anyhow::Resu
 }
 
 /// A consumer of `queue` on a channel of its own, holding up to `prefetch` deliveries.
-async fn consumer(connection: &Connection, queue: &str, prefetch: u16) -> anyhow::Result<lapin::Consumer> {
+async fn consumer(connection: &Connection, queue: &str, prefetch: u16) -> Result<lapin::Consumer, lapin::Error> {
     let channel = connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let tag = format!("dispatcher-{queue}-{}", std::process::id());
-    Ok(channel.basic_consume(queue, &tag, BasicConsumeOptions::default(), FieldTable::default()).await?)
+    channel.basic_consume(queue, &tag, BasicConsumeOptions::default(), FieldTable::default()).await
 }
 
 impl Dispatcher {
     /// Queues a delivery to wait for the next round; an unreadable one is dead-lettered.
-    async fn take(&mut self, got: Option<Result<Delivery, lapin::Error>>) -> anyhow::Result<()> {
-        let delivery = got.ok_or_else(|| anyhow::anyhow!("a task queue consumer closed"))??;
+    async fn take(&mut self, got: Option<Result<Delivery, lapin::Error>>) -> Result<(), SchedulerError> {
+        let delivery = got.ok_or(SchedulerError::TaskQueueClosed)??;
         let message: TaskMessage = match serde_json::from_slice(&delivery.data) {
             Ok(message) => message,
             Err(e) => {
@@ -146,7 +172,7 @@ impl Dispatcher {
 
     /// Places what waits (interactive first), grants leases, sends the tasks to their
     /// workers and acknowledges their queue deliveries.
-    async fn round(&mut self) -> anyhow::Result<()> {
+    async fn round(&mut self) -> Result<(), SchedulerError> {
         let devices = self.fleet.devices(&self.sched.store).await?;
         let tasks = self.next_tasks();
         let needs = self.needs(&tasks).await;
@@ -158,7 +184,7 @@ impl Dispatcher {
         let (outgoing, granted) = round.sort_grants(&placed, grants);
         self.send(&mut round, outgoing, granted).await;
         self.report_blocked(&round.tasks, &round.unplaced).await;
-        self.settle(round).await
+        Ok(self.settle(round).await?)
     }
 
     /// Takes up to [`ROUND_MAX`] waiting tasks, interactive ones first.
@@ -236,7 +262,7 @@ impl Dispatcher {
 
     /// Settles deliveries: acknowledged once sent (or a duplicate, or returned to the end of
     /// their queue), dead-lettered if unreadable; the rest wait here again, in their order.
-    async fn settle(&mut self, round: Round) -> anyhow::Result<()> {
+    async fn settle(&mut self, round: Round) -> Result<(), lapin::Error> {
         let mut done = vec![None; round.tasks.len()];
         for &(t, ack) in &round.settled {
             done[t] = Some(ack);

@@ -18,6 +18,7 @@
 
 pub mod context;
 pub mod dispatch;
+pub mod error;
 pub mod intake;
 pub mod placement;
 pub mod recovery;
@@ -26,4 +27,5 @@ pub mod service;
 pub mod shard;
 
 pub use context::{Config, Scheduler};
+pub use error::SchedulerError;
 pub use service::run;

@@ -19,10 +19,12 @@ use fleet_protocol::message::{new_traceparent, now_ms, TaskMessage, TRACEPARENT_
 use fleet_protocol::state::TaskEvent;
 use fleet_queue::{publish_confirmed, string_headers, task_queue, TASKS_EXCHANGE};
 use fleet_state::lease::{LeaseRecord, LEASE_TTL, MAX_GRANTS};
-use fleet_state::{LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
+use fleet_state::{JobStoreError, LeaseOp, TaskNote, TaskOutcome, TaskUpdate};
 use lapin::{BasicProperties, Channel};
+use tokio_util::sync::CancellationToken;
 
 use crate::context::Scheduler;
+use crate::error::SchedulerError;
 use crate::reports::{after_update, failed_items};
 
 /// How often expired leases and due re-dispatches are looked for.
@@ -30,8 +32,14 @@ pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
 /// Leases taken over per sweep at most.
 const SWEEP_MAX: usize = 512;
 
-/// Sweeps until publishing fails (the broker session ended).
-pub async fn run(sched: Arc<Scheduler>, tasks: Channel, events: Channel) -> anyhow::Result<()> {
+/// Sweeps until publishing fails (the broker session ended), or until `stop` is cancelled,
+/// letting the sweep in hand finish.
+pub async fn run(
+    sched: Arc<Scheduler>,
+    tasks: Channel,
+    events: Channel,
+    stop: CancellationToken,
+) -> Result<(), SchedulerError> {
     loop {
         let now = now_ms();
         match sched.store.expired_leases(now, SWEEP_MAX).await {
@@ -52,13 +60,16 @@ pub async fn run(sched: Arc<Scheduler>, tasks: Channel, events: Channel) -> anyh
             }
             Err(e) => tracing::warn!(error = %e, "re-dispatch list unreadable"),
         }
-        tokio::time::sleep(SWEEP_PERIOD).await;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(SWEEP_PERIOD) => {}
+        }
     }
 }
 
 /// Takes an expired lease from its worker: the task goes back to the queue (or fails, past
 /// [`MAX_GRANTS`]); a report the old holder makes later carries a stale token and is ignored.
-async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now: u64) -> anyhow::Result<()> {
+async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now: u64) -> Result<(), JobStoreError> {
     let parsed = serde_json::from_str::<TaskMessage>(&lease.body)
         .map_err(|e| e.to_string())
         .and_then(|m| TenantId::new(&m.tenant).map(|t| (m, t)).map_err(|e| e.to_string()));
@@ -100,7 +111,7 @@ async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now
 }
 
 /// Sends a task taken back from its worker to its priority queue again.
-async fn requeue(sched: &Scheduler, tasks: &Channel, lease: &LeaseRecord) -> anyhow::Result<()> {
+async fn requeue(sched: &Scheduler, tasks: &Channel, lease: &LeaseRecord) -> Result<(), SchedulerError> {
     let Ok(message) = serde_json::from_str::<TaskMessage>(&lease.body) else {
         tracing::warn!(task = %lease.id, "unreadable task body; dropped from the re-dispatch list");
         sched.store.requeued(&lease.id).await?;

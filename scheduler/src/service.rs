@@ -3,64 +3,76 @@
 //! cursor is in Redis, and runs the intake, reports and dead-lettered-task consumers, the
 //! dispatcher (placement and leases) and the recovery sweep (expired leases, retries) until
 //! the connection drops or shutdown is asked for.
+//!
+//! Shutdown is one cancellation tree: `run` owns the root token and cancels it when its
+//! shutdown future resolves; each broker session holds a child, and each of the session's
+//! loops (intake, reports, dead letters, dispatcher, recovery sweep, queue-depth sampler, the
+//! splitting of jobs) a child of that. The loops run on the session's [`TaskTracker`]. On
+//! cancellation every loop stops taking deliveries, finishes what it has in hand (a message,
+//! the reports in flight, a dispatch round, a sweep, a page of tasks) and ends; the session
+//! waits for all of them, closes its broker connection (what was prefetched but not taken goes
+//! back to its queue) and `run` returns. A loop that ends by itself (the broker went away)
+//! cancels its session the same way, and the next session starts once it has drained.
+
+mod loops;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_protocol::keys::TenantId;
-use fleet_protocol::message::{Report, TaskMessage};
-use fleet_queue::{
-    self as amqp, self, confirmed_channel, publish_confirmed, BATCH_REPORTS_QUEUE, DEAD_QUEUE, INTAKE_QUEUE,
-    INTERACTIVE_REPORTS_QUEUE, TASKS_DEAD_QUEUE,
-};
-use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
-use tokio::task::JoinSet;
-
-use crate::context::{Config, Scheduler};
-use crate::intake::{self, Disposition, Intake};
-use crate::shard::{shard_job, ShardCursor, TaskChannels};
+use fleet_queue::{self as amqp, confirmed_channel, INTAKE_QUEUE, TASKS_DEAD_QUEUE};
 use fleet_state::JobRecord;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::{Channel, Connection, Consumer};
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
-/// Reports handled at once.
-const REPORT_CONCURRENCY: usize = 64;
-/// Unacknowledged reports the broker may push ahead.
-const REPORT_PREFETCH: u16 = 512;
+use self::loops::ReportConsumers;
+use crate::context::{Config, Scheduler};
+use crate::dispatch;
+use crate::error::SchedulerError;
+use crate::shard::{shard_job, Outlets, ShardCursor, TaskChannels};
+
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long closing the broker connection may take at the end of a session.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the scheduler until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    if let Some(addr) = config.metrics_addr {
-        let listener = fleet_telemetry::metrics::serve(addr);
-        tokio::spawn(async move {
-            if let Err(e) = listener.await {
+/// Runs the scheduler until `shutdown` resolves, then drains: stops consuming, lets the
+/// handlers in flight finish, closes the broker connection and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), SchedulerError> {
+    // The metrics endpoint serves for as long as `run` runs, drain included.
+    let _metrics = config.metrics_addr.map(|addr| {
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            if let Err(e) = fleet_telemetry::metrics::serve(addr).await.map_err(SchedulerError::Metrics) {
                 tracing::warn!(error = %e, "metrics endpoint stopped");
             }
-        });
-    }
+        }))
+    });
     let sched = Arc::new(Scheduler::connect(config).await?);
-    tokio::pin!(shutdown);
+    let root = CancellationToken::new();
+    let stop = async {
+        shutdown.await;
+        tracing::info!("scheduler stopping");
+        root.cancel();
+    };
+    tokio::join!(stop, sessions(sched, root.child_token()));
+    Ok(())
+}
+
+/// Broker sessions one after the other, with backoff between them, until `stop` is cancelled.
+async fn sessions(sched: Arc<Scheduler>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => {
-                tracing::info!("scheduler stopping");
-                return Ok(());
-            }
-            ended = session(sched.clone()) => {
-                match ended {
-                    Ok(()) => backoff = Duration::from_millis(200),
-                    Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting"),
-                }
-            }
+        match session(sched.clone(), stop.child_token()).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended; reconnecting"),
         }
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -78,188 +90,169 @@ struct Session {
     events: Channel,
 }
 
-async fn session(sched: Arc<Scheduler>) -> anyhow::Result<()> {
-    let connection = amqp::connect(&sched.config.amqp_url).await?;
-    let setup = connection.create_channel().await?;
-    amqp::declare_topology(&setup).await?;
-    let session = Arc::new(Session {
-        tasks: TaskChannels {
-            interactive: confirmed_channel(&connection).await?,
-            batch: confirmed_channel(&connection).await?,
-        },
-        parking: confirmed_channel(&connection).await?,
-        events: connection.create_channel().await?,
-        connection,
-    });
+impl Session {
+    /// Connects, declares the topology and opens the session's publishing channels.
+    async fn open(url: &str) -> Result<Session, SchedulerError> {
+        let connection = amqp::connect(url).await?;
+        let setup = connection.create_channel().await?;
+        amqp::declare_topology(&setup).await?;
+        Ok(Session {
+            tasks: TaskChannels {
+                interactive: confirmed_channel(&connection).await?,
+                batch: confirmed_channel(&connection).await?,
+            },
+            parking: confirmed_channel(&connection).await?,
+            events: connection.create_channel().await?,
+            connection,
+        })
+    }
+
+    /// Closes the connection, so the broker takes back at once what the session held unsettled.
+    async fn close(&self) {
+        let closed = tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, "scheduler session ended")).await;
+        if let Ok(Err(e)) = closed {
+            tracing::debug!(error = %e, "broker connection already gone");
+        }
+    }
+}
+
+/// One broker session, until `stop` is cancelled (`Ok`) or the broker goes away (`Err`);
+/// either way it returns only once every loop it started has ended.
+async fn session(sched: Arc<Scheduler>, stop: CancellationToken) -> Result<(), SchedulerError> {
+    let Some(opened) = stop.run_until_cancelled(Session::open(&sched.config.amqp_url)).await else {
+        return Ok(());
+    };
+    let session = Arc::new(opened?);
     tracing::info!("connected to the broker");
-    // Dropping the set at the end of the session aborts splitting; cursors make it resumable.
-    let mut sharding = JoinSet::new();
+    let tracker = TaskTracker::new();
+    let (ended, handles) = match stop.run_until_cancelled(start(&sched, &session, &tracker, &stop)).await {
+        Some(Ok((loops, handles))) => (first_to_end(loops, &stop).await, Some(handles)),
+        Some(Err(e)) => (Err(e), None),
+        None => (Ok(()), None),
+    };
+    // Whatever ended the session stops the rest of it; splitting resumes from its cursors.
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    session.close().await;
+    drop(handles);
+    ended
+}
+
+/// The session's consumer loops, each on the session's tracker.
+type Loops = FuturesUnordered<JoinHandle<Result<(), SchedulerError>>>;
+
+/// What the session's loops consume and publish on. The session keeps a copy until it has
+/// closed the connection: a last handle dropped earlier makes lapin close its channel by
+/// itself, racing the close of the connection (a race it logs as a connection error).
+#[derive(Clone)]
+struct Handles {
+    sampling: Channel,
+    intake: Consumer,
+    reports: ReportConsumers,
+    dead: Consumer,
+    dispatch: dispatch::Queues,
+    /// Confirm-mode channel for tasks sent back to their queue, and one for job events.
+    recovery: (Channel, Channel),
+}
+
+impl Handles {
+    /// Starts every consumer of the session and opens the loops' channels.
+    async fn open(connection: &Connection) -> Result<Handles, SchedulerError> {
+        Ok(Handles {
+            sampling: connection.create_channel().await?,
+            intake: loops::consumer(connection, INTAKE_QUEUE, 32).await?,
+            reports: loops::reports(connection).await?,
+            dead: loops::consumer(connection, TASKS_DEAD_QUEUE, 16).await?,
+            dispatch: dispatch::Queues::open(connection).await?,
+            recovery: (confirmed_channel(connection).await?, connection.create_channel().await?),
+        })
+    }
+}
+
+/// Resumes splitting the jobs with a cursor in Redis and starts the session's loops, each
+/// with a child of `stop`; the sampler and the splitting of jobs are not among the loops
+/// returned, since their end does not end the session.
+async fn start(
+    sched: &Arc<Scheduler>,
+    session: &Arc<Session>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(Loops, Handles), SchedulerError> {
+    let splitter =
+        Splitter { sched: sched.clone(), session: session.clone(), tracker: tracker.clone(), stop: stop.child_token() };
     for (tenant, job, _) in sched.store.cursors().await? {
         if let Ok(tenant) = TenantId::new(&tenant) {
             tracing::info!(tenant = %tenant, job, "resuming the split of a job");
-            spawn_shard(&mut sharding, &sched, &session, tenant, job, None);
+            splitter.spawn(tenant, job, None);
         }
     }
-    sharding.spawn(sample_queue_depths(session.connection.create_channel().await?));
-    let intake = consumer(&session.connection, INTAKE_QUEUE, 32).await?;
-    // Interactive reports have a consumer of their own, so a batch backlog's reports never
-    // delay them.
-    let reports = futures::stream::select_with_strategy(
-        consumer(&session.connection, INTERACTIVE_REPORTS_QUEUE, REPORT_PREFETCH).await?,
-        consumer(&session.connection, BATCH_REPORTS_QUEUE, REPORT_PREFETCH).await?,
-        |_: &mut ()| futures::stream::PollNext::Left,
-    );
-    let dead = consumer(&session.connection, TASKS_DEAD_QUEUE, 16).await?;
-    let reports_done = {
-        let (sched, session) = (sched.clone(), session.clone());
-        reports.for_each_concurrent(REPORT_CONCURRENCY, move |delivery| {
-            let (sched, session) = (sched.clone(), session.clone());
-            async move {
-                if let Ok(delivery) = delivery {
-                    on_report(&sched, &session, delivery).await;
-                }
-            }
-        })
-    };
-    let dead_done = {
-        let (sched, session) = (sched.clone(), session.clone());
-        dead.for_each(move |delivery| {
-            let (sched, session) = (sched.clone(), session.clone());
-            async move {
-                if let Ok(delivery) = delivery {
-                    on_dead_task(&sched, &session, delivery).await;
-                }
-            }
-        })
-    };
-    let intake_done = async {
-        let mut intake = intake;
-        while let Some(delivery) = intake.next().await {
-            let delivery = delivery?;
-            let (disposition, outcome) =
-                intake::handle(&sched, &session.events, &delivery.data, &delivery.properties).await;
-            settle(&delivery, disposition).await?;
-            if let Intake::NewJob { tenant, job, record, cursor } = outcome {
-                spawn_shard(&mut sharding, &sched, &session, tenant, job, Some((*record, cursor)));
-            }
-            while sharding.try_join_next().is_some() {}
-        }
-        anyhow::Ok(())
-    };
-    let dispatch_done = crate::dispatch::run(sched.clone(), &session.connection);
-    let recovery_done = crate::recovery::run(
-        sched.clone(),
-        confirmed_channel(&session.connection).await?,
-        session.connection.create_channel().await?,
-    );
+    let handles = Handles::open(&session.connection).await?;
+    let h = handles.clone();
+    tracker.spawn(loops::sample_queue_depths(h.sampling, stop.child_token()));
+    let loops = Loops::new();
+    loops.push(tracker.spawn(loops::intake(splitter, h.intake, stop.child_token())));
+    let (s, x) = (sched.clone(), session.clone());
+    loops.push(tracker.spawn(loops::reports_loop(s, x, h.reports, stop.child_token())));
+    let (s, x) = (sched.clone(), session.clone());
+    loops.push(tracker.spawn(loops::dead_letters(s, x, h.dead, stop.child_token())));
+    loops.push(tracker.spawn(dispatch::run(sched.clone(), h.dispatch, stop.child_token())));
+    let (tasks, events) = h.recovery;
+    loops.push(tracker.spawn(crate::recovery::run(sched.clone(), tasks, events, stop.child_token())));
+    Ok((loops, handles))
+}
+
+/// Waits for the first of `loops` to end, which stops the session: `Ok` when `stop` was
+/// cancelled from above, its error (or [`SchedulerError::ConsumerStopped`]) otherwise.
+/// Readiness lasts from the start of the wait to its end.
+async fn first_to_end(mut loops: Loops, stop: &CancellationToken) -> Result<(), SchedulerError> {
     // Every consumer is in place: from here a submitted job is taken at once.
-    let _ready = fleet_telemetry::metrics::ReadyGuard::new();
+    let ready = fleet_telemetry::metrics::ReadyGuard::new();
     tracing::info!("ready: consuming intake, reports and tasks");
-    tokio::select! {
-        r = intake_done => r?,
-        _ = reports_done => {}
-        _ = dead_done => {}
-        r = dispatch_done => r?,
-        r = recovery_done => r?,
-    }
-    anyhow::bail!("a consumer stopped: the connection to the broker was lost")
-}
-
-fn spawn_shard(
-    set: &mut JoinSet<()>,
-    sched: &Arc<Scheduler>,
-    session: &Arc<Session>,
-    tenant: TenantId,
-    job: String,
-    known: Option<(JobRecord, ShardCursor)>,
-) {
-    let (sched, session) = (sched.clone(), session.clone());
-    set.spawn(async move { shard_job(&sched, &session.tasks, &session.events, &tenant, &job, known).await });
-}
-
-async fn consumer(connection: &Connection, queue: &str, prefetch: u16) -> anyhow::Result<lapin::Consumer> {
-    let channel = connection.create_channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let tag = format!("scheduler-{queue}-{}", std::process::id());
-    Ok(channel.basic_consume(queue, &tag, BasicConsumeOptions::default(), FieldTable::default()).await?)
-}
-
-async fn settle(delivery: &Delivery, disposition: Disposition) -> anyhow::Result<()> {
-    match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await?,
-        Disposition::Retry(reason) => {
-            tracing::warn!(%reason, "intake message returned for a retry");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?
-        }
-        Disposition::Park(reason) => {
-            tracing::warn!(%reason, "intake message parked in {DEAD_QUEUE}");
-            delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await?
-        }
-    }
-    Ok(())
-}
-
-async fn on_report(sched: &Scheduler, session: &Session, delivery: Delivery) {
-    let report: Report = match serde_json::from_slice(&delivery.data) {
-        Ok(report) => report,
-        Err(e) => {
-            tracing::warn!(error = %e, "unreadable report parked");
-            let _ = delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await;
-            return;
-        }
+    let first = loops.next().await.map(joined).unwrap_or(Ok(()));
+    drop(ready);
+    let ended = match first {
+        // Stopped from above: whatever the loops met on the way out is no news.
+        _ if stop.is_cancelled() => Ok(()),
+        Ok(()) => Err(SchedulerError::ConsumerStopped),
+        Err(e) => Err(e),
     };
-    match crate::reports::handle(sched, &session.events, report).await {
-        Ok(()) => {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "report not recorded; returned for a retry");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-        }
+    stop.cancel();
+    // The others' outcomes say no more than the first's.
+    while let Some(other) = loops.next().await {
+        let _ = joined(other);
+    }
+    ended
+}
+
+/// The outcome of a loop; a loop that panicked panics here, as it did in the session.
+fn joined(outcome: Result<Result<(), SchedulerError>, JoinError>) -> Result<(), SchedulerError> {
+    match outcome {
+        Ok(ended) => ended,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Ok(()),
     }
 }
 
-async fn on_dead_task(sched: &Scheduler, session: &Session, delivery: Delivery) {
-    let recorded = match serde_json::from_slice::<TaskMessage>(&delivery.data) {
-        Ok(message) => crate::reports::dead_lettered(sched, &session.events, &message).await.map_err(|e| e.to_string()),
-        Err(e) => {
-            tracing::warn!(error = %e, "unreadable dead-lettered task");
-            Ok(())
-        }
-    };
-    if let Err(e) = recorded {
-        tracing::warn!(error = %e, "dead-lettered task not recorded; returned for a retry");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-        return;
-    }
-    // Park the message itself for an operator, then let go of it.
-    let parked =
-        publish_confirmed(&session.parking, "", DEAD_QUEUE, &delivery.data, delivery.properties.clone()).await.is_ok();
-    let _ = if parked {
-        delivery.ack(BasicAckOptions::default()).await
-    } else {
-        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
-    };
+/// Starts the splitting of jobs on the session's tracker, each paused by a child of `stop`.
+#[derive(Clone)]
+struct Splitter {
+    sched: Arc<Scheduler>,
+    session: Arc<Session>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
 }
 
-/// Samples the depth of every queue into `fleet_queue_depth` every 2 s, for as long as the
-/// session lasts.
-async fn sample_queue_depths(channel: Channel) {
-    use lapin::options::QueueDeclareOptions;
-    let queues = [INTAKE_QUEUE, amqp::INTERACTIVE_QUEUE, amqp::BATCH_QUEUE, TASKS_DEAD_QUEUE, DEAD_QUEUE];
-    loop {
-        for queue in queues {
-            let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-            match channel.queue_declare(queue, passive, FieldTable::default()).await {
-                Ok(q) => {
-                    fleet_telemetry::metrics::QUEUE_DEPTH.with_label_values(&[queue]).set(q.message_count() as i64)
-                }
-                Err(_) => return,
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+impl Splitter {
+    /// Splits `job` in a task of its own; `known` as for [`shard_job`].
+    fn spawn(&self, tenant: TenantId, job: String, known: Option<(JobRecord, ShardCursor)>) {
+        let (sched, session, stop) = (self.sched.clone(), self.session.clone(), self.stop.child_token());
+        self.tracker.spawn(async move {
+            let out = Outlets { tasks: &session.tasks, events: &session.events, stop: &stop };
+            shard_job(&sched, out, &tenant, &job, known).await
+        });
     }
 }
+
+#[cfg(test)]
+mod tests;

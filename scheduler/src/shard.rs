@@ -3,22 +3,27 @@
 //! object by ranged reads of [`MANIFEST_CHUNK`] bytes. After each page's tasks are recorded
 //! and confirmed by the broker, the cursor is saved in Redis; a scheduler that dies midway
 //! resumes from it. Task numbers follow from the cursor, so a resumed page makes the same
-//! tasks again, and the job store counts each task once.
+//! tasks again, and the job store counts each task once. At shutdown splitting pauses after
+//! the page in hand, its cursor saved, and the next scheduler resumes it.
+
+mod page;
 
 use fleet_protocol::fine_tune::FineTuneSpec;
-use fleet_protocol::job::{BackgroundReplaceSpec, InputSpec, JobKindName, JobRequest, OutputFormatName};
+use fleet_protocol::job::{BackgroundReplaceSpec, JobKindName, JobRequest, OutputFormatName};
 use fleet_protocol::keys::TenantId;
 use fleet_protocol::message::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
 use fleet_protocol::state::{JobEvent, JobState};
 use fleet_queue::{publish_all, string_headers, task_queue, Outgoing, TASKS_EXCHANGE};
-use fleet_state::JobRecord;
-use fleet_store::ObjectStore;
+use fleet_state::{JobRecord, JobStoreError};
 use futures::future::try_join_all;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use self::page::{read_page, Cursor, Page, PageError, MANIFEST_CHUNK};
 use crate::context::{event, Scheduler};
+use crate::error::SchedulerError;
 
 /// Confirm-mode channels for publishing tasks, one per priority: confirms come back in order
 /// per channel, so an interactive task never waits for a batch page's confirms.
@@ -39,41 +44,15 @@ impl TaskChannels {
     }
 }
 
-/// Bytes of a manifest read per page.
-pub const MANIFEST_CHUNK: u64 = 1 << 20;
-/// Most keys S3 returns per listing page.
-const LIST_PAGE_MAX: u32 = 1000;
-
-/// Where splitting a job's input has got to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cursor {
-    /// Index of the next key of an explicit list.
-    Keys {
-        /// Next index.
-        next: usize,
-    },
-    /// Continuation of a prefix listing (`None` before the first page).
-    Prefix {
-        /// Opaque listing token.
-        token: Option<String>,
-    },
-    /// Byte offset of the next unread line of a manifest.
-    Manifest {
-        /// Byte offset.
-        offset: u64,
-    },
-}
-
-impl Cursor {
-    /// The start of an input.
-    pub fn start(input: &InputSpec) -> Cursor {
-        match input {
-            InputSpec::Keys(_) => Cursor::Keys { next: 0 },
-            InputSpec::Prefix(_) => Cursor::Prefix { token: None },
-            InputSpec::Manifest(_) => Cursor::Manifest { offset: 0 },
-        }
-    }
+/// Where splitting sends a job's tasks and events, and what pauses it.
+#[derive(Clone, Copy)]
+pub struct Outlets<'a> {
+    /// Channels for the tasks.
+    pub tasks: &'a TaskChannels,
+    /// Channel for job events.
+    pub events: &'a Channel,
+    /// Cancelled at shutdown: splitting pauses once the page in hand is out and its cursor saved.
+    pub stop: &'a CancellationToken,
 }
 
 /// A cursor with the number of the next task.
@@ -92,119 +71,30 @@ impl ShardCursor {
     }
 }
 
-/// Why a page could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PageError {
-    /// The job's input is unusable (missing or malformed manifest): the job fails with this.
-    #[error("{0}")]
-    Input(String),
-    /// The store failed: try again later from the same cursor.
-    #[error("{0}")]
-    Store(String),
-}
-
-/// One page of input keys, and the cursor after it (`None` at the end).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Page {
-    /// Keys, in input order.
-    pub keys: Vec<String>,
-    /// Where the next page starts.
-    pub next: Option<Cursor>,
-}
-
-/// Reads the page of `input` at `cursor`. Manifest lines are trimmed; blank lines and lines
-/// starting with `#` are skipped. Keys are not checked here: the worker checks each against
-/// the tenant and fails bad ones as items, with the reason.
-pub async fn read_page<S: ObjectStore>(
-    s3: &S,
-    input: &InputSpec,
-    cursor: &Cursor,
-    shard_size: u32,
-) -> Result<Page, PageError> {
-    let store = |e: fleet_store::StoreError| PageError::Store(e.to_string());
-    match (input, cursor) {
-        (InputSpec::Keys(keys), Cursor::Keys { next }) => {
-            let start = (*next).min(keys.len());
-            let end = (start + page_len(shard_size)).min(keys.len());
-            let next = (end < keys.len()).then_some(Cursor::Keys { next: end });
-            Ok(Page { keys: keys[start..end].to_vec(), next })
-        }
-        (InputSpec::Prefix(prefix), Cursor::Prefix { token }) => {
-            let page = s3.list_page(prefix, token.clone(), page_len(shard_size)).await.map_err(store)?;
-            Ok(Page { keys: page.keys, next: page.next.map(|t| Cursor::Prefix { token: Some(t) }) })
-        }
-        (InputSpec::Manifest(key), Cursor::Manifest { offset }) => {
-            let chunk = match s3.get_range(key, *offset, MANIFEST_CHUNK).await {
-                Ok(chunk) => chunk,
-                Err(fleet_store::StoreError::NotFound { .. }) => {
-                    return Err(PageError::Input(format!("manifest {key}: no object at that key")))
-                }
-                Err(e) => return Err(store(e)),
-            };
-            let at_end = (chunk.len() as u64) < MANIFEST_CHUNK;
-            let usable = if at_end {
-                chunk.len()
-            } else {
-                match chunk.iter().rposition(|&b| b == b'\n') {
-                    Some(i) => i + 1,
-                    None => {
-                        return Err(PageError::Input(format!(
-                            "manifest {key}: a line at byte {offset} is over {MANIFEST_CHUNK} bytes"
-                        )))
-                    }
-                }
-            };
-            let text = std::str::from_utf8(&chunk[..usable]).map_err(|e| {
-                PageError::Input(format!(
-                    "manifest {key}: not UTF-8 near byte {}: {e}",
-                    offset + e.valid_up_to() as u64
-                ))
-            })?;
-            let keys = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string)
-                .collect();
-            let next = (!at_end).then_some(Cursor::Manifest { offset: offset + usable as u64 });
-            Ok(Page { keys, next })
-        }
-        _ => Err(PageError::Input(format!("cursor {cursor:?} does not fit the job's input"))),
-    }
-}
-
-/// Keys per page: whole shards, about a listing page's worth.
-fn page_len(shard_size: u32) -> usize {
-    let shard = shard_size.max(1);
-    (shard * (LIST_PAGE_MAX / shard).max(1)) as usize
-}
-
 /// Splits the job from its saved cursor to the end of its input, then ends the job if every
 /// task is already done. Stops early, leaving the cursor for a later resume, on broker or
-/// store trouble; stops for good when the job is cancelled.
+/// store trouble, and at shutdown (`out.stop`); stops for good when the job is cancelled.
 /// `known` is the record and cursor when the caller has them (a job just accepted); a
 /// resumed job reads both from Redis.
 pub async fn shard_job(
     sched: &Scheduler,
-    tasks: &TaskChannels,
-    events: &Channel,
+    out: Outlets<'_>,
     tenant: &TenantId,
     job: &str,
     known: Option<(JobRecord, ShardCursor)>,
 ) {
-    if let Err(e) = try_shard(sched, tasks, events, tenant, job, known).await {
+    if let Err(e) = try_shard(sched, out, tenant, job, known).await {
         tracing::warn!(tenant = %tenant, job, error = %e, "splitting paused; it resumes from the saved cursor");
     }
 }
 
 async fn try_shard(
     sched: &Scheduler,
-    tasks: &TaskChannels,
-    events: &Channel,
+    out: Outlets<'_>,
     tenant: &TenantId,
     job: &str,
     known: Option<(JobRecord, ShardCursor)>,
-) -> anyhow::Result<()> {
+) -> Result<(), SchedulerError> {
     let (record, cursor) = match known {
         Some(known) => known,
         None => {
@@ -221,21 +111,22 @@ async fn try_shard(
         }
     };
     let span = tracing::info_span!("shard", tenant = %tenant, job, trace_id = trace_of(&record));
-    split(sched, tasks, events, tenant, job, record, cursor).instrument(span).await
+    split(sched, out, tenant, job, record, cursor).instrument(span).await
 }
 
+/// Publishes the job's tasks page by page from `cursor`, saving the cursor after each page.
 async fn split(
     sched: &Scheduler,
-    tasks: &TaskChannels,
-    events: &Channel,
+    out: Outlets<'_>,
     tenant: &TenantId,
     job: &str,
     record: JobRecord,
     mut cursor: ShardCursor,
-) -> anyhow::Result<()> {
+) -> Result<(), SchedulerError> {
+    let Outlets { tasks, events, stop } = out;
     let request: JobRequest = serde_json::from_value(record.request.clone())?;
     if request.kind == JobKindName::FineTune {
-        return split_fine_tune(sched, tasks, events, tenant, job, record, &request).await;
+        return split_fine_tune(sched, out, tenant, job, record, &request).await;
     }
     let spec: BackgroundReplaceSpec = serde_json::from_value(request.spec.clone())?;
     let shard_size = spec.shard_size.unwrap_or(sched.config.default_shard_size).max(1);
@@ -256,7 +147,7 @@ async fn split(
                 fail_job(sched, events, tenant, job, reason).await?;
                 return Ok(());
             }
-            Err(PageError::Store(reason)) => anyhow::bail!(reason),
+            Err(PageError::Store(e)) => return Err(e.into()),
         };
         let first = cursor.next_task;
         let messages = make_tasks(&record, &spec, &page.keys, shard_size, first);
@@ -271,6 +162,10 @@ async fn split(
             Some(next) => {
                 cursor.position = next;
                 sched.store.save_cursor(tenant, job, &cursor.to_json()).await?;
+                if stop.is_cancelled() {
+                    tracing::debug!(next_task = cursor.next_task, "splitting paused for shutdown at the saved cursor");
+                    return Ok(());
+                }
             }
             None => break,
         }
@@ -284,13 +179,12 @@ async fn split(
 /// A fine-tune is one task that trains; its item is the model it registers.
 async fn split_fine_tune(
     sched: &Scheduler,
-    tasks: &TaskChannels,
-    events: &Channel,
+    Outlets { tasks, events, .. }: Outlets<'_>,
     tenant: &TenantId,
     job: &str,
     record: JobRecord,
     request: &JobRequest,
-) -> anyhow::Result<()> {
+) -> Result<(), SchedulerError> {
     let spec: FineTuneSpec = serde_json::from_value(request.spec.clone())?;
     let message = TaskMessage {
         tenant: record.tenant.clone(),
@@ -326,7 +220,7 @@ async fn fail_job(
     tenant: &TenantId,
     job: &str,
     reason: String,
-) -> anyhow::Result<()> {
+) -> Result<(), JobStoreError> {
     tracing::info!(%reason, "job failed while splitting");
     match sched.store.apply_with_reason(tenant, job, JobEvent::Fail, Some(reason)).await {
         Ok(record) => {
@@ -375,7 +269,7 @@ async fn publish_tasks(
     tenant: &TenantId,
     record: &JobRecord,
     messages: Vec<TaskMessage>,
-) -> anyhow::Result<()> {
+) -> Result<(), SchedulerError> {
     let existing =
         try_join_all(messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32)))
             .await?;

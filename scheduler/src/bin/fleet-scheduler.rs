@@ -64,7 +64,8 @@ fn main() -> std::process::ExitCode {
                 ..Default::default()
             },
         };
-        fleet_scheduler::run(config, shutdown_signal()).await
+        fleet_scheduler::run(config, shutdown_signal()).await?;
+        anyhow::Ok(())
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

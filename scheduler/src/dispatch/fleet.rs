@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_protocol::heartbeat::{DeviceSample, Heartbeat, TrainingHold, WorkerDevice};
 use fleet_protocol::message::{now_ms, TaskMessage};
 use fleet_state::lease::Load;
-use fleet_state::RedisJobStore;
+use fleet_state::{JobStoreError, RedisJobStore};
 
 use crate::placement::{DeviceView, WorkerState};
 
@@ -55,7 +55,7 @@ pub(super) struct FleetView {
 impl FleetView {
     /// Every device of every live worker, with its load from the leases and the memory of
     /// the leases granted since its heartbeat set aside.
-    pub(super) async fn devices(&mut self, store: &RedisJobStore) -> anyhow::Result<Vec<DeviceView>> {
+    pub(super) async fn devices(&mut self, store: &RedisJobStore) -> Result<Vec<DeviceView>, JobStoreError> {
         if self.beats_at.is_none_or(|at| at.elapsed() >= VIEW_MAX_AGE) {
             let beats = store.heartbeats().await?;
             self.refresh(beats);

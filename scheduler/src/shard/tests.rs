@@ -1,5 +1,6 @@
-use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec, Priority};
+use fleet_protocol::job::{BackgroundSpec, InputSpec, OutputFormatName, OutputSpec, Priority};
 use fleet_store::local::LocalStore;
+use fleet_store::ObjectStore;
 
 use super::*;
 
