@@ -378,10 +378,13 @@ mod tests {
         }
     }
 
+    /// A change that puts one hyper-parameter out of bounds, and the field the refusal names.
+    type OutOfBounds = (fn(&mut Hyper), &'static str);
+
     #[test]
     fn hyper_parameters_out_of_bounds_are_refused_with_the_field_named() {
         assert!(check(&spec(), &tenant()).is_ok());
-        let cases: Vec<(fn(&mut Hyper), &str)> = vec![
+        let cases: Vec<OutOfBounds> = vec![
             (|h| h.lr = 5.0, "hyper.lr"),
             (|h| h.batch_size = 0, "hyper.batch_size"),
             (|h| h.warmup_steps = h.steps_phase1 + 1, "hyper.warmup_steps"),
