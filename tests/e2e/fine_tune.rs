@@ -40,21 +40,6 @@ fn png_gray(img: &GrayImage) -> Vec<u8> {
     out.into_inner()
 }
 
-/// Intersection over union of two masks, each pixel counted as object at half coverage.
-fn iou(a: &GrayImage, b: &GrayImage) -> f64 {
-    let (mut both, mut either) = (0u64, 0u64);
-    for (p, q) in a.pixels().zip(b.pixels()) {
-        let (p, q) = (p[0] >= 128, q[0] >= 128);
-        both += u64::from(p && q);
-        either += u64::from(p || q);
-    }
-    if either == 0 {
-        0.0
-    } else {
-        both as f64 / either as f64
-    }
-}
-
 /// `count` underexposed synthetic product photos (12 % of the light) with exact masks (a
 /// domain the reference model never saw), `bad` of them with masks shifted off the object, plus one
 /// sample without a licence and one whose mask does not match its image.
@@ -71,13 +56,8 @@ async fn seed_dataset(client: &Client, count: usize, bad: usize) -> DataSet {
         let mut mask = sample.alpha.clone();
         if i < bad {
             // Shifted by half the width and flipped upside down: the mask covers background.
-            // A wide object can still overlap its moved mask; then the mask is inverted, so
-            // every spoiled mask really disagrees with its object.
             let (w, h) = mask.dimensions();
             mask = GrayImage::from_fn(w, h, |x, y| *sample.alpha.get_pixel((x + w / 2) % w, h - 1 - y));
-            if iou(&mask, &sample.alpha) > 0.2 {
-                mask = GrayImage::from_fn(w, h, |x, y| image::Luma([255 - sample.alpha.get_pixel(x, y)[0]]));
-            }
             bad_masks.push(i + 1);
         }
         let (image_key, mask_key) = (format!("{prefix}images/{i:03}.png"), format!("{prefix}masks/{i:03}.png"));
