@@ -4,9 +4,8 @@
 //! runs them with `fleet_engine` (background replacement, generation) or `fleet_train`
 //! (fine-tunes) on the devices it drives, writes results to S3 and reports back.
 //!
-//! [`service`] is the running worker; [`nvml`] reads the GPUs; [`cli`] is the binary's
-//! command line.
+//! [`service`] is the running worker; [`nvml`] reads the GPUs. The binary's command line is
+//! in `src/bin/fleet-worker/`.
 
-pub mod cli;
 pub mod nvml;
 pub mod service;

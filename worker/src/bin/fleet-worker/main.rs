@@ -1,4 +1,7 @@
-//! `fleet-worker`: the engine's command line. Parsing lives in [`fleet_worker::cli`].
+//! `fleet-worker`: serve as a fleet worker, run the engine over a folder, publish a model,
+//! report the devices. `main` sets up tracing and runs one command ([`cli`]).
+
+mod cli;
 
 use clap::Parser;
 
@@ -7,7 +10,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match fleet_worker::cli::run(fleet_worker::cli::Cli::parse()) {
+    match cli::run(cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -92,7 +92,7 @@ struct ServeArgs {
     slots: usize,
     /// engine: the real work; noop: report items done without work (dispatch benchmark).
     #[arg(long, value_enum, default_value = "engine")]
-    executor: crate::service::Executor,
+    executor: fleet_worker::service::Executor,
     /// Device memory the warm models may hold per device, MiB; least recently used models are
     /// evicted past it, and the dispatcher places work against it. Default: each GPU's memory
     /// less 2 GiB as NVML reports it; on a CPU, half the host's memory.
@@ -161,8 +161,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Command::DeviceInfo => device_info(),
-        Command::GpuInfo => match crate::nvml::Gpus::probe() {
-            crate::nvml::Gpus::Absent(reason) => println!("{reason}"),
+        Command::GpuInfo => match fleet_worker::nvml::Gpus::probe() {
+            fleet_worker::nvml::Gpus::Absent(reason) => println!("{reason}"),
             gpus => println!("{}", serde_json::to_string_pretty(&gpus.sample().map_err(anyhow::Error::msg)?)?),
         },
         Command::PublishModel { models, model } => {
@@ -195,8 +195,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let specs = fleet_protocol::device::select_devices(&args.device, &args.exclude_devices, cuda_devices)
         .map_err(anyhow::Error::msg)?;
     let mut gpu_memory_mib = std::collections::HashMap::new();
-    match crate::nvml::Gpus::probe() {
-        crate::nvml::Gpus::Absent(reason) => tracing::warn!(%reason, "no GPU telemetry"),
+    match fleet_worker::nvml::Gpus::probe() {
+        fleet_worker::nvml::Gpus::Absent(reason) => tracing::warn!(%reason, "no GPU telemetry"),
         gpus => {
             for d in gpus.sample().map_err(anyhow::Error::msg)? {
                 tracing::info!(index = d.index, name = %d.name, memory_total_mib = d.memory_total_mib,
@@ -206,7 +206,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let host_mib = host_memory_mib().unwrap_or(8192.0);
-    let devices: Vec<crate::service::DeviceConfig> = specs
+    let devices: Vec<fleet_worker::service::DeviceConfig> = specs
         .into_iter()
         .map(|spec| {
             let memory_mib = args.model_memory_mib.unwrap_or(match spec {
@@ -214,11 +214,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 _ => host_mib / 2.0,
             });
             tracing::info!(device = %spec, memory_mib = memory_mib.round(), "driving device");
-            crate::service::DeviceConfig { spec, memory_mib }
+            fleet_worker::service::DeviceConfig { spec, memory_mib }
         })
         .collect();
-    let host = crate::service::host_name();
-    let config = crate::service::WorkerConfig {
+    let host = fleet_worker::service::host_name();
+    let config = fleet_worker::service::WorkerConfig {
         id: args.id.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         amqp_url: args.amqp_url,
         redis_url: args.redis_url,
@@ -230,7 +230,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
         metrics_addr: args.metrics_addr,
     };
-    let stopped = runtime()?.block_on(crate::service::run(config, async {
+    let stopped = runtime()?.block_on(fleet_worker::service::run(config, async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
