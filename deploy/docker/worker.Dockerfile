@@ -31,7 +31,8 @@ RUN test -f "${SITE}/torch/lib/libtorch_cpu.so" \
 ENV LIBTORCH=${SITE}/torch
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p fleet-worker
+# fleet-dev builds the reference model for the one-shot model-publish service.
+RUN cargo build --release --locked -p fleet-worker -p fleet-dev
 
 FROM debian:bookworm-slim
 ARG SITE=/opt/torch-venv/lib/python3.11/site-packages
@@ -46,6 +47,7 @@ RUN apt-get update -qq \
 COPY --from=build ${SITE}/torch/lib ${SITE}/torch/lib
 COPY --from=build ${SITE}/nvidia ${SITE}/nvidia
 COPY --from=build /src/target/release/fleet-worker /usr/local/bin/fleet-worker
+COPY --from=build /src/target/release/fleet-dev /usr/local/bin/fleet-dev
 # Fails the build if any library does not resolve (no GPU needed: CUDA is only probed).
 RUN fleet-worker device-info
 # compute for CUDA, utility for nvidia-smi; which GPUs is the container's device request.
