@@ -2,7 +2,6 @@
 //! generator and the mask model from the registry, `fleet_train`'s generator loop on a thread,
 //! the result registered like a matting model.
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,14 +11,13 @@ use fleet_protocol::fine_tune::{FineTuneSpec, Refusal, Sample};
 use fleet_protocol::keys::{results_prefix, TenantId};
 use fleet_protocol::manifest::ModelRef;
 use fleet_protocol::message::TaskMessage;
-use fleet_store::registry;
 use fleet_store::{ObjectStore, StoreError};
 use fleet_train::generator::{GenSample, GeneratorJob};
 use futures::StreamExt;
 use image::RgbImage;
 
 use super::report::{finished_without_model, summarize};
-use super::storage::download_checkpoint;
+use super::storage::{download_checkpoint, fetch_model};
 use super::{train_and_report, Ended, FineTuneContext, Outputs, SAMPLE_FETCHES};
 use crate::service::failure::AttemptError;
 
@@ -92,15 +90,6 @@ pub(super) async fn run(
         started,
     };
     train_and_report(ctx, job, out).await
-}
-
-/// The folder of `model` (the tenant's or a shared one) in the host's model cache.
-async fn fetch_model(ctx: &FineTuneContext<'_>, tenant: &TenantId, model: &ModelRef) -> Result<PathBuf, AttemptError> {
-    let (scope, _) = registry::locate(ctx.s3, tenant, model).await.map_err(|e| AttemptError::retry(e.to_string()))?;
-    let (dir, _) = registry::fetch_in(ctx.s3, &scope, model, ctx.model_cache)
-        .await
-        .map_err(|e| AttemptError::retry(e.to_string()))?;
-    Ok(dir)
 }
 
 /// Reads and decodes one photo; a problem with the photo is a refusal, a store problem

@@ -33,7 +33,6 @@ use fleet_protocol::keys::{results_prefix, TenantId};
 use fleet_protocol::manifest::ModelRef;
 use fleet_protocol::message::{TaskMessage, TrainingProgress};
 use fleet_protocol::DeviceSpec;
-use fleet_store::registry;
 use fleet_store::s3::S3Store;
 use fleet_store::{ObjectStore, StoreError};
 use fleet_train::matting::{Loaded, TrainJob};
@@ -45,7 +44,7 @@ use super::failure::AttemptError;
 use super::task::{Fence, TaskResult};
 pub use report::report_for;
 use report::{finished_without_model, register, summarize, write_report, Run};
-use storage::{download_checkpoint, load_sample, relay, sha256_hex};
+use storage::{download_checkpoint, fetch_model, load_sample, relay, sha256_hex};
 
 /// Samples fetched from S3 at once.
 const SAMPLE_FETCHES: usize = 8;
@@ -125,9 +124,7 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
 
     // The base model and the checkpoint to resume from, if any.
     let base_ref: ModelRef = task.model.parse().map_err(|e| AttemptError::permanent(format!("base model: {e}")))?;
-    let (scope, _) = registry::locate(ctx.s3, &tenant, &base_ref).await.map_err(|e| fail(e.to_string()))?;
-    let (base_dir, _) =
-        registry::fetch_in(ctx.s3, &scope, &base_ref, ctx.model_cache).await.map_err(|e| fail(e.to_string()))?;
+    let base_dir = fetch_model(ctx, &tenant, &base_ref).await?;
     let work = tempfile::tempdir().map_err(|e| fail(format!("work folder: {e}")))?;
     let resume = download_checkpoint(ctx.s3, &checkpoint_prefix, work.path()).await?;
     if let Some(state) = &resume {

@@ -1,12 +1,15 @@
 //! A fine-tune's traffic with S3: samples read and decoded, checkpoints uploaded under the
 //! task's lease and downloaded to resume, and the training thread's events relayed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_protocol::fine_tune::Sample;
+use fleet_protocol::keys::TenantId;
+use fleet_protocol::manifest::ModelRef;
+use fleet_store::registry;
 use fleet_store::s3::S3Store;
 use fleet_store::{ObjectStore, StoreError};
 use fleet_train::checkpoint::{CheckpointState, CHECKPOINT_FILES};
@@ -126,4 +129,17 @@ pub(super) async fn relay(
         }
     }
     checkpoint_s
+}
+
+/// The folder of `model` (the tenant's or a shared one) in the host's model cache.
+pub(super) async fn fetch_model(
+    ctx: &FineTuneContext<'_>,
+    tenant: &TenantId,
+    model: &ModelRef,
+) -> Result<PathBuf, AttemptError> {
+    let (scope, _) = registry::locate(ctx.s3, tenant, model).await.map_err(|e| AttemptError::retry(e.to_string()))?;
+    let (dir, _) = registry::fetch_in(ctx.s3, &scope, model, ctx.model_cache)
+        .await
+        .map_err(|e| AttemptError::retry(e.to_string()))?;
+    Ok(dir)
 }
