@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fleet_protocol::manifest::{AlphaKind, EmbeddingSpec, ModelManifest};
+use fleet_protocol::manifest::{AlphaKind, EmbeddingSpec, ModelManifest, Postprocess, Precision};
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
 use super::EngineError;
@@ -18,6 +18,8 @@ pub struct LoadedModel {
     module: CModule,
     embedder: Option<CModule>,
     device: Device,
+    /// What the weights were cast to on load; inputs are cast to it before each pass.
+    kind: Kind,
 }
 
 /// Outputs of one forward pass, copied back to the host.
@@ -41,10 +43,18 @@ impl LoadedModel {
         if manifest.task != fleet_protocol::manifest::Task::Matting {
             return Err(EngineError::model(dir, format!("{} is not a matting model", manifest.model_ref())));
         }
+        let kind = match manifest.precision_on(device.is_cuda()) {
+            Precision::Fp32 => Kind::Float,
+            Precision::Fp16 => Kind::Half,
+            Precision::Bf16 => Kind::BFloat16,
+        };
         let load = |file: &str| {
             let mut module = CModule::load_on_device(dir.join(file), device)
                 .map_err(|e| EngineError::model(dir, format!("cannot load TorchScript {file}: {e}")))?;
             module.set_eval();
+            if kind != Kind::Float {
+                module.to(device, kind, false);
+            }
             Ok::<_, EngineError>(module)
         };
         let module = load(&manifest.file)?;
@@ -52,7 +62,7 @@ impl LoadedModel {
             EmbeddingSpec::Model { file, .. } => Some(load(file)?),
             EmbeddingSpec::Output { .. } => None,
         };
-        Ok(LoadedModel { manifest, dir: dir.to_path_buf(), module, embedder, device })
+        Ok(LoadedModel { manifest, dir: dir.to_path_buf(), module, embedder, device, kind })
     }
 
     /// The device the model lives on.
@@ -60,16 +70,38 @@ impl LoadedModel {
         self.device
     }
 
-    /// Runs a normalised batch `[B,3,H,W]` (host memory, f32) and returns alpha and embeddings.
+    /// Runs a normalised batch `[B,3,H,W]` (host memory, f32) and returns alpha and embeddings;
+    /// a batch larger than the manifest's `max_batch` runs as several passes.
     pub fn forward(&self, batch: &Tensor) -> Result<ForwardOutput, EngineError> {
+        let b = batch.size()[0];
+        let max = self.manifest.max_batch.map_or(b, i64::from).max(1);
+        if b <= max {
+            return self.forward_one(batch);
+        }
+        let mut all: Option<ForwardOutput> = None;
+        for part in batch.split(max, 0) {
+            let out = self.forward_one(&part)?;
+            match &mut all {
+                None => all = Some(out),
+                Some(all) => {
+                    all.alphas.extend(out.alphas);
+                    all.embeddings.extend(out.embeddings);
+                }
+            }
+        }
+        Ok(all.expect("a batch larger than max_batch has at least one part"))
+    }
+
+    fn forward_one(&self, batch: &Tensor) -> Result<ForwardOutput, EngineError> {
         let _guard = tch::no_grad_guard();
         let b = batch.size()[0];
-        let xs = batch.to_device(self.device);
+        let xs = batch.to_device(self.device).to_kind(self.kind);
         let output = self
             .module
             .forward_is(&[IValue::Tensor(xs.shallow_clone())])
             .map_err(|e| self.contract(format!("forward failed: {e}")))?;
         let alpha = self.pick(&output, self.manifest.matting_output().alpha_index, "alpha")?;
+        let alpha = alpha.to_kind(Kind::Float);
         let alpha = match self.manifest.matting_output().alpha {
             AlphaKind::Probability => alpha,
             AlphaKind::Logits => alpha.sigmoid(),
@@ -89,11 +121,11 @@ impl LoadedModel {
         if embedding.size() != [b, dim] {
             return Err(self.contract(format!("embedding must be [{b},{dim}], got {:?}", embedding.size())));
         }
-        let alpha_u8 = (alpha.to_kind(Kind::Float).clamp(0.0, 1.0) * 255.0)
-            .round()
-            .to_kind(Kind::Uint8)
-            .to_device(Device::Cpu)
-            .contiguous();
+        let alpha = match self.manifest.matting_output().postprocess {
+            Postprocess::None => alpha,
+            Postprocess::MinMax => min_max(&alpha),
+        };
+        let alpha_u8 = (alpha.clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).to_device(Device::Cpu).contiguous();
         let (h, w) = (shape[2] as usize, shape[3] as usize);
         let flat = Vec::<u8>::try_from(alpha_u8.view([-1])).map_err(|e| self.contract(e.to_string()))?;
         let alphas = flat.chunks_exact(h * w).map(<[u8]>::to_vec).collect();
@@ -130,11 +162,38 @@ impl LoadedModel {
     }
 }
 
+/// Stretches each map of `[B,1,H,W]` to [0,1] by its own minimum and maximum (a flat map
+/// stays as it is, clamped).
+fn min_max(alpha: &Tensor) -> Tensor {
+    let flat = alpha.flatten(1, -1);
+    let lo = flat.amin([1i64], true).view([-1, 1, 1, 1]);
+    let hi = flat.amax([1i64], true).view([-1, 1, 1, 1]);
+    let span = &hi - &lo;
+    let flat_map = span.le(1e-6);
+    let stretched = (alpha - &lo) / span.clamp_min(1e-6);
+    stretched.where_self(&flat_map.logical_not(), alpha)
+}
+
 fn describe(v: &IValue) -> String {
     match v {
         IValue::Tensor(t) => format!("a tensor {:?}", t.size()),
         IValue::Tuple(items) | IValue::GenericList(items) => format!("a tuple of {}", items.len()),
         IValue::TensorList(items) => format!("a list of {} tensors", items.len()),
         _ => "a value that is not a tensor".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_max_stretches_each_map_by_its_own_range_and_leaves_flat_maps() {
+        let a = Tensor::from_slice(&[0.2f32, 0.4, 0.6, 0.3, 0.5, 0.5, 0.5, 0.5]).view([2, 1, 2, 2]);
+        let out = Vec::<f32>::try_from(min_max(&a).view([-1])).unwrap();
+        let want = [0.0, 0.5, 1.0, 0.25, 0.5, 0.5, 0.5, 0.5];
+        for (got, want) in out.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{out:?}");
+        }
     }
 }

@@ -46,6 +46,9 @@ pub struct EngineOptions {
     pub max_side: Option<u32>,
     /// When set, each image's background is generated (several results per image).
     pub generate: Option<crate::generate::GenerateJob>,
+    /// How long a forward pass may wait for other tasks' images on the same device to fill
+    /// its batch (zero: join only what is already queued).
+    pub batch_linger: std::time::Duration,
 }
 
 impl Default for EngineOptions {
@@ -59,6 +62,7 @@ impl Default for EngineOptions {
             preview_height: None,
             max_side: None,
             generate: None,
+            batch_linger: std::time::Duration::ZERO,
         }
     }
 }
@@ -200,7 +204,7 @@ impl Engine {
                     let count = batch.slots.iter().filter(|s| s.is_ok()).count();
                     if count > 0 {
                         let input = std::mem::take(&mut batch.input);
-                        batch.inferred = Some(self.inference.infer(input, count)?);
+                        batch.inferred = Some(self.inference.infer_within(input, count, opts.batch_linger)?);
                     }
                     if inferred_tx.send(batch).is_err() {
                         break;
@@ -257,7 +261,7 @@ impl Engine {
     }
 
     fn finish(&self, batch: Batch, opts: &EngineOptions) -> Vec<ItemResult> {
-        let Some(Timed { output, elapsed }) = batch.inferred else {
+        let Some(Timed { output, elapsed, batch: pass }) = batch.inferred else {
             return batch.slots.into_iter().map(|s| Err(s.err().expect("no image reached the model"))).collect();
         };
         let count = output.alphas.len();
@@ -278,7 +282,7 @@ impl Engine {
                 p.timings.forward_ms = forward_ms;
                 let small = GrayImage::from_raw(aw, ah, alpha).expect("alpha buffer matches its size");
                 let ctx =
-                    FinishContext { model: &model, device: &device, batch: count, opts, inference: &self.inference };
+                    FinishContext { model: &model, device: &device, batch: pass, opts, inference: &self.inference };
                 finish_one(p, &small, embedding, &ctx)
             })
             .collect()

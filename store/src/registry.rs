@@ -158,6 +158,7 @@ pub fn model_files(manifest: &ModelManifest) -> Vec<String> {
         files.extend(generator.files());
     }
     files.extend(manifest.trainable_file.clone());
+    files.extend(manifest.source.as_ref().and_then(|s| s.licence_file.clone()));
     files.push("manifest.json".to_string());
     // A file named twice (a trainable module that is also the inference file) is one file.
     let mut seen = std::collections::HashSet::new();
@@ -275,6 +276,28 @@ pub async fn locate<S: ObjectStore>(
         Err(RegistryError::UnknownModel { .. }) => Ok((Scope::Shared, resolve(store, model).await?)),
         Err(e) => Err(e),
     }
+}
+
+/// Every model `tenant` can use: its own, then the shared ones, each with its manifest, in
+/// name and version order within a scope. A manifest that no longer parses is skipped.
+pub async fn list_models<S: ObjectStore>(
+    store: &S,
+    tenant: &fleet_protocol::keys::TenantId,
+) -> Result<Vec<(Scope, ModelManifest)>, RegistryError> {
+    let mut models = Vec::new();
+    for (scope, prefix) in
+        [(Scope::Tenant(tenant.clone()), format!("{tenant}/models/")), (Scope::Shared, "models/".into())]
+    {
+        let mut keys = crate::list_all(store, &prefix).await?;
+        keys.retain(|k| k.ends_with("/manifest.json") && k[prefix.len()..].matches('/').count() == 2);
+        keys.sort();
+        for key in keys {
+            if let Ok(manifest) = ModelManifest::from_json(&store.get(&key).await?) {
+                models.push((scope.clone(), manifest));
+            }
+        }
+    }
+    Ok(models)
 }
 
 /// The recorded digests of `files`, or `None` for a model published without `files.json`.

@@ -55,6 +55,7 @@ fn export_variant(dir: &Path) -> ModelManifest {
                 file: "embed.pt".into(),
                 dim: reference.matting_output().embedding.dim(),
             },
+            postprocess: Default::default(),
         }),
         generator: None,
         metrics: None,

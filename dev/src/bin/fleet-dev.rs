@@ -84,6 +84,10 @@ enum Command {
         /// Write each input beside its result here (named by the class asked for and seen).
         #[arg(long)]
         save: Option<PathBuf>,
+        /// Fail (exit non-zero) when the backdrop asked for is recognised in fewer than this
+        /// share of fast-mode results: the acceptance check a trained generator must pass.
+        #[arg(long)]
+        min_class_accuracy: Option<f64>,
     },
     /// Benchmark the reference generator: sampler steps/s against a bare tch loop (rounds
     /// interleaved), photos/s in fast and quality mode; prints a table for BENCHMARKS.md.
@@ -102,6 +106,23 @@ enum Command {
         /// Side of the square test photos.
         #[arg(long, default_value_t = 256)]
         side: u32,
+    },
+    /// A matting model's quality: IoU and MAE on the synthetic held-out catalog, and the
+    /// uncertainty score (share of pixels neither clear foreground nor background) of each
+    /// photo given, most uncertain first. Prints JSON.
+    EvalModel {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Held-out synthetic images.
+        #[arg(long, default_value_t = 60)]
+        samples: usize,
+        /// Catalog seed of the held-out set (by default the one the reference model's
+        /// manifest figures come from).
+        #[arg(long, default_value_t = fleet_dev::reference::train::EVAL_SEED)]
+        seed: u64,
+        /// Real photos to score.
+        #[arg(long, value_delimiter = ',')]
+        photos: Vec<PathBuf>,
     },
     /// Benchmark the engine on ~1 MP images at batch sizes 1, 8 and 32.
     Bench {
@@ -236,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", fleet_dev::reference::generator::markdown(&arms));
             println!("{}", serde_json::to_string_pretty(&arms)?);
         }
-        Command::GeneratorCheck { generator, models, photos, save } => {
+        Command::GeneratorCheck { generator, models, photos, save, min_class_accuracy } => {
             let device = fleet_engine::resolve_device(fleet_protocol::DeviceSpec::Auto)?;
             let matting = fleet_engine::model::LoadedModel::load(&train::ensure_reference_model(&models)?, device)?;
             let generator = fleet_engine::generate::Generator::load(&generator, device)?;
@@ -271,6 +292,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     save.as_deref(),
                 )?;
                 println!("{}", serde_json::json!({"mode": mode, "evaluation": e}));
+                if let (Some(min), "fast") = (min_class_accuracy, mode) {
+                    anyhow::ensure!(
+                        e.class_accuracy >= min,
+                        "the generator draws the backdrop asked for in {:.2} of {photos} held-out photos; \
+                         {min:.2} is needed",
+                        e.class_accuracy
+                    );
+                }
             }
         }
         Command::BenchGenerate { models, rounds, steps, results, photos, side } => {
@@ -280,6 +309,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let b = fleet_dev::generate::bench::run(&generator, rounds, steps, results, photos, side)?;
             println!("{}", fleet_dev::generate::bench::markdown(&b, generator.sample_size(side, side), side));
             println!("{}", serde_json::to_string_pretty(&b)?);
+        }
+        Command::EvalModel { model, samples, seed, photos } => {
+            let engine = model.start()?;
+            let inference = engine.inference();
+            let started = std::time::Instant::now();
+            let synthetic = fleet_dev::reference::eval::evaluate(
+                inference,
+                seed,
+                samples,
+                fleet_dev::reference::train::EVAL_LONG_SIDE,
+            )?;
+            let seconds = started.elapsed().as_secs_f64();
+            let mut scored = Vec::new();
+            for path in &photos {
+                let rgb = image::open(path)?.to_rgb8();
+                let spec = &inference.manifest().input;
+                let mut input = vec![0.0f32; 3 * (spec.width * spec.height) as usize];
+                fleet_engine::preprocess::normalize_into(&rgb, spec, &mut input);
+                let out = inference.infer(input, 1)?.output;
+                let (h, w) = out.alpha_size;
+                let alpha = image::GrayImage::from_raw(w, h, out.alphas[0].clone()).expect("alpha matches its size");
+                let alpha = fleet_imaging::resize::resize_gray(&alpha, rgb.width(), rgb.height());
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                scored.push((name, fleet_imaging::matte::uncertainty(&alpha)));
+            }
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let report = serde_json::json!({
+                "model": inference.manifest().model_ref().to_string(),
+                "device": format!("{:?}", inference.device()),
+                "synthetic": {"iou": synthetic.iou, "mae": synthetic.mae, "worst_iou": synthetic.worst_iou,
+                              "samples": synthetic.samples, "seed": seed, "seconds": seconds},
+                "photos_by_uncertainty": scored.iter().map(|(n, u)| serde_json::json!({"photo": n, "uncertainty": u}))
+                    .collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::Bench { model, images, batches } => {
             let engine = model.start()?;

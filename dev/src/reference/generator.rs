@@ -138,6 +138,10 @@ pub fn ensure_base(python: &Path, models_root: &Path) -> Result<PathBuf> {
         weights_mib: parameters as f64 * 4.0 / (1024.0 * 1024.0),
         training: serde_json::json!({"state": "untrained: seeded initial weights", "vocabulary": PROMPT_WORDS}),
         metrics: None,
+        precision: Default::default(),
+        max_batch: None,
+        memory_measured: None,
+        source: None,
     };
     let manifest_path = tmp.path().join("manifest.json");
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).what("encoding the manifest")?)

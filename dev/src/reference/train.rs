@@ -292,6 +292,7 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
             alpha: AlphaKind::Probability,
             alpha_index: None,
             embedding: EmbeddingSpec::Model { file: EMBEDDING_FILE.to_string(), dim: EMBEDDING_DIM as usize },
+            postprocess: Default::default(),
         }),
         generator: None,
         parameters: parameters as u64,
@@ -299,6 +300,10 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
         weights_mib: parameters as f64 * 4.0 / (1024.0 * 1024.0),
         training,
         metrics: None::<Metrics>,
+        precision: Default::default(),
+        max_batch: None,
+        memory_measured: None,
+        source: None,
     }
 }
 

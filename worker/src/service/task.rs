@@ -5,12 +5,12 @@
 //! a re-dispatched task rewrites the same objects; the scheduler counts the task once.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::encode::OutputFormat;
-use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec};
+use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec, Priority};
 use fleet_protocol::keys::{check_tenant_key, output_keys, results_prefix, TenantId};
 use fleet_protocol::message::{now_ms, ItemFailureReport, TaskMessage};
 use fleet_store::s3::S3Store;
@@ -142,6 +142,18 @@ fn shadow(spec: fleet_protocol::job::ShadowSpec) -> fleet_imaging::composite::Sh
     }
 }
 
+/// How long a batch task's forward pass may wait for other tasks' images on a GPU, so lanes
+/// sharing a device fill one batch; interactive work never waits, and neither does the CPU
+/// (a bigger batch there buys no throughput).
+const GPU_BATCH_LINGER: Duration = Duration::from_millis(4);
+
+fn batch_linger(priority: Priority, device: tch::Device) -> Duration {
+    match (priority, device.is_cuda()) {
+        (Priority::Batch, true) => GPU_BATCH_LINGER,
+        _ => Duration::ZERO,
+    }
+}
+
 /// Runs the task and writes its outputs; item problems are failures in the result, store or
 /// device problems fail the attempt.
 pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult, AttemptError> {
@@ -161,6 +173,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
             _ => None,
         },
         limits,
+        batch_linger: batch_linger(task.priority, ctx.engine.inference().device()),
         ..Default::default()
     };
     let mut failures = Vec::new();

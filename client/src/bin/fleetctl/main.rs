@@ -116,6 +116,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// The models this tenant can use (its own, then the shared ones): task, input size,
+    /// parameters, precision, where the weights come from and their licence.
+    Models,
+    /// Upload local image files under a prefix of the tenant's space (one object per file,
+    /// named by the file name).
+    Upload {
+        #[arg(long)]
+        prefix: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
     SeedCatalog {
         #[arg(long)]
@@ -175,6 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { id } => tenant::cancel(&client, &id).await?,
         Command::Summary { id, sheet, sheet_rows } => tenant::summary(&client, &id, sheet, sheet_rows).await?,
         Command::FetchModel { model, out } => tenant::fetch_model(&client, &model, &out).await?,
+        Command::Models => tenant::models(&client).await?,
+        Command::Upload { prefix, files } => tenant::upload(&client, &prefix, &files).await?,
         Command::Workers => ops::workers(&client).await?,
         Command::Cordon { worker } => ops::cordon(&client, &worker).await?,
         Command::Uncordon { worker } => ops::uncordon(&client, &worker).await?,

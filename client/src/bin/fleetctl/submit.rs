@@ -49,8 +49,9 @@ pub(crate) struct SubmitArgs {
     /// Longest output side.
     #[arg(long)]
     max_side: Option<u32>,
-    // The matting model, `name@version` (no help text: `--help` shows only its default).
-    #[arg(long, default_value = "matting-ref@1.0.0")]
+    /// Matting model, name@version: isnet-general@1.0.0 is IS-Net (1024 px, AGPL-3.0 weights),
+    /// matting-ref@1.0.0 the fast reference model; `fleetctl models` lists them all.
+    #[arg(long, default_value = "isnet-general@1.0.0")]
     model: String,
     /// interactive | batch
     #[arg(long, default_value = "batch")]

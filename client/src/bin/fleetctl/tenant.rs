@@ -141,6 +141,61 @@ pub(crate) async fn fetch_model(client: &Client, model: &str, out: &Path) -> any
     Ok(())
 }
 
+/// `models`: one line per model this tenant can use, the licence where the weights name one.
+pub(crate) async fn models(client: &Client) -> anyhow::Result<()> {
+    let models = fleet_store::registry::list_models(&client.s3, client.tenant()).await?;
+    println!(
+        "{:<24} {:<8} {:<21} {:>10} {:>11} {:<9} {:<12} SOURCE",
+        "MODEL", "SCOPE", "TASK", "INPUT", "PARAMETERS", "CUDA", "LICENCE"
+    );
+    for (scope, m) in models {
+        let scope = match scope {
+            fleet_store::registry::Scope::Shared => "shared".to_string(),
+            fleet_store::registry::Scope::Tenant(_) => "own".to_string(),
+        };
+        let task = serde_json::to_value(m.task).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let cuda = serde_json::to_value(m.precision.cuda).ok().and_then(|v| v.as_str().map(str::to_string));
+        let (licence, source) = match &m.source {
+            Some(s) => (s.licence.clone(), format!("{}@{}", s.package, s.version)),
+            None => ("-".to_string(), "trained by the fleet".to_string()),
+        };
+        println!(
+            "{:<24} {:<8} {:<21} {:>10} {:>11} {:<9} {:<12} {source}",
+            m.model_ref().to_string(),
+            scope,
+            task,
+            format!("{}x{}", m.input.width, m.input.height),
+            m.parameters,
+            cuda.unwrap_or_default(),
+            licence,
+        );
+    }
+    Ok(())
+}
+
+/// `upload`: each file under `prefix` by its file name; prints how many and the bytes.
+pub(crate) async fn upload(client: &Client, prefix: &str, files: &[PathBuf]) -> anyhow::Result<()> {
+    fleet_protocol::keys::check_tenant_prefix(client.tenant(), prefix)?;
+    let mut bytes_total = 0;
+    for path in files {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no file name", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        bytes_total += bytes.len();
+        let content_type = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("png") => "image/png",
+            Some("jpg" | "jpeg") => "image/jpeg",
+            Some("webp") => "image/webp",
+            _ => "application/octet-stream",
+        };
+        client.s3.put(&format!("{prefix}{name}"), bytes, content_type).await?;
+    }
+    println!("uploaded {} files ({bytes_total} bytes) under {prefix}", files.len());
+    Ok(())
+}
+
 /// A scratch folder beside `out` (same file system, so the fetched files copy locally).
 fn tempfile_dir(out: &Path) -> anyhow::Result<PathBuf> {
     let dir = out.join(format!(".fetch-{}", std::process::id()));

@@ -154,6 +154,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 preview_height: Some(fleet_engine::folder::SHEET_ROW_HEIGHT),
                 max_side: None,
                 generate: None,
+                batch_linger: std::time::Duration::ZERO,
             };
             opts.validate().map_err(anyhow::Error::msg)?;
             let engine = model.start()?;
