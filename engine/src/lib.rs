@@ -32,7 +32,7 @@ pub mod runtime;
 pub use error::EngineError;
 pub use pipeline::{Engine, EngineOptions, InputItem, ItemOutput, ItemResult, Preview, Variant};
 pub use record::{GeneratedRecord, ItemFailure, ItemRecord, StageTimings};
-pub use runtime::{resolve_device, InferenceThread};
+pub use runtime::{resolve_device, BatchInput, InferenceThread};
 
 /// Whether libtorch sees a usable CUDA device.
 pub fn cuda_available() -> bool {

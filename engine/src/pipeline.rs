@@ -21,9 +21,9 @@ use fleet_imaging::resize::{resize_gray, resize_rgb};
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 
-use super::preprocess::normalize_into;
+use super::preprocess::{normalize_into, resized_pixels};
 use super::record::{ImageInfo, ItemFailure, ItemRecord, OutputInfo, StageTimings};
-use super::runtime::{InferenceThread, Timed};
+use super::runtime::{BatchInput, InferenceThread, Timed};
 use super::EngineError;
 
 /// How the engine treats each image of a job.
@@ -146,9 +146,15 @@ struct Prepared {
 }
 
 /// One batch moving through the stages, in input order.
+/// One image's model input, as [`Engine::prepare`] makes it.
+enum Prepped {
+    Planes(Vec<f32>),
+    Pixels(Vec<u8>),
+}
+
 struct Batch {
     slots: Vec<Result<Prepared, ItemFailure>>,
-    input: Vec<f32>,
+    input: Option<BatchInput>,
     inferred: Option<Timed>,
 }
 
@@ -203,7 +209,7 @@ impl Engine {
                 for mut batch in prepared_rx {
                     let count = batch.slots.iter().filter(|s| s.is_ok()).count();
                     if count > 0 {
-                        let input = std::mem::take(&mut batch.input);
+                        let input = batch.input.take().expect("a prepared batch holds its input");
                         batch.inferred = Some(self.inference.infer_within(input, count, opts.batch_linger)?);
                     }
                     if inferred_tx.send(batch).is_err() {
@@ -221,10 +227,13 @@ impl Engine {
         })
     }
 
+    /// Decodes and prepares a chunk: normalised planes for a CPU model; for a GPU model the
+    /// resized 8-bit pixels, normalised on the device (a quarter of the bytes to copy).
     fn prepare(&self, chunk: Vec<InputItem>, opts: &EngineOptions) -> Batch {
         let spec = &self.inference.manifest().input;
         let plane = 3 * (spec.width * spec.height) as usize;
-        let decoded: Vec<Result<(Prepared, Vec<f32>), ItemFailure>> = chunk
+        let on_device = self.inference.device().is_cuda();
+        let decoded: Vec<Result<(Prepared, Prepped), ItemFailure>> = chunk
             .into_par_iter()
             .map(|item| {
                 let started = Instant::now();
@@ -235,8 +244,13 @@ impl Engine {
                 }
                 let mut timings = StageTimings { decode_ms: ms(started), ..Default::default() };
                 let started = Instant::now();
-                let mut planes = vec![0.0f32; plane];
-                normalize_into(&decoded.rgb, spec, &mut planes);
+                let prepped = if on_device {
+                    Prepped::Pixels(resized_pixels(&decoded.rgb, spec))
+                } else {
+                    let mut planes = vec![0.0f32; plane];
+                    normalize_into(&decoded.rgb, spec, &mut planes);
+                    Prepped::Planes(planes)
+                };
                 timings.preprocess_ms = ms(started);
                 let input = ImageInfo {
                     width: decoded.rgb.width(),
@@ -244,19 +258,23 @@ impl Engine {
                     format: decoded.format,
                     bytes: item.bytes.len(),
                 };
-                Ok((Prepared { id: item.id, rgb: decoded.rgb, input, timings }, planes))
+                Ok((Prepared { id: item.id, rgb: decoded.rgb, input, timings }, prepped))
             })
             .collect();
-        let mut input = Vec::with_capacity(plane * decoded.len());
+        let (mut planes, mut pixels) = (Vec::new(), Vec::new());
         let slots = decoded
             .into_iter()
             .map(|slot| {
-                slot.map(|(prepared, planes)| {
-                    input.extend_from_slice(&planes);
+                slot.map(|(prepared, prepped)| {
+                    match prepped {
+                        Prepped::Planes(p) => planes.extend_from_slice(&p),
+                        Prepped::Pixels(p) => pixels.extend_from_slice(&p),
+                    }
                     prepared
                 })
             })
             .collect();
+        let input = Some(if on_device { BatchInput::Pixels(pixels) } else { BatchInput::Normalized(planes) });
         Batch { slots, input, inferred: None }
     }
 

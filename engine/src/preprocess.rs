@@ -1,5 +1,6 @@
 //! Turning decoded images into the model's input: resize to the model's size (aspect ratio
-//! not kept, as BiRefNet and RMBG do) and normalise into a planar `[3,H,W]` f32 buffer.
+//! not kept, as BiRefNet and RMBG do) and normalise into a planar `[3,H,W]` f32 buffer, or,
+//! for a model on a GPU, keep the resized 8-bit pixels for normalisation there.
 
 use fleet_imaging::resize::resize_rgb;
 use fleet_protocol::manifest::InputSpec;
@@ -27,6 +28,16 @@ pub fn normalize_into(img: &RgbImage, spec: &InputSpec, out: &mut [f32]) {
         r[i] = px[0] as f32 * mul[0] + add[0];
         g[i] = px[1] as f32 * mul[1] + add[1];
         b[i] = px[2] as f32 * mul[2] + add[2];
+    }
+}
+
+/// `img` resized to the model input size as interleaved 8-bit RGB (`H * W * 3` bytes), for
+/// normalisation on the model's device.
+pub fn resized_pixels(img: &RgbImage, spec: &InputSpec) -> Vec<u8> {
+    if img.dimensions() == (spec.width, spec.height) {
+        img.as_raw().clone()
+    } else {
+        resize_rgb(img, spec.width, spec.height).into_raw()
     }
 }
 

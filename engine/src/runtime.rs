@@ -45,8 +45,27 @@ pub struct Timed {
     pub batch: usize,
 }
 
+/// A batch of images as it travels to the inference thread.
+#[derive(Debug)]
+pub enum BatchInput {
+    /// Normalised planes `[count,3,H,W]`, float32 (normalised on the CPU).
+    Normalized(Vec<f32>),
+    /// Resized 8-bit RGB `[count,H,W,3]`, normalised on the model's device: a quarter of the
+    /// bytes to copy, from pinned memory without blocking on a GPU.
+    Pixels(Vec<u8>),
+}
+
+impl BatchInput {
+    fn len(&self) -> usize {
+        match self {
+            BatchInput::Normalized(v) => v.len(),
+            BatchInput::Pixels(v) => v.len(),
+        }
+    }
+}
+
 struct Request {
-    input: Vec<f32>,
+    input: BatchInput,
     count: usize,
     linger: Duration,
     reply: Sender<Result<Timed, EngineError>>,
@@ -117,12 +136,12 @@ impl InferenceThread {
     /// Runs `count` images given as one normalised `[count,3,H,W]` buffer; blocks until done.
     /// Joins whatever other requests are queued on the device, and waits for none.
     pub fn infer(&self, input: Vec<f32>, count: usize) -> Result<Timed, EngineError> {
-        self.infer_within(input, count, Duration::ZERO)
+        self.infer_within(BatchInput::Normalized(input), count, Duration::ZERO)
     }
 
-    /// [`infer`](Self::infer), letting the pass wait up to `linger` for other requests to
-    /// fill the batch.
-    pub fn infer_within(&self, input: Vec<f32>, count: usize, linger: Duration) -> Result<Timed, EngineError> {
+    /// [`infer`](Self::infer) of either kind of input, letting the pass wait up to `linger`
+    /// for other requests to fill the batch.
+    pub fn infer_within(&self, input: BatchInput, count: usize, linger: Duration) -> Result<Timed, EngineError> {
         let (reply, rx) = bounded(1);
         let tx = self.tx.as_ref().ok_or(EngineError::Stopped)?;
         tx.send(Request { input, count, linger, reply }).map_err(|_| EngineError::Stopped)?;
@@ -139,11 +158,13 @@ fn serve(model: &LoadedModel, mut group: Vec<Request>) {
         return;
     }
     let total: usize = group.iter().map(|r| r.count).sum();
-    let mut input = Vec::with_capacity(group.iter().map(|r| r.input.len()).sum());
-    for req in &group {
-        input.extend_from_slice(&req.input);
-    }
-    match run(model, input, total) {
+    let started = Instant::now();
+    let shared = group
+        .iter()
+        .map(|r| to_batch(model, &r.input, r.count))
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|parts| timed(model, &Tensor::cat(&parts, 0), started));
+    match shared {
         Ok(Timed { output, elapsed, .. }) => {
             let mut alphas = output.alphas.into_iter();
             let mut embeddings = output.embeddings.into_iter();
@@ -165,12 +186,44 @@ fn serve(model: &LoadedModel, mut group: Vec<Request>) {
     }
 }
 
-fn run(model: &LoadedModel, input: Vec<f32>, count: usize) -> Result<Timed, EngineError> {
+/// The request's images as a model input on the model's device: planes as they are, pixels
+/// copied as bytes (pinned, without blocking, on a GPU) and normalised there.
+fn to_batch(model: &LoadedModel, input: &BatchInput, count: usize) -> Result<Tensor, EngineError> {
     let spec = &model.manifest.input;
+    let (n, h, w) = (count as i64, spec.height as i64, spec.width as i64);
+    if input.len() as i64 != n * 3 * h * w {
+        return Err(EngineError::InvalidRequest {
+            reason: format!("{} values for {count} images of {w}x{h}", input.len()),
+        });
+    }
+    let device = model.device();
+    Ok(match input {
+        BatchInput::Normalized(planes) => Tensor::from_slice(planes).view([n, 3, h, w]).to_device(device),
+        BatchInput::Pixels(bytes) => {
+            let host = Tensor::from_slice(bytes).view([n, h, w, 3]);
+            let on_device = if device.is_cuda() {
+                host.pin_memory(device).to_device_(device, tch::Kind::Uint8, true, false)
+            } else {
+                host
+            };
+            // x * scale / std - mean / std, per channel, as `preprocess::normalize_into` does.
+            let mul: Vec<f32> = (0..3).map(|c| spec.scale / spec.std[c]).collect();
+            let add: Vec<f32> = (0..3).map(|c| -spec.mean[c] / spec.std[c]).collect();
+            let column = |v: &[f32]| Tensor::from_slice(v).view([1, 3, 1, 1]).to_device(device);
+            on_device.permute([0, 3, 1, 2]).to_kind(tch::Kind::Float) * column(&mul) + column(&add)
+        }
+    })
+}
+
+fn run(model: &LoadedModel, input: BatchInput, count: usize) -> Result<Timed, EngineError> {
     let started = Instant::now();
-    let batch = Tensor::from_slice(&input).view([count as i64, 3, spec.height as i64, spec.width as i64]);
-    let output = model.forward(&batch)?;
-    Ok(Timed { output, elapsed: started.elapsed(), batch: count })
+    timed(model, &to_batch(model, &input, count)?, started)
+}
+
+fn timed(model: &LoadedModel, batch: &Tensor, started: Instant) -> Result<Timed, EngineError> {
+    let _guard = tch::no_grad_guard();
+    let output = model.forward(batch)?;
+    Ok(Timed { batch: output.alphas.len(), output, elapsed: started.elapsed() })
 }
 
 impl Drop for InferenceThread {

@@ -9,7 +9,8 @@ use fleet_dev::reference::eval::{evaluate, score};
 use fleet_dev::reference::train::{EVAL_LONG_SIDE, EVAL_SEED};
 use fleet_engine::model::LoadedModel;
 use fleet_engine::preprocess::normalize_into;
-use fleet_engine::InferenceThread;
+use fleet_engine::preprocess::resized_pixels;
+use fleet_engine::{BatchInput, InferenceThread};
 use fleet_protocol::manifest::{ModelManifest, Postprocess};
 use fleet_protocol::DeviceSpec;
 use fleet_tests_engine::{models_root, reference_dir};
@@ -126,11 +127,12 @@ fn requests_from_two_tasks_share_one_pass_and_each_gets_its_own_results() {
     };
     let alone = [inference.infer(input(0), 2).unwrap(), inference.infer(input(10), 2).unwrap()];
     assert_eq!((alone[0].batch, alone[1].batch), (2, 2));
+    let linger = std::time::Duration::from_secs(2);
     let (a, b) = std::thread::scope(|scope| {
-        // The first request lets its pass wait up to 2 s for company; the second joins it.
-        let a = scope.spawn(|| inference.infer_within(input(0), 2, std::time::Duration::from_secs(2)).unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let b = scope.spawn(|| inference.infer(input(10), 2).unwrap());
+        // Each request lets its pass wait up to 2 s for company: whichever comes first, the
+        // other joins it.
+        let a = scope.spawn(|| inference.infer_within(BatchInput::Normalized(input(0)), 2, linger).unwrap());
+        let b = scope.spawn(|| inference.infer_within(BatchInput::Normalized(input(10)), 2, linger).unwrap());
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_eq!((a.batch, b.batch), (4, 4), "both requests ran in one pass of 4");
@@ -141,4 +143,26 @@ fn requests_from_two_tasks_share_one_pass_and_each_gets_its_own_results() {
             assert!(max <= 1, "a request's alphas in a shared pass differ by {max} from its own pass");
         }
     }
+}
+
+#[test]
+fn pixels_normalised_by_the_model_s_device_give_the_alphas_of_planes_normalised_on_the_cpu() {
+    let inference = InferenceThread::start(&reference_dir(), DeviceSpec::Cpu).unwrap();
+    let spec = inference.manifest().input.clone();
+    let plane = 3 * (spec.width * spec.height) as usize;
+    let images: Vec<_> = (0..3).map(|i| fleet_synth::render_sample(EVAL_SEED, 20 + i, 200, 700).image).collect();
+    let mut planes = vec![0.0f32; 3 * plane];
+    let mut pixels = Vec::new();
+    for (img, out) in images.iter().zip(planes.chunks_mut(plane)) {
+        normalize_into(img, &spec, out);
+        pixels.extend(resized_pixels(img, &spec));
+    }
+    let on_cpu = inference.infer(planes, 3).unwrap();
+    let on_device = inference.infer_within(BatchInput::Pixels(pixels), 3, std::time::Duration::ZERO).unwrap();
+    for (x, y) in on_cpu.output.alphas.iter().zip(&on_device.output.alphas) {
+        let max = x.iter().zip(y).map(|(p, q)| p.abs_diff(*q)).max().unwrap();
+        assert!(max <= 1, "alphas differ by {max}");
+    }
+    let bad = inference.infer_within(BatchInput::Pixels(vec![0; 10]), 1, std::time::Duration::ZERO);
+    assert!(bad.unwrap_err().to_string().contains("10 values for 1 images"), "a short buffer is refused");
 }
