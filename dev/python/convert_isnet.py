@@ -254,7 +254,8 @@ def main():
         "version": args.version,
         "task": "matting",
         "file": "model.pt",
-        "input": {"height": SIDE, "width": SIDE, "scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
+        "input": {"height": SIDE, "width": SIDE, "scale": 1.0 / 255.0, "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0],
+                  "fixed": True},
         "output": {
             "alpha": "probability",
             "alpha_index": 0,

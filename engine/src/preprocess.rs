@@ -47,7 +47,14 @@ mod tests {
 
     #[test]
     fn applies_scale_mean_and_std_per_channel() {
-        let spec = InputSpec { height: 2, width: 2, scale: 1.0 / 255.0, mean: [0.5, 0.0, 0.25], std: [0.5, 1.0, 0.25] };
+        let spec = InputSpec {
+            height: 2,
+            width: 2,
+            scale: 1.0 / 255.0,
+            mean: [0.5, 0.0, 0.25],
+            std: [0.5, 1.0, 0.25],
+            fixed: false,
+        };
         let img = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51]));
         let mut out = vec![0.0; 12];
         normalize_into(&img, &spec, &mut out);
@@ -60,7 +67,7 @@ mod tests {
 
     #[test]
     fn resizes_to_the_model_size() {
-        let spec = InputSpec { height: 4, width: 8, scale: 1.0, mean: [0.0; 3], std: [1.0; 3] };
+        let spec = InputSpec { height: 4, width: 8, scale: 1.0, mean: [0.0; 3], std: [1.0; 3], fixed: false };
         let img = RgbImage::from_pixel(37, 5, image::Rgb([10, 20, 30]));
         let mut out = vec![0.0; 3 * 32];
         normalize_into(&img, &spec, &mut out);

@@ -56,6 +56,10 @@ pub struct InputSpec {
     pub mean: [f32; 3],
     /// Per-channel standard deviation divided by after the mean (RGB order).
     pub std: [f32; 3],
+    /// The model takes only `width x height` (a traced graph with its sizes baked in, as the
+    /// converted IS-Net): fine-tunes then train at that size instead of aspect-ratio buckets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
 }
 
 fn default_scale() -> f32 {

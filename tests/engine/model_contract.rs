@@ -47,7 +47,14 @@ fn export_variant(dir: &Path) -> ModelManifest {
         name: "variant".into(),
         version: "0.1.0".into(),
         file: "variant.pt".into(),
-        input: InputSpec { height: H as u32, width: W as u32, scale: 1.0 / 255.0, mean: [0.0; 3], std: [1.0; 3] },
+        input: InputSpec {
+            height: H as u32,
+            width: W as u32,
+            scale: 1.0 / 255.0,
+            mean: [0.0; 3],
+            std: [1.0; 3],
+            fixed: false,
+        },
         output: Some(OutputSpec {
             alpha: AlphaKind::Logits,
             alpha_index: None,

@@ -245,7 +245,11 @@ pub fn prepare_training(
     h: &Hyper,
     manifest: &ModelManifest,
 ) -> Vec<(usize, Prepared)> {
-    let buckets = fleet_engine::buckets::buckets(h.pixel_budget);
+    let buckets = if manifest.input.fixed {
+        vec![(manifest.input.width, manifest.input.height)]
+    } else {
+        fleet_engine::buckets::buckets(h.pixel_budget)
+    };
     train_idx
         .iter()
         .map(|&i| {

@@ -129,7 +129,7 @@ pub fn ensure_base(python: &Path, models_root: &Path) -> Result<PathBuf> {
         task: Task::BackgroundGenerator,
         file: "denoiser.pt".into(),
         trainable_file: None,
-        input: InputSpec { height: 32, width: 32, scale: 1.0 / 127.5, mean: [1.0; 3], std: [1.0; 3] },
+        input: InputSpec { height: 32, width: 32, scale: 1.0 / 127.5, mean: [1.0; 3], std: [1.0; 3], fixed: false },
         output: None,
         generator: Some(spec()),
         parameters,

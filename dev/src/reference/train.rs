@@ -287,7 +287,14 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
         task: Task::Matting,
         file: "model.pt".to_string(),
         trainable_file: Some(TRAINABLE_FILE.to_string()),
-        input: InputSpec { height: cfg.input_side, width: cfg.input_side, scale: 1.0 / 255.0, mean: MEAN, std: STD },
+        input: InputSpec {
+            height: cfg.input_side,
+            width: cfg.input_side,
+            scale: 1.0 / 255.0,
+            mean: MEAN,
+            std: STD,
+            fixed: false,
+        },
         output: Some(OutputSpec {
             alpha: AlphaKind::Probability,
             alpha_index: None,

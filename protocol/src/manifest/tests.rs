@@ -7,7 +7,7 @@ fn sample() -> ModelManifest {
         task: Task::Matting,
         file: "model.pt".into(),
         trainable_file: None,
-        input: InputSpec { height: 128, width: 128, scale: 1.0 / 255.0, mean: [0.5; 3], std: [0.25; 3] },
+        input: InputSpec { height: 128, width: 128, scale: 1.0 / 255.0, mean: [0.5; 3], std: [0.25; 3], fixed: false },
         output: Some(OutputSpec {
             alpha: AlphaKind::Probability,
             alpha_index: Some(0),
@@ -102,7 +102,8 @@ fn isnet_source() -> ModelSource {
 fn a_converted_model_declares_precision_batch_postprocess_and_licence() {
     let json = serde_json::json!({
         "name": "isnet-general", "version": "1.0.0", "task": "matting", "file": "model.pt",
-        "input": {"height": 1024, "width": 1024, "scale": 0.00392157, "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0]},
+        "input": {"height": 1024, "width": 1024, "scale": 0.00392157, "mean": [0.5, 0.5, 0.5], "std": [1.0, 1.0, 1.0],
+                  "fixed": true},
         "output": {"alpha": "probability", "alpha_index": 0, "embedding": {"source": "output", "index": 1, "dim": 512},
                    "postprocess": "min_max"},
         "precision": {"cpu": "fp32", "cuda": "fp16"}, "max_batch": 32,
@@ -113,6 +114,7 @@ fn a_converted_model_declares_precision_batch_postprocess_and_licence() {
     assert_eq!(m.precision_on(true), Precision::Fp16);
     assert_eq!(m.precision_on(false), Precision::Fp32);
     assert_eq!(m.max_batch, Some(32));
+    assert!(m.input.fixed, "a traced graph with baked-in sizes trains at its one size");
     assert_eq!(m.matting_output().postprocess, Postprocess::MinMax);
     assert_eq!(m.licence(), Some("AGPL-3.0"));
     let mut v = json.clone();
@@ -127,6 +129,7 @@ fn older_manifests_read_as_float32_unbatched_and_unprocessed() {
     for absent in ["precision", "max_batch", "memory_measured", "source"] {
         assert!(json.get(absent).is_none(), "{absent} is left out when it says nothing");
     }
+    assert!(json["input"].get("fixed").is_none());
     assert!(json["output"].get("postprocess").is_none());
     let m = ModelManifest::from_json(&serde_json::to_vec(&json).unwrap()).unwrap();
     assert_eq!((m.precision_on(true), m.max_batch, m.licence()), (Precision::Fp32, None, None));
