@@ -355,6 +355,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_model_trained_for_fewer_steps_than_asked_is_rebuilt() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = model_dir(root.path());
+        build(&tiny(), &dir).unwrap();
+        let longer = TrainConfig { steps: tiny().steps + 2, ..tiny() };
+        assert_eq!(ensure_reference_model_with(root.path(), &longer).unwrap(), dir);
+        let manifest = ModelManifest::from_json(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest.training["steps"], longer.steps, "rebuilt with every step");
+        // Asked again with the same steps, it is cached.
+        let built = std::fs::read(dir.join("model.pt")).unwrap();
+        ensure_reference_model_with(root.path(), &longer).unwrap();
+        assert_eq!(std::fs::read(dir.join("model.pt")).unwrap(), built);
+    }
+
+    #[test]
     fn a_cached_folder_without_the_trainable_module_gets_it_without_retraining() {
         let root = tempfile::tempdir().unwrap();
         let dir = model_dir(root.path());
@@ -365,7 +380,7 @@ mod tests {
         std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&old).unwrap()).unwrap();
         let traced = std::fs::read(dir.join("model.pt")).unwrap();
 
-        assert_eq!(ensure_reference_model(root.path()).unwrap(), dir);
+        assert_eq!(ensure_reference_model_with(root.path(), &tiny()).unwrap(), dir);
         let added = read_manifest();
         assert_eq!(added.trainable_file.as_deref(), Some(TRAINABLE_FILE));
         assert!(dir.join(TRAINABLE_FILE).is_file());
