@@ -221,7 +221,6 @@ fn run(model: &LoadedModel, input: BatchInput, count: usize) -> Result<Timed, En
 }
 
 fn timed(model: &LoadedModel, batch: &Tensor, started: Instant) -> Result<Timed, EngineError> {
-    let _guard = tch::no_grad_guard();
     let output = model.forward(batch)?;
     Ok(Timed { batch: output.alphas.len(), output, elapsed: started.elapsed() })
 }

@@ -184,13 +184,7 @@ pub(crate) async fn upload(client: &Client, prefix: &str, files: &[PathBuf]) -> 
             .with_context(|| format!("{} has no file name", path.display()))?;
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         bytes_total += bytes.len();
-        let content_type = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("png") => "image/png",
-            Some("jpg" | "jpeg") => "image/jpeg",
-            Some("webp") => "image/webp",
-            _ => "application/octet-stream",
-        };
-        client.s3.put(&format!("{prefix}{name}"), bytes, content_type).await?;
+        client.s3.put(&format!("{prefix}{name}"), bytes, fleet_store::content_type(name)).await?;
     }
     println!("uploaded {} files ({bytes_total} bytes) under {prefix}", files.len());
     Ok(())
