@@ -380,8 +380,17 @@ check_rabbit_users() {
     log "rabbitmq: deleting the default guest user"
     rabbitmqctl_ delete_user guest >/dev/null
   fi
-  local user
-  for user in "$AMQP_USER" tenant-a tenant-b; do
+  local user missing=()
+  for user in "$AMQP_USER" fleet-api tenant-a tenant-b; do
+    grep -q "^${user}[[:space:]]" <<<"$users" || missing+=("$user")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  # A node first booted with older definitions (a user added since): import them again.
+  log "rabbitmq: users ${missing[*]} missing; importing $RABBIT_DIR/definitions.json"
+  rabbitmqctl_ import_definitions "$RABBIT_DIR/definitions.json" >/dev/null ||
+    fail "rabbitmq: importing definitions failed" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+  users=$(rabbitmqctl_ list_users) || fail "rabbitmq: list_users failed"
+  for user in "${missing[@]}"; do
     grep -q "^${user}[[:space:]]" <<<"$users" ||
       fail "rabbitmq: user $user missing after importing definitions" "$RABBIT_DIR/log/$RABBIT_NODE.log"
   done
@@ -667,6 +676,7 @@ cmd_status() {
 cmd_env() {
   cat <<EOF
 export FLEET_AMQP_URL=amqp://$AMQP_USER:$AMQP_PASS@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
+export FLEET_API_AMQP_URL=amqp://fleet-api:fleet-api-dev@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
 export FLEET_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export FLEET_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export FLEET_S3_REGION=$S3_REGION

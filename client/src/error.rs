@@ -92,6 +92,19 @@ pub enum ClientError {
     /// A blocking task (rendering synthetic data) panicked or was cancelled.
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),
+    /// The HTTP API could not be reached, or its answer broke off.
+    #[error(transparent)]
+    Http(#[from] fleet_api::client::CallError),
+    /// The HTTP API answered with a problem.
+    #[error("{status} {code}: {detail}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The problem's code.
+        code: String,
+        /// The problem's detail.
+        detail: String,
+    },
 }
 
 impl ClientError {
@@ -103,6 +116,8 @@ impl ClientError {
             ClientError::Broker(AmqpError::Nacked { .. }) => true,
             ClientError::State(e) => e.is_retryable(),
             ClientError::Store(e) => e.is_retryable(),
+            ClientError::Http(_) => true,
+            ClientError::Api { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }
     }

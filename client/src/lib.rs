@@ -5,6 +5,7 @@
 //! Submitting goes through RabbitMQ as the tenant's own broker user; reading state goes to
 //! Redis and S3 directly, which is what an operator's or a trusted front end's view needs.
 
+pub mod api;
 pub mod catalog;
 mod error;
 pub mod job_body;

@@ -66,6 +66,43 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// A URL that lets whoever holds it GET `key` until `expires` has passed, signed with this
+    /// store's credentials; nothing else can be read with it.
+    pub async fn presign_get(&self, key: &str, expires: std::time::Duration) -> Result<String, StoreError> {
+        check_key(key)?;
+        let config = presigning(key, expires)?;
+        let request = self.client.get_object().bucket(&self.bucket).key(key).presigned(config).await;
+        Ok(request.map_err(|e| backend("presign get", key, e))?.uri().to_string())
+    }
+
+    /// A URL that lets whoever holds it PUT exactly `key` (with `content_type`) until
+    /// `expires` has passed: the key and the content type are in the signature, so another key
+    /// or type is refused by the server.
+    pub async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        expires: std::time::Duration,
+    ) -> Result<String, StoreError> {
+        check_key(key)?;
+        let config = presigning(key, expires)?;
+        let request = self.client.put_object().bucket(&self.bucket).key(key).content_type(content_type);
+        let request = request.presigned(config).await.map_err(|e| backend("presign put", key, e))?;
+        Ok(request.uri().to_string())
+    }
+}
+
+/// The presigning settings for `expires` (S3 allows at most seven days).
+fn presigning(key: &str, expires: std::time::Duration) -> Result<aws_sdk_s3::presigning::PresigningConfig, StoreError> {
+    aws_sdk_s3::presigning::PresigningConfig::expires_in(expires).map_err(|e| StoreError::Backend {
+        op: "presign",
+        key: key.to_string(),
+        reason: e.to_string(),
+        retryable: false,
+    })
+}
+
 /// Maps an SDK error, deciding whether it is worth retrying.
 fn backend<E: ProvideErrorMetadata, R>(op: &'static str, key: &str, err: SdkError<E, R>) -> StoreError
 where

@@ -102,6 +102,40 @@ pub mod fleet {
             self.spawn_ready(name, command)
         }
 
+        /// Starts the HTTP API as its own broker user and returns its base URL once it answers
+        /// ready (Redis and the broker reachable). `env` adds settings (webhook backoff, ...).
+        pub fn api(&mut self, name: &str, env: &[(&str, &str)]) -> String {
+            let port = free_port();
+            let mut command = Command::new(binary("fleet-api"));
+            command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
+            for (key, value) in env {
+                command.env(key, value);
+            }
+            self.spawn(name, command);
+            self.await_ready(name, port);
+            format!("http://127.0.0.1:{port}")
+        }
+
+        /// Makes an API token with the operator's command: for `tenant`, or an operator's.
+        pub fn token(tenant: Option<&str>, name: &str) -> String {
+            let mut command = Command::new(binary("fleet-api"));
+            command.args(["token", "create", "--name", name]);
+            match tenant {
+                Some(t) => command.args(["--tenant", t]),
+                None => command.arg("--operator"),
+            };
+            let out = command.output().expect("fleet-api token create runs");
+            assert!(out.status.success(), "token create: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).expect("the token is text").trim().to_string()
+        }
+
+        /// Revokes a token with the operator's command.
+        pub fn revoke(token: &str) {
+            let id = token.strip_prefix("fleet_").and_then(|t| t.get(..16)).expect("a fleet token");
+            let out = Command::new(binary("fleet-api")).args(["token", "revoke", id]).output().expect("revoke runs");
+            assert!(out.status.success(), "token revoke: {}", String::from_utf8_lossy(&out.stderr));
+        }
+
         /// Whether the process `name` is still running.
         pub fn alive(&mut self, name: &str) -> bool {
             let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");
@@ -113,6 +147,12 @@ pub mod fleet {
             let port = free_port();
             command.env("FLEET_METRICS_ADDR", format!("127.0.0.1:{port}"));
             self.spawn(name, command);
+            self.await_ready(name, port);
+            self
+        }
+
+        /// Waits until the process `name` (just spawned) answers 200 on `/readyz` at `port`.
+        fn await_ready(&mut self, name: &str, port: u16) {
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while !ready(port) {
                 let (_, child) = self.procs.last_mut().expect("just spawned");
@@ -122,7 +162,6 @@ pub mod fleet {
                 assert!(std::time::Instant::now() < deadline, "{name} not ready after 120 s:\n{}", self.log(name));
                 std::thread::sleep(Duration::from_millis(100));
             }
-            self
         }
 
         /// Kills a process with SIGKILL: no drain, no goodbye.

@@ -15,6 +15,7 @@ mod ops;
 mod seed;
 mod submit;
 mod tenant;
+mod via_api;
 mod view;
 
 use std::path::PathBuf;
@@ -40,6 +41,13 @@ struct Cli {
     /// Redis URL (job state).
     #[arg(long, env = "FLEET_REDIS_URL", global = true)]
     redis_url: Option<String>,
+    /// The HTTP API; with --token, the tenant's commands (submit, show, list, failed, fetch,
+    /// cancel, models, upload) go through it and need no other credentials.
+    #[arg(long, env = "FLEET_API_URL", global = true, default_value = "http://127.0.0.1:8080")]
+    api_url: String,
+    /// The tenant's API token (`fleet-api token create`).
+    #[arg(long, env = "FLEET_API_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,8 +182,27 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
     Ok(Client::connect(&config).await?)
 }
 
-/// Runs one command; only `submit` has an exit code of its own (2: rejected).
+/// Runs one command; only `submit` has an exit code of its own (2: rejected). With a token,
+/// the tenant's commands go through the API.
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(token) = cli.token.as_deref().filter(|t| !t.is_empty()) {
+        let api = fleet_client::api::ApiTenant::new(&cli.api_url, token)?;
+        match cli.command {
+            Command::Submit(args) => return submit::submit_api(&api, *args).await,
+            Command::Show { id, watch } => via_api::show(&api, &id, watch).await?,
+            Command::List { limit } => via_api::list(&api, limit).await?,
+            Command::Failed { id } => via_api::failed(&api, &id).await?,
+            Command::Fetch { id, out } => via_api::fetch(&api, &id, &out).await?,
+            Command::Cancel { id } => via_api::cancel(&api, &id).await?,
+            Command::Models => via_api::models(&api).await?,
+            Command::Upload { prefix, files } => via_api::upload(&api, &prefix, &files).await?,
+            _ => anyhow::bail!(
+                "this command is an operator's or a developer's: it talks to the fleet's services directly \
+                 (unset FLEET_API_TOKEN and set the broker, Redis and S3 settings of deploy/stack.sh env)"
+            ),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let client = connect(&cli).await?;
     match cli.command {
         Command::Submit(args) => return submit::submit(&client, *args).await,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use fleet_client::api::ApiTenant;
 use fleet_client::job_body::{self, Generation};
 use fleet_client::{Client, Submitted};
 
@@ -74,11 +75,7 @@ pub(crate) struct SubmitArgs {
 /// Submits the job of `args` (from its file, else from its flags); prints its id on stdout
 /// and the scheduler's answer on stderr, then follows it with `--watch`.
 pub(crate) async fn submit(client: &Client, args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let mut body = match &args.file {
-        Some(path) => job_body::read_file(path)?,
-        None => job_from_flags(&args)?,
-    };
-    let id = job_body::set_id(&mut body, args.id.as_deref());
+    let (id, body) = body(&args)?;
     let bytes = serde_json::to_vec(&body)?;
     if args.no_wait {
         client.publish(&id, &bytes).await?;
@@ -97,6 +94,37 @@ pub(crate) async fn submit(client: &Client, args: SubmitArgs) -> anyhow::Result<
     println!("{id}");
     if args.watch {
         let view = client.wait(&id, Duration::from_secs(args.timeout), |v| draw(v, true)).await?;
+        eprintln!();
+        print_view(&view);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The job of `args` (from its file, else from its flags) with its id.
+fn body(args: &SubmitArgs) -> anyhow::Result<(String, serde_json::Value)> {
+    let mut body = match &args.file {
+        Some(path) => job_body::read_file(path)?,
+        None => job_from_flags(args)?,
+    };
+    let id = job_body::set_id(&mut body, args.id.as_deref());
+    Ok((id, body))
+}
+
+/// `submit` through the HTTP API: the same job and answers; `--no-wait` is what the API
+/// does when no scheduler answers in time (202).
+pub(crate) async fn submit_api(api: &ApiTenant, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let (id, body) = body(&args)?;
+    match api.submit(&body).await? {
+        (_, Submitted::Rejected(r)) => {
+            eprintln!("job {id} rejected ({}): {}", r.code, r.reason);
+            return Ok(ExitCode::from(2));
+        }
+        (_, Submitted::Duplicate) => eprintln!("job {id} already exists: following the existing job"),
+        (_, Submitted::Accepted) => eprintln!("job {id} submitted"),
+    }
+    println!("{id}");
+    if args.watch {
+        let view = api.wait(&id, Duration::from_secs(args.timeout), |v| draw(v, true)).await?;
         eprintln!();
         print_view(&view);
     }
