@@ -7,7 +7,10 @@ use utoipa::openapi::path::Operation;
 use utoipa::openapi::OpenApi;
 
 /// Problem codes and what they mean, anchored as `#problem-<code>`.
-const PROBLEMS: [(&str, &str); 10] = [
+const PROBLEMS: [(&str, &str); 13] = [
+    ("over_quota", "Over one of the tenant's quotas (429); Retry-After says when a retry may pass."),
+    ("unknown_model", "The job names a model the registry does not hold (422)."),
+    ("conflict", "A fine-tune's output model is already registered: pick a new version (422)."),
     ("malformed", "The body or a parameter is not what the endpoint takes (400)."),
     ("invalid", "A job or request broke a rule; the detail names it (422)."),
     ("forbidden", "A key outside the tenant's space (403)."),

@@ -141,6 +141,7 @@ pub struct Queued {
         (status = 403, description = "an input outside the tenant's space", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "refused by validation, with the reason", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "over a quota of the tenant; Retry-After says when", body = Problem, content_type = "application/problem+json"),
     ), security(("bearer" = [])))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -182,10 +183,12 @@ pub async fn submit(
                 return Ok(response);
             }
             "rejected" => {
-                return Err(Problem::rejected(fleet_protocol::job::Rejection {
+                let mut problem = Problem::rejected(fleet_protocol::job::Rejection {
                     code: event.code.unwrap_or_else(|| "invalid".into()),
                     reason: event.reason.unwrap_or_default(),
-                }))
+                });
+                problem.retry_after_s = event.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
+                return Err(problem);
             }
             _ => {}
         }

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod broker;
 pub mod client;
 mod docs;
+pub mod fine_tunes;
 pub mod jobs;
 pub mod models;
 pub mod objects;
@@ -178,6 +179,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::failures))
         .routes(routes!(jobs::events))
+        .routes(routes!(fine_tunes::list))
         .routes(routes!(objects::results))
         .routes(routes!(objects::uploads))
         .routes(routes!(models::list))

@@ -20,7 +20,8 @@ pub struct Problem {
     pub status: u16,
     /// What happened and what to do about it.
     pub detail: String,
-    /// Stable code: `malformed`, `invalid`, `forbidden`, `too_large` (job validation),
+    /// Stable code: `malformed`, `invalid`, `forbidden`, `too_large`, `unknown_model`,
+    /// `conflict` (job validation), `over_quota` (a tenant's quota, with `retry_after_s`),
     /// `unauthorized`, `not_found`, `operator_only`, `tenant_only`, `unavailable`, `internal`.
     pub code: String,
     /// Seconds to wait before trying again (also sent as `Retry-After`).
@@ -73,10 +74,12 @@ impl Problem {
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error", detail)
     }
 
-    /// A job refused by validation: 413 for `too_large`, 403 for `forbidden` (a key outside
-    /// the tenant's space), 422 otherwise; the code and reason are validation's own.
+    /// A job refused by validation or a quota: 429 for `over_quota`, 413 for `too_large`, 403
+    /// for `forbidden` (a key outside the tenant's space), 400 for `malformed`, 422 otherwise;
+    /// the code and reason are the scheduler's own.
     pub fn rejected(rejection: Rejection) -> Problem {
         let status = match rejection.code.as_str() {
+            "over_quota" => StatusCode::TOO_MANY_REQUESTS,
             "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "forbidden" => StatusCode::FORBIDDEN,
             "malformed" => StatusCode::BAD_REQUEST,

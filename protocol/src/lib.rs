@@ -25,6 +25,7 @@ pub mod manifest;
 pub mod message;
 pub mod rejection;
 pub mod state;
+pub mod tenancy;
 pub mod topology;
 
 pub use device::{DeviceSpec, DeviceSpecError};

@@ -367,6 +367,9 @@ pub struct JobEventMessage {
     /// Rejection code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+    /// A rejection over a quota that passes with time: when to submit again (ms from now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
     /// The id was already taken: this submission made no new job.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub duplicate: bool,

@@ -55,6 +55,11 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// How the dispatcher places tasks on devices.
     pub placement: crate::placement::Policy,
+    /// Tenants' quotas and weights.
+    pub tenants: fleet_protocol::tenancy::Policies,
+    /// Batch tasks of one tenant published and not yet taken by the dispatcher, at most:
+    /// the rest wait in their job's cursor, so no tenant's flood stands in front of another.
+    pub queue_window: u32,
 }
 
 /// The scheduler's shared state. Job state lives in Redis; what is kept here is only caches
@@ -71,6 +76,8 @@ pub struct Scheduler {
     pub capacity_freed: tokio::sync::Notify,
     running: Mutex<HashSet<(String, String)>>,
     last_progress: Mutex<HashMap<(String, String), Instant>>,
+    /// Per-tenant usage: fair share, limits, the splitter's window.
+    pub usage: crate::fair::Usage,
 }
 
 impl Scheduler {
@@ -86,6 +93,7 @@ impl Scheduler {
             capacity_freed: tokio::sync::Notify::new(),
             running: Mutex::new(HashSet::new()),
             last_progress: Mutex::new(HashMap::new()),
+            usage: crate::fair::Usage::default(),
         })
     }
 
@@ -217,6 +225,7 @@ pub fn event(tenant: &str, job: &str, kind: &str) -> JobEventMessage {
         progress: None,
         reason: None,
         code: None,
+        retry_after_ms: None,
         duplicate: false,
         failures: Vec::<ItemFailureReport>::new(),
         training: None,

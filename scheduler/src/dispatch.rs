@@ -41,6 +41,7 @@ use self::fleet::FleetView;
 use self::round::{GrantResult, Granted, Placed, Round};
 use crate::context::{ModelNeed, Scheduler};
 use crate::error::SchedulerError;
+use crate::fair;
 use crate::placement::{self, Decision, DeviceView, TaskNeed};
 
 /// Interactive deliveries held at once.
@@ -165,7 +166,10 @@ impl Dispatcher {
         let waiting = Waiting { delivery, message, traceparent, since: Instant::now() };
         match waiting.message.priority {
             Priority::Interactive => self.interactive.push_back(waiting),
-            Priority::Batch => self.batch.push_back(waiting),
+            Priority::Batch => {
+                self.sched.usage.taken(&waiting.message.tenant);
+                self.batch.push_back(waiting)
+            }
         }
         Ok(())
     }
@@ -187,14 +191,26 @@ impl Dispatcher {
         Ok(self.settle(round).await?)
     }
 
-    /// Takes up to [`ROUND_MAX`] waiting tasks, interactive ones first.
+    /// Takes up to [`ROUND_MAX`] waiting tasks, interactive ones first, each class in fair
+    /// share order between tenants (see [`crate::fair`]); tasks of tenants at a limit stay.
     fn next_tasks(&mut self) -> Vec<Waiting> {
         let mut tasks: Vec<Waiting> = Vec::new();
-        while tasks.len() < ROUND_MAX {
-            match self.interactive.pop_front().or_else(|| self.batch.pop_front()) {
-                Some(w) => tasks.push(w),
-                None => break,
+        for class in [&mut self.interactive, &mut self.batch] {
+            if tasks.len() >= ROUND_MAX || class.is_empty() {
+                continue;
             }
+            let waiting: Vec<Waiting> = class.drain(..).collect();
+            let candidates: Vec<fair::Candidate> = waiting
+                .iter()
+                .map(|w| fair::Candidate { tenant: &w.message.tenant, items: w.message.keys.len() as u64 })
+                .collect();
+            let mut order = self.sched.usage.order(&candidates, &self.sched.config.tenants, Instant::now());
+            order.truncate(ROUND_MAX - tasks.len());
+            let mut chosen: Vec<Option<Waiting>> = waiting.into_iter().map(Some).collect();
+            for i in order {
+                tasks.push(chosen[i].take().expect("each index once"));
+            }
+            class.extend(chosen.into_iter().flatten());
         }
         tasks
     }
@@ -241,6 +257,10 @@ impl Dispatcher {
             let (w, device) = (&round.tasks[p.task], &round.devices[p.device]);
             match outcome {
                 Ok(()) => {
+                    let tenant = &w.message.tenant;
+                    let weight = self.sched.config.tenants.limits(tenant).weight();
+                    let items = w.message.keys.len() as u64;
+                    self.sched.usage.sent(tenant, &w.message.id(), items, weight, Instant::now());
                     fleet_telemetry::metrics::TASKS.with_label_values(&["leased"]).inc();
                     let label = if p.warm { "warm" } else { "cold" };
                     fleet_telemetry::metrics::PLACEMENTS.with_label_values(&[label]).inc();

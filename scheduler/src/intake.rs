@@ -86,6 +86,13 @@ async fn accept(
     traceparent: String,
 ) -> (Disposition, Intake) {
     let id = valid.request.id.clone();
+    match quota(sched, &tenant, &valid).await {
+        Ok(None) => {}
+        Ok(Some((rejection, retry_after_ms))) => {
+            return (reject_after(sched, events, &tenant, &id, rejection, retry_after_ms).await, Intake::Done)
+        }
+        Err(e) => return (Disposition::Retry(format!("job store: {e}")), Intake::Done),
+    }
     // Every model the job names must exist and do what the job uses it for.
     for (model, want, role) in models_named(&valid) {
         let rejection = match sched.resolve_model(&tenant, &model).await {
@@ -212,7 +219,73 @@ async fn record(
     }
 }
 
+/// The tenant's quotas against this job: a rejection (with when to try again, for limits
+/// that pass with time) when it is over one.
+async fn quota(
+    sched: &Scheduler,
+    tenant: &TenantId,
+    valid: &ValidJob,
+) -> Result<Option<(Rejection, Option<u64>)>, fleet_state::JobStoreError> {
+    let limits = sched.config.tenants.limits(tenant.as_str());
+    let over = |reason: String| Rejection { code: "over_quota".into(), reason };
+    let keys = match &valid.work {
+        JobKind::BackgroundReplace(spec) => match &spec.input {
+            fleet_protocol::job::InputSpec::Keys(keys) => keys.len() as u64,
+            _ => 0,
+        },
+        JobKind::FineTune(_) => 0,
+    };
+    if let Some(max) = limits.max_job_items {
+        if keys > max {
+            let reason = format!("{keys} items in one job; this tenant's max_job_items is {max}: split the job");
+            return Ok(Some((Rejection { code: "too_large".into(), reason }, None)));
+        }
+    }
+    if let (JobKind::FineTune(spec), Some(max)) = (&valid.work, limits.fine_tune_max_memory_mib) {
+        let asked = spec.resources.memory_mib;
+        if asked.is_none_or(|m| m > max) {
+            let asked = asked.map_or("a whole device".to_string(), |m| format!("{m} MiB"));
+            let reason = format!(
+                "the fine-tune asks for {asked}; this tenant's fine-tunes may hold {max} MiB (resources.memory_mib)"
+            );
+            return Ok(Some((over(reason), None)));
+        }
+    }
+    if let Some(max) = limits.max_queued_items {
+        let queued = sched.store.queued_items(tenant).await?;
+        if queued >= max || queued + keys > max {
+            let reason = format!("{queued} items of this tenant are waiting or running; its max_queued_items is {max}: submit again when they have run");
+            return Ok(Some((over(reason), Some(30_000))));
+        }
+    }
+    if let (fleet_protocol::job::Priority::Interactive, Some(max)) =
+        (valid.request.priority, limits.interactive_jobs_per_minute)
+    {
+        let now = now_ms();
+        let minute = now / 60_000;
+        let key = format!("fleet:quota:interactive:{tenant}:{minute}");
+        let n = sched.store.count_in_window(&key, 120).await?;
+        if n > u64::from(max) {
+            let reason = format!("{max} interactive jobs a minute is this tenant's limit: submit as batch, or as interactive in a moment");
+            return Ok(Some((over(reason), Some(60_000 - now % 60_000))));
+        }
+    }
+    Ok(None)
+}
+
 async fn reject(sched: &Scheduler, events: &Channel, tenant: &TenantId, id: &str, rejection: Rejection) -> Disposition {
+    reject_after(sched, events, tenant, id, rejection, None).await
+}
+
+/// Rejects, saying when a submission may pass (`retry_after_ms`, for quotas that pass).
+async fn reject_after(
+    sched: &Scheduler,
+    events: &Channel,
+    tenant: &TenantId,
+    id: &str,
+    rejection: Rejection,
+    retry_after_ms: Option<u64>,
+) -> Disposition {
     tracing::info!(tenant = %tenant, job = id, code = %rejection.code, reason = %rejection.reason, "job rejected");
     metrics::JOBS.with_label_values(&["rejected"]).inc();
     if let Err(e) = sched.store.reject(tenant, id, &rejection).await {
@@ -221,6 +294,7 @@ async fn reject(sched: &Scheduler, events: &Channel, tenant: &TenantId, id: &str
     let mut message = event(tenant.as_str(), id, "rejected");
     message.code = Some(rejection.code);
     message.reason = Some(rejection.reason);
+    message.retry_after_ms = retry_after_ms;
     sched.publish_event(events, message).await;
     Disposition::Ack
 }

@@ -19,6 +19,7 @@
 pub mod context;
 pub mod dispatch;
 pub mod error;
+pub mod fair;
 pub mod intake;
 pub mod placement;
 pub mod recovery;

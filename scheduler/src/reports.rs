@@ -28,6 +28,21 @@ pub async fn handle(sched: &Scheduler, events: &Channel, report: Report) -> Resu
         return training(sched, events, &tenant, &job, task, token, progress).await;
     }
     let none = TaskOutcome::default();
+    // The lease ends with any of these: the tenant's task no longer runs; a completion's
+    // measured time is charged to its fair share in place of the estimate.
+    let weight = sched.config.tenants.limits(tenant.as_str()).weight();
+    let id = fleet_protocol::message::task_id(tenant.as_str(), &job, task);
+    match &report {
+        Report::Completed { succeeded, failures, started_at_ms, finished_at_ms, .. } => {
+            let items = succeeded + failures.len() as u64;
+            let ms = finished_at_ms.saturating_sub(*started_at_ms);
+            sched.usage.ended(tenant.as_str(), &id, items, Some(ms), weight);
+        }
+        Report::AttemptFailed { .. } | Report::Skipped { .. } | Report::Released { .. } => {
+            sched.usage.ended(tenant.as_str(), &id, 1, None, weight)
+        }
+        Report::Started { .. } | Report::Training { .. } => {}
+    }
     let update = match &report {
         Report::Started { attempt, worker, at_ms, .. } => {
             let event = TaskEvent::Start { attempt: *attempt };

@@ -9,7 +9,7 @@
 mod page;
 
 use fleet_protocol::fine_tune::FineTuneSpec;
-use fleet_protocol::job::{BackgroundReplaceSpec, JobKindName, JobRequest, OutputFormatName};
+use fleet_protocol::job::{BackgroundReplaceSpec, JobKindName, JobRequest, OutputFormatName, Priority};
 use fleet_protocol::keys::TenantId;
 use fleet_protocol::message::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
 use fleet_protocol::state::{JobEvent, JobState};
@@ -141,6 +141,11 @@ async fn split(
             sched.store.finish_sharding(tenant, job).await?;
             return Ok(());
         }
+        // A tenant's batch tasks enter the shared queue a window at a time (fair share).
+        if record.priority == Priority::Batch && !wait_for_window(sched, tenant, stop).await {
+            tracing::debug!(next_task = cursor.next_task, "splitting paused for shutdown at the saved cursor");
+            return Ok(());
+        }
         let page = match read_page(&sched.s3, &spec.input, &cursor.position, shard_size).await {
             Ok(page) => page,
             Err(PageError::Input(reason)) => {
@@ -152,7 +157,19 @@ async fn split(
         let first = cursor.next_task;
         let messages = make_tasks(&record, &spec, &page.keys, shard_size, first);
         cursor.next_task += messages.len() as u32;
+        let published = messages.len() as u32;
         publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, messages).await?;
+        if record.priority == Priority::Batch {
+            sched.usage.published(tenant.as_str(), published);
+        }
+        if let Some(max) = sched.config.tenants.limits(tenant.as_str()).max_job_items {
+            let items = sched.store.progress(tenant, job).await?.items_total;
+            if items > max {
+                let reason = format!("the job's input holds more than {max} items, this tenant's max_job_items");
+                fail_job(sched, events, tenant, job, reason).await?;
+                return Ok(());
+            }
+        }
         if state == Some(JobState::Accepted) {
             sched.store.apply(tenant, job, JobEvent::Queued).await?;
             let progress = sched.store.progress(tenant, job).await?;
@@ -174,6 +191,18 @@ async fn split(
     tracing::info!(tasks = progress.tasks_total, items = progress.items_total, "job split into tasks");
     sched.finalize_if_done(events, tenant, job, progress).await;
     Ok(())
+}
+
+/// Waits until `tenant` has fewer than the queue window of batch tasks published and not yet
+/// taken by the dispatcher; false when `stop` came first.
+async fn wait_for_window(sched: &Scheduler, tenant: &TenantId, stop: &CancellationToken) -> bool {
+    while !sched.usage.may_publish(tenant.as_str(), sched.config.queue_window) {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+        }
+    }
+    true
 }
 
 /// A fine-tune is one task that trains; its item is the model it registers.

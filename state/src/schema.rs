@@ -13,6 +13,8 @@
 //! fleet:lease:<tenant>/<job>/<task>  a task's lease (see crate::lease)
 //! fleet:leases fleet:load fleet:requeue fleet:lease:seq   lease indexes and the token counter
 //! fleet:placement:blocked        the dispatcher's last word on tasks it could not place
+//! fleet:quota:items              hash tenant -> items in tasks not yet ended
+//! fleet:quota:interactive:<tenant>:<minute>  interactive jobs accepted in that minute
 //! fleet:worker:<id> fleet:order:<id>  heartbeats and orders (fleet_protocol::heartbeat)
 //! ```
 
@@ -26,6 +28,10 @@ pub const LOAD_KEY: &str = "fleet:load";
 
 /// Tasks taken from their worker, waiting to be dispatched again.
 pub const REQUEUE_KEY: &str = "fleet:requeue";
+
+/// Items in tasks not yet ended, per tenant (hash tenant -> items): kept by the task
+/// scripts, read for the `max_queued_items` quota.
+pub const QUEUED_ITEMS_KEY: &str = "fleet:quota:items";
 
 /// The fencing token counter.
 pub const TOKEN_SEQ_KEY: &str = "fleet:lease:seq";

@@ -8,7 +8,9 @@ use fleet_protocol::state::{TaskEvent, TaskState};
 use crate::error::{corrupt, JobStoreError, CAS_ATTEMPTS};
 use crate::jobs::{parse_progress, RedisJobStore};
 use crate::record::{LeaseOp, TaskNote, TaskOutcome, TaskRecord, TaskUpdate};
-use crate::schema::{job_key, lease_key, LEASES_KEY, LOAD_KEY, REQUEUE_KEY, SHARDING_KEY, TOKEN_SEQ_KEY};
+use crate::schema::{
+    job_key, lease_key, LEASES_KEY, LOAD_KEY, QUEUED_ITEMS_KEY, REQUEUE_KEY, SHARDING_KEY, TOKEN_SEQ_KEY,
+};
 
 /// How long a rejection stays readable.
 const REJECTION_TTL_S: u64 = 7 * 24 * 3600;
@@ -49,12 +51,40 @@ impl RedisJobStore {
             .create_task
             .key(&tasks)
             .key(job_key("progress", tenant, job))
+            .key(QUEUED_ITEMS_KEY)
             .arg(task)
             .arg(json)
             .arg(items)
+            .arg(tenant.as_str())
             .invoke_async(&mut conn)
             .await?;
         existing.map(|json| serde_json::from_str(&json).map_err(corrupt(&tasks))).transpose()
+    }
+
+    /// Items in `tenant`'s tasks not yet ended (the `max_queued_items` quota's count).
+    pub async fn queued_items(&self, tenant: &TenantId) -> Result<u64, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let n: Option<i64> =
+            redis::cmd("HGET").arg(QUEUED_ITEMS_KEY).arg(tenant.as_str()).query_async(&mut conn).await?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Adds one to the counter `key`, which lives `window_s` seconds from its first count;
+    /// the count so far (a fixed-window rate limit).
+    pub async fn count_in_window(&self, key: &str, window_s: u64) -> Result<u64, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let (n,): (u64,) = redis::pipe()
+            .atomic()
+            .cmd("INCR")
+            .arg(key)
+            .cmd("EXPIRE")
+            .arg(key)
+            .arg(window_s)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(n)
     }
 
     /// The task, if it exists.
@@ -135,6 +165,7 @@ impl RedisJobStore {
                 .key(LOAD_KEY)
                 .key(REQUEUE_KEY)
                 .key(TOKEN_SEQ_KEY)
+                .key(QUEUED_ITEMS_KEY)
                 .arg(task)
                 .arg(&old)
                 .arg(&new)

@@ -349,6 +349,7 @@ async fn the_openapi_document_is_the_routes() {
         "GET /v1/jobs/{id}/failures",
         "GET /v1/jobs/{id}/events",
         "GET /v1/jobs/{id}/results",
+        "GET /v1/fine-tunes",
         "POST /v1/uploads",
         "GET /v1/models",
         "PUT /v1/webhook",
@@ -363,4 +364,67 @@ async fn the_openapi_document_is_the_routes() {
     .map(str::to_string)
     .collect();
     assert_eq!(operations, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quotas_answer_429_with_retry_after_and_free_up_as_work_ends() {
+    let _turn = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tenants.toml");
+    std::fs::write(
+        &file,
+        "[tenants.tenant-a]\nmax_queued_items = 5\nmax_job_items = 4\n[tenants.tenant-b]\ninteractive_jobs_per_minute = 2\n",
+    )
+    .unwrap();
+    let mut fleet = Fleet::default();
+    fleet.scheduler_with("scheduler", &[("FLEET_TENANTS_FILE", file.to_str().unwrap())]);
+    let base = fleet.api("api", &[]);
+    let a = ApiClient::new(&base, Some(&Fleet::token(Some("tenant-a"), "quota-a"))).unwrap();
+    let b = a.with_token(Some(&Fleet::token(Some("tenant-b"), "quota-b")));
+
+    // Job size: more keys than max_job_items is 413, whatever the queue holds.
+    let keys = upload(&a, &format!("tenant-a/{}/", unique("quota")), 5).await;
+    let answer = a.post("/v1/jobs", &job(&unique("big"), &keys)).await.unwrap();
+    assert_eq!((answer.status, problem(&answer).0.as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "too_large"));
+
+    // Queued items: 3 waiting (no worker yet), 3 more would make 6 > 5: 429 with Retry-After.
+    let first = unique("queued");
+    assert_eq!(a.post("/v1/jobs", &job(&first, &keys[..3])).await.unwrap().status, StatusCode::CREATED);
+    let over = a.post("/v1/jobs", &job(&unique("queued"), &keys[..3])).await.unwrap();
+    let (code, detail) = problem(&over);
+    assert_eq!((over.status, code.as_str()), (StatusCode::TOO_MANY_REQUESTS, "over_quota"), "{detail}");
+    assert!(detail.contains("max_queued_items is 5"), "{detail}");
+    assert_eq!(over.headers["retry-after"], "30");
+
+    // Once a worker has run the first job, its items no longer count.
+    fleet.worker("worker", 2);
+    wait_state(&a, &first, &["succeeded"], Duration::from_secs(120)).await;
+    let again = a.post("/v1/jobs", &job(&unique("queued"), &keys[..3])).await.unwrap();
+    assert_eq!(again.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&again.body));
+
+    // Interactive jobs over the rate are refused until the minute turns.
+    let keys_b = upload(&b, &format!("tenant-b/{}/", unique("quota")), 1).await;
+    let interactive = |id: String| {
+        let mut body = job(&id, &keys_b);
+        body["priority"] = json!("interactive");
+        body
+    };
+    for attempt in 0..2 {
+        let minute = fleet_protocol::message::now_ms() / 60_000;
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(b.post("/v1/jobs", &interactive(unique("fast"))).await.unwrap());
+        }
+        if fleet_protocol::message::now_ms() / 60_000 != minute && attempt == 0 {
+            continue; // The window turned midway: once more, within one minute.
+        }
+        assert_eq!(answers[0].status, StatusCode::CREATED);
+        assert_eq!(answers[1].status, StatusCode::CREATED);
+        assert_eq!((answers[2].status, problem(&answers[2]).0.as_str()), (StatusCode::TOO_MANY_REQUESTS, "over_quota"));
+        let wait: u64 = answers[2].headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        break;
+    }
+    // A batch job of the same tenant still passes: the limit is on jumping the queue.
+    assert_eq!(b.post("/v1/jobs", &job(&unique("slow"), &keys_b)).await.unwrap().status, StatusCode::CREATED);
 }

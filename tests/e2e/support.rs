@@ -77,8 +77,17 @@ pub mod fleet {
         /// Starts a scheduler and returns once it answers ready on `/readyz` (its broker
         /// session consumes intake, reports and tasks).
         pub fn scheduler(&mut self, name: &str) -> &mut Self {
+            self.scheduler_with(name, &[])
+        }
+
+        /// Starts a scheduler like [`scheduler`](Self::scheduler) with more environment (a
+        /// tenants file, a queue window).
+        pub fn scheduler_with(&mut self, name: &str, env: &[(&str, &str)]) -> &mut Self {
             let mut command = Command::new(binary("fleet-scheduler"));
             command.env("FLEET_PROGRESS_INTERVAL_MS", "0");
+            for (key, value) in env {
+                command.env(key, value);
+            }
             self.spawn_ready(name, command)
         }
 

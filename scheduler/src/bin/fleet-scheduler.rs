@@ -34,6 +34,20 @@ struct Cli {
     /// Prefer devices where a task's model is already warm (`false` only to measure what it saves).
     #[arg(long, env = "FLEET_WARM_AFFINITY", default_value_t = true, action = clap::ArgAction::Set)]
     warm_affinity: bool,
+    /// Tenants' quotas and weights (TOML, see deploy/tenants.example.toml); none: weight 1
+    /// each, no limits.
+    #[arg(long, env = "FLEET_TENANTS_FILE")]
+    tenants: Option<std::path::PathBuf>,
+    /// Batch tasks of one tenant in the shared queue at most; the rest wait in their job.
+    #[arg(long, env = "FLEET_QUEUE_WINDOW", default_value_t = 64)]
+    queue_window: u32,
+}
+
+/// The tenants file, parsed and checked; its errors name the file and the key.
+fn tenants(path: Option<&std::path::Path>) -> anyhow::Result<fleet_protocol::tenancy::Policies> {
+    let Some(path) = path else { return Ok(Default::default()) };
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    fleet_protocol::tenancy::Policies::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +59,7 @@ fn main() -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         let s3 = fleet_store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?;
+        let tenants = tenants(cli.tenants.as_deref())?;
         let config = Config {
             amqp_url: cli.amqp_url,
             redis_url: cli.redis_url,
@@ -63,6 +78,8 @@ fn main() -> std::process::ExitCode {
                 },
                 ..Default::default()
             },
+            tenants,
+            queue_window: cli.queue_window.max(1),
         };
         fleet_scheduler::run(config, shutdown_signal()).await?;
         anyhow::Ok(())

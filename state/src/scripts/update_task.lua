@@ -6,6 +6,11 @@ if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] == '1' then
+  -- The tenant's items waiting (its quota) lose this task's items.
+  local tenant = string.match(KEYS[1], '^fleet:tasks:([^:]+):')
+  if tenant and redis.call('HINCRBY', KEYS[9], tenant, -cjson.decode(ARGV[3]).items) <= 0 then
+    redis.call('HDEL', KEYS[9], tenant)
+  end
   redis.call('HINCRBY', KEYS[2], 'tasks_done', 1)
   redis.call('HINCRBY', KEYS[2], 'items_succeeded', ARGV[5])
   redis.call('HINCRBY', KEYS[2], 'items_failed', ARGV[6])

@@ -6,7 +6,10 @@
 //! fleet-bench shard-rss --keys 1000000 --scheduler-pid PID           scheduler peak RSS splitting a manifest
 //! fleet-bench catalog-job --prefix P                                 images/s of one re-render job
 //! fleet-bench mixed-models --prefix P --models a@1,b@1 --jobs 24     interleaved jobs of two models
+//! fleet-bench fair-share --flood 20000 --later 2000 --weight-b 3     two tenants' shares (weights 1 and 3)
 //! ```
+
+mod fair;
 
 use std::time::{Duration, Instant};
 
@@ -74,15 +77,33 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         shard: u32,
     },
+    /// Two tenants: A floods batch tasks, B submits later; B's share while both wait (the
+    /// scheduler's tenants file gives A weight 1 and B `--weight-b`), then B's interactive
+    /// latency while A floods interactive jobs.
+    FairShare {
+        #[arg(long, default_value_t = 20_000)]
+        flood: usize,
+        #[arg(long, default_value_t = 2_000)]
+        later: usize,
+        #[arg(long, default_value_t = 200)]
+        probes: usize,
+        #[arg(long, default_value_t = 3.0)]
+        weight_b: f64,
+    },
 }
 
 const TENANT: &str = "tenant-a";
 
 async fn client() -> anyhow::Result<Client> {
+    client_as(TENANT).await
+}
+
+/// A client acting as `tenant` (dev password `<tenant>-dev`).
+async fn client_as(tenant: &str) -> anyhow::Result<Client> {
     let url = std::env::var("FLEET_AMQP_URL").context("FLEET_AMQP_URL")?;
     let config = ClientConfig {
-        amqp_url: amqp_url_as(&url, TENANT, &format!("{TENANT}-dev")),
-        tenant: TENANT.into(),
+        amqp_url: amqp_url_as(&url, tenant, &format!("{tenant}-dev")),
+        tenant: tenant.into(),
         redis_url: std::env::var("FLEET_REDIS_URL").context("FLEET_REDIS_URL")?,
         s3: S3Config::from_env().map_err(anyhow::Error::msg)?,
     };
@@ -100,11 +121,12 @@ fn job(id: &str, priority: &str, input: serde_json::Value, shard: u32) -> Vec<u8
 
 /// Writes a manifest of `keys` synthetic keys; returns its key.
 async fn manifest(client: &Client, name: &str, keys: usize) -> anyhow::Result<String> {
-    let key = format!("{TENANT}/bench/{name}-{keys}.txt");
+    let tenant = client.tenant();
+    let key = format!("{tenant}/bench/{name}-{keys}.txt");
     if !client.s3.exists(&key).await? {
         let mut text = String::with_capacity(keys * 40);
         for i in 0..keys {
-            text.push_str(&format!("{TENANT}/bench/noop/item-{i:08}.jpg\n"));
+            text.push_str(&format!("{tenant}/bench/noop/item-{i:08}.jpg\n"));
         }
         client.s3.put(&key, text.into_bytes(), "text/plain").await?;
     }
@@ -128,6 +150,9 @@ fn main() -> anyhow::Result<()> {
             Command::CatalogJob { prefix, shard } => catalog_job(&client, &prefix, shard).await,
             Command::MixedModels { prefix, models, jobs, shard } => {
                 mixed_models(&client, &prefix, &models, jobs, shard).await
+            }
+            Command::FairShare { flood, later, probes, weight_b } => {
+                fair::fair_share(flood, later, probes, weight_b).await
             }
         }
     })
