@@ -48,6 +48,16 @@ AMQP_VHOST=fleet
 S3_REGION=garage
 S3_BUCKET=fleet
 S3_KEY_NAME=fleet-dev
+# Least privilege: one object-store key per service (Garage grants per bucket: read, write,
+# owner), one Redis user (templates/redis.conf) and one broker user (templates/definitions.json)
+# per service; the dev secrets are fixed, like the tenants' broker passwords. The key above
+# (owner) and the `fleet` broker user are the operator's.
+SCHEDULER_S3_KEY=GK5c4e0a1d2b3c4d5e6f708192
+SCHEDULER_S3_SECRET=5c4e0a1d2b3c4d5e6f70819203a4b5c6d7e8f90112233445566778899aabbccd
+WORKER_S3_KEY=GK7a1b2c3d4e5f60718293a4b5
+WORKER_S3_SECRET=7a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9
+API_S3_KEY=GK9f8e7d6c5b4a39281706f5e4
+API_S3_SECRET=9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0
 S3_KEY_ID=GK2d7541c90c4a8d290d8ad650
 S3_SECRET=060c4fc49a9cbc16a7d4d5f34a98f0594d261756f49a183e136f383eb578a40a
 GARAGE_RPC_SECRET=f6ae36f92639b88a1ce3b42cab60f8b2cfec5d9fa573d475c8c655929d40ce9a
@@ -381,7 +391,7 @@ check_rabbit_users() {
     rabbitmqctl_ delete_user guest >/dev/null
   fi
   local user missing=()
-  for user in "$AMQP_USER" fleet-api tenant-a tenant-b; do
+  for user in "$AMQP_USER" fleet-scheduler fleet-worker fleet-api tenant-a tenant-b; do
     grep -q "^${user}[[:space:]]" <<<"$users" || missing+=("$user")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -438,7 +448,7 @@ check_rabbit_topology() {
 # ---- Redis --------------------------------------------------------------------------------
 
 redis_pid() { alive "$REDIS_DIR/redis.pid" redis-server; }
-redis() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+redis() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" --user fleet-admin --pass fleet-admin-dev --no-auth-warning "$@"; }
 
 start_redis() {
   mkdir -p "$REDIS_DIR"
@@ -446,9 +456,13 @@ start_redis() {
   render redis.conf "$REDIS_DIR/redis.conf" && changed=1
   local pid
   if pid=$(redis_pid); then
-    log "redis: already running (pid $pid, data in $STACK, started by $(owner_of "$STACK"))"
-    [ -z "$changed" ] || log "redis: config changed; restart (down, up) to apply it"
-    return
+    if [ -z "$changed" ]; then
+      log "redis: already running (pid $pid, data in $STACK, started by $(owner_of "$STACK"))"
+      return
+    fi
+    # A new config (users, limits) takes a restart; the AOF keeps the data.
+    log "redis: config changed; restarting it to apply it (data kept in the append-only file)"
+    stop_redis
   fi
   port_open "$REDIS_PORT" && taken redis "$REDIS_PORT"
   log "redis: starting on 127.0.0.1:$REDIS_PORT"
@@ -470,8 +484,13 @@ stop_redis() {
   local pid
   pid=$(redis_pid) || return 0
   log "redis: stopping"
-  redis shutdown >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-  wait_exit "$pid" 10 || log "redis: pid $pid still running after 10s"
+  # A Redis started before the fleet's users existed refuses the admin's shutdown: SIGTERM
+  # (it writes its data and exits the same way).
+  redis shutdown >/dev/null 2>&1 || true
+  if ! wait_exit "$pid" 5; then
+    kill "$pid" 2>/dev/null || true
+    wait_exit "$pid" 10 || log "redis: pid $pid still running after 15s"
+  fi
 }
 
 # ---- Garage -------------------------------------------------------------------------------
@@ -539,6 +558,19 @@ provision_garage() {
     garage_cli bucket create "$S3_BUCKET" >/dev/null
   fi
   garage_cli bucket allow --read --write --owner "$S3_BUCKET" --key "$S3_KEY_NAME" >/dev/null
+  # The services' keys: the scheduler reads (listings, manifests, the registry); workers and
+  # the API read and write (the API signs presigned URLs with its key); none owns the bucket.
+  local service id secret
+  for service in scheduler:$SCHEDULER_S3_KEY:$SCHEDULER_S3_SECRET worker:$WORKER_S3_KEY:$WORKER_S3_SECRET \
+    api:$API_S3_KEY:$API_S3_SECRET; do
+    IFS=: read -r service id secret <<<"$service"
+    if ! garage_cli key info "$id" >/dev/null 2>&1; then
+      garage_cli key import --yes -n "fleet-$service" "$id" "$secret" >/dev/null
+    fi
+  done
+  garage_cli bucket allow --read "$S3_BUCKET" --key "fleet-scheduler" >/dev/null
+  garage_cli bucket allow --read --write "$S3_BUCKET" --key "fleet-worker" >/dev/null
+  garage_cli bucket allow --read --write "$S3_BUCKET" --key "fleet-api" >/dev/null
 
   # Tables settle a moment after the layout is applied: wait for a real signed request.
   until s3 GET "$S3_BUCKET/?list-type=2&max-keys=1" >/dev/null 2>&1; do
@@ -676,8 +708,16 @@ cmd_status() {
 cmd_env() {
   cat <<EOF
 export FLEET_AMQP_URL=amqp://$AMQP_USER:$AMQP_PASS@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
+export FLEET_REDIS_URL=redis://fleet-admin:fleet-admin-dev@127.0.0.1:$REDIS_PORT
+export FLEET_SCHEDULER_AMQP_URL=amqp://fleet-scheduler:fleet-scheduler-dev@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
+export FLEET_SCHEDULER_REDIS_URL=redis://fleet-scheduler:fleet-scheduler-dev@127.0.0.1:$REDIS_PORT
+export FLEET_SCHEDULER_S3_KEY=$SCHEDULER_S3_KEY FLEET_SCHEDULER_S3_SECRET=$SCHEDULER_S3_SECRET
+export FLEET_WORKER_AMQP_URL=amqp://fleet-worker:fleet-worker-dev@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
+export FLEET_WORKER_REDIS_URL=redis://fleet-worker:fleet-worker-dev@127.0.0.1:$REDIS_PORT
+export FLEET_WORKER_S3_KEY=$WORKER_S3_KEY FLEET_WORKER_S3_SECRET=$WORKER_S3_SECRET
 export FLEET_API_AMQP_URL=amqp://fleet-api:fleet-api-dev@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
-export FLEET_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export FLEET_API_REDIS_URL=redis://fleet-api:fleet-api-dev@127.0.0.1:$REDIS_PORT
+export FLEET_API_S3_KEY=$API_S3_KEY FLEET_API_S3_SECRET=$API_S3_SECRET
 export FLEET_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export FLEET_S3_REGION=$S3_REGION
 export FLEET_S3_BUCKET=$S3_BUCKET

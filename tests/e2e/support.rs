@@ -42,6 +42,22 @@ pub mod fleet {
         Client::connect(&config).await.expect("client connects")
     }
 
+    /// Gives `command` the service's own credentials (`SCHEDULER`, `WORKER`, `API`): its
+    /// broker user, Redis user and object-store key, as `deploy/stack.sh env` exports them.
+    fn as_service(command: &mut Command, service: &str) {
+        let var = |what: &str| std::env::var(format!("FLEET_{service}_{what}"));
+        for (from, to) in [
+            ("AMQP_URL", "FLEET_AMQP_URL"),
+            ("REDIS_URL", "FLEET_REDIS_URL"),
+            ("S3_KEY", "AWS_ACCESS_KEY_ID"),
+            ("S3_SECRET", "AWS_SECRET_ACCESS_KEY"),
+        ] {
+            let value =
+                var(from).unwrap_or_else(|_| panic!("FLEET_{service}_{from} unset: the test command exports it"));
+            command.env(to, value);
+        }
+    }
+
     /// The scheduler and workers of one test.
     pub struct Fleet {
         procs: Vec<(String, Child)>,
@@ -63,6 +79,12 @@ pub mod fleet {
         /// Starts a process with one more environment variable.
         pub fn spawn_with_env(&mut self, name: &str, binary_name: &str, args: &[&str], env: (&str, &str)) {
             let mut command = Command::new(binary(binary_name));
+            match binary_name {
+                "fleet-scheduler" => as_service(&mut command, "SCHEDULER"),
+                "fleet-worker" => as_service(&mut command, "WORKER"),
+                "fleet-api" => as_service(&mut command, "API"),
+                _ => {}
+            }
             command.args(args).env(env.0, env.1).env("FLEET_MODEL_DIR", self.models.path());
             self.spawn(name, command);
         }
@@ -84,6 +106,7 @@ pub mod fleet {
         /// tenants file, a queue window).
         pub fn scheduler_with(&mut self, name: &str, env: &[(&str, &str)]) -> &mut Self {
             let mut command = Command::new(binary("fleet-scheduler"));
+            as_service(&mut command, "SCHEDULER");
             command.env("FLEET_PROGRESS_INTERVAL_MS", "0");
             for (key, value) in env {
                 command.env(key, value);
@@ -101,6 +124,7 @@ pub mod fleet {
         /// (another executor, another object store endpoint), and returns once it is ready.
         pub fn worker_with(&mut self, name: &str, slots: usize, args: &[&str], env: &[(&str, &str)]) -> &mut Self {
             let mut command = Command::new(binary("fleet-worker"));
+            as_service(&mut command, "WORKER");
             command
                 .args(["serve", "--device", "cpu", "--id", name, "--slots", &slots.to_string()])
                 .args(args)
@@ -116,6 +140,7 @@ pub mod fleet {
         pub fn api(&mut self, name: &str, env: &[(&str, &str)]) -> String {
             let port = free_port();
             let mut command = Command::new(binary("fleet-api"));
+            as_service(&mut command, "API");
             command.args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
             for (key, value) in env {
                 command.env(key, value);

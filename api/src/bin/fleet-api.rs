@@ -21,8 +21,13 @@ use fleet_store::s3::S3Config;
 #[command(name = "fleet-api", version, about = "gpu-fleet HTTP API for tenants")]
 struct Cli {
     /// Redis URL (tokens, job state, webhooks).
-    #[arg(long, env = "FLEET_REDIS_URL", global = true)]
+    #[arg(long, env = "FLEET_REDIS_URL", global = true, hide_env_values = true)]
     redis_url: Option<String>,
+    /// Configuration file (TOML, section `[api]`; see deploy/fleet.example.toml): the
+    /// environment overrides it, flags override both.
+    #[arg(long, env = "FLEET_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +90,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "api") {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     match runtime.block_on(run(cli)) {

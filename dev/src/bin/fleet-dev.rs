@@ -15,6 +15,10 @@ use fleet_synth::{write_catalog, CatalogSpec};
 #[derive(Debug, Parser)]
 #[command(name = "fleet-dev", version, about = "gpu-fleet developer tools: reference models, benchmarks, experiments")]
 struct Cli {
+    /// Configuration file (TOML, section `[dev]`; see deploy/fleet.example.toml): the
+    /// environment overrides it, flags override both.
+    #[arg(long, env = "FLEET_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -201,6 +205,10 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "dev") {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

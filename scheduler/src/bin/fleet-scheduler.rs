@@ -1,5 +1,6 @@
 //! `fleet-scheduler`: runs the scheduler until SIGTERM or Ctrl-C.
 
+use anyhow::Context;
 use clap::Parser;
 use fleet_scheduler::Config;
 
@@ -7,12 +8,20 @@ use fleet_scheduler::Config;
 #[derive(Debug, Parser)]
 #[command(name = "fleet-scheduler", version, about = "gpu-fleet scheduler")]
 struct Cli {
-    /// RabbitMQ URL of the scheduler's own (admin) user.
-    #[arg(long, env = "FLEET_AMQP_URL")]
-    amqp_url: String,
-    /// Redis URL (AOF on, noeviction).
-    #[arg(long, env = "FLEET_REDIS_URL")]
-    redis_url: String,
+    /// RabbitMQ URL of the scheduler's own user (`FLEET_SCHEDULER_AMQP_URL` of deploy/stack.sh env).
+    #[arg(long, env = "FLEET_AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    /// Redis URL of the scheduler's own user (AOF on, noeviction).
+    #[arg(long, env = "FLEET_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+    /// Configuration file (TOML, section `[scheduler]`; see deploy/fleet.example.toml): the
+    /// environment overrides it, flags override both.
+    #[arg(long, env = "FLEET_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+    /// Check the configuration (file, environment, flags, tenants file), print the settings
+    /// and exit without connecting.
+    #[arg(long)]
+    check_config: bool,
     /// Images per task when a job does not say.
     #[arg(long, env = "FLEET_SHARD_SIZE", default_value_t = 32)]
     shard_size: u32,
@@ -55,14 +64,46 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "scheduler") {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
+    if cli.check_config {
+        return match tenants(cli.tenants.as_deref()) {
+            Ok(t) => {
+                eprintln!(
+                    "configuration ok: shard_size={} progress_interval_ms={} placement={} headroom_mib={} \
+                     max_temperature_c={} warm_affinity={} queue_window={} tenants={} ({} with their own limits) \
+                     config={}",
+                    cli.shard_size,
+                    cli.progress_interval_ms,
+                    cli.placement,
+                    cli.headroom_mib,
+                    cli.max_temperature_c,
+                    cli.warm_affinity,
+                    cli.queue_window,
+                    cli.tenants.as_deref().map_or("none".into(), |p| p.display().to_string()),
+                    t.tenants.len(),
+                    cli.config.as_deref().map_or("none".into(), |p| p.display().to_string()),
+                );
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     let result = runtime.block_on(async {
         let s3 = fleet_store::s3::S3Config::from_env().map_err(anyhow::Error::msg)?;
         let tenants = tenants(cli.tenants.as_deref())?;
         let config = Config {
-            amqp_url: cli.amqp_url,
-            redis_url: cli.redis_url,
+            amqp_url: cli.amqp_url.context("set FLEET_AMQP_URL (the scheduler's broker user; deploy/stack.sh env)")?,
+            redis_url: cli
+                .redis_url
+                .context("set FLEET_REDIS_URL (the scheduler's Redis user; deploy/stack.sh env)")?,
             s3,
             default_shard_size: cli.shard_size,
             progress_interval: std::time::Duration::from_millis(cli.progress_interval_ms),

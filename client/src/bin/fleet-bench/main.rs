@@ -27,6 +27,10 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(name = "fleet-bench", about = "gpu-fleet benchmarks against a running fleet")]
 struct Cli {
+    /// Configuration file (TOML, section `[bench]`; see deploy/fleet.example.toml): the
+    /// environment overrides it, flags override both.
+    #[arg(long, env = "FLEET_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +142,7 @@ fn run_id(what: &str) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "bench")?;
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -48,6 +48,11 @@ struct Cli {
     /// The tenant's API token (`fleet-api token create`).
     #[arg(long, env = "FLEET_API_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Configuration file (TOML, section `[fleetctl]`; see deploy/fleet.example.toml): the
+    /// environment overrides it, flags override both.
+    #[arg(long, env = "FLEET_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -158,6 +163,10 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "fleetctl") {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime starts");
     match runtime.block_on(run(cli)) {

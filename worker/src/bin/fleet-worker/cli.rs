@@ -22,6 +22,10 @@ pub const DEFAULT_MODEL: &str = "matting-ref@1.0.0";
     about = "gpu-fleet worker: takes tasks from the fleet, or runs the engine over a folder"
 )]
 pub struct Cli {
+    /// Configuration file (TOML, section `[worker]`; see deploy/fleet.example.toml): the
+    /// environment overrides it, flags override both.
+    #[arg(long, env = "FLEET_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }

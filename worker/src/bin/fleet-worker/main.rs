@@ -10,6 +10,10 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = fleet_config::layer(&<cli::Cli as clap::CommandFactory>::command(), "worker") {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     match cli::run(cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
