@@ -70,6 +70,8 @@ pub struct Candidate<'a> {
 #[derive(Default)]
 pub struct Usage {
     tenants: Mutex<HashMap<String, Tenant>>,
+    /// Woken whenever the dispatcher takes a batch task: a splitter waiting for its window.
+    pub taken_any: tokio::sync::Notify,
 }
 
 impl Usage {
@@ -90,6 +92,7 @@ impl Usage {
         if let Some(t) = self.tenants.lock().expect("usage").get_mut(tenant) {
             t.pending = t.pending.saturating_sub(1);
         }
+        self.taken_any.notify_waiters();
     }
 
     /// The order to try `candidates` in (indexes), fairest first, leaving out the tasks of

@@ -141,11 +141,6 @@ async fn split(
             sched.store.finish_sharding(tenant, job).await?;
             return Ok(());
         }
-        // A tenant's batch tasks enter the shared queue a window at a time (fair share).
-        if record.priority == Priority::Batch && !wait_for_window(sched, tenant, stop).await {
-            tracing::debug!(next_task = cursor.next_task, "splitting paused for shutdown at the saved cursor");
-            return Ok(());
-        }
         let page = match read_page(&sched.s3, &spec.input, &cursor.position, shard_size).await {
             Ok(page) => page,
             Err(PageError::Input(reason)) => {
@@ -157,10 +152,24 @@ async fn split(
         let first = cursor.next_task;
         let messages = make_tasks(&record, &spec, &page.keys, shard_size, first);
         cursor.next_task += messages.len() as u32;
-        let published = messages.len() as u32;
-        publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, messages).await?;
         if record.priority == Priority::Batch {
-            sched.usage.published(tenant.as_str(), published);
+            // A tenant's batch tasks enter the shared queue a window at a time (fair share),
+            // however large the page. Stopped midway, the page is made again on resume: tasks
+            // already out are published again and counted once, as after a crash.
+            let window = sched.config.queue_window.max(1) as usize;
+            let mut rest = messages;
+            while !rest.is_empty() {
+                if !wait_for_window(sched, tenant, stop).await {
+                    tracing::debug!(next_task = first, "splitting paused for shutdown at the saved cursor");
+                    return Ok(());
+                }
+                let slice: Vec<TaskMessage> = rest.drain(..window.min(rest.len())).collect();
+                let published = slice.len() as u32;
+                publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, slice).await?;
+                sched.usage.published(tenant.as_str(), published);
+            }
+        } else {
+            publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, messages).await?;
         }
         if let Some(max) = sched.config.tenants.limits(tenant.as_str()).max_job_items {
             let items = sched.store.progress(tenant, job).await?.items_total;
@@ -196,13 +205,18 @@ async fn split(
 /// Waits until `tenant` has fewer than the queue window of batch tasks published and not yet
 /// taken by the dispatcher; false when `stop` came first.
 async fn wait_for_window(sched: &Scheduler, tenant: &TenantId, stop: &CancellationToken) -> bool {
-    while !sched.usage.may_publish(tenant.as_str(), sched.config.queue_window) {
+    loop {
+        // Registered before the check, so a take between the two is not missed.
+        let taken = sched.usage.taken_any.notified();
+        if sched.usage.may_publish(tenant.as_str(), sched.config.queue_window) {
+            return true;
+        }
         tokio::select! {
             _ = stop.cancelled() => return false,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            _ = taken => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
     }
-    true
 }
 
 /// A fine-tune is one task that trains; its item is the model it registers.
