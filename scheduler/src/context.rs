@@ -57,7 +57,7 @@ pub struct Config {
     pub placement: crate::placement::Policy,
     /// Tenants' quotas and weights.
     pub tenants: fleet_protocol::tenancy::Policies,
-    /// Batch tasks of one tenant published and not yet taken by the dispatcher, at most:
+    /// Batch tasks of one tenant published and not yet sent on by the dispatcher, at most:
     /// the rest wait in their job's cursor, so no tenant's flood stands in front of another.
     pub queue_window: u32,
 }

@@ -105,6 +105,7 @@ impl Queues {
 /// deliveries still waiting go back to their queues when the connection closes.
 pub async fn run(sched: Arc<Scheduler>, queues: Queues, stop: CancellationToken) -> Result<(), SchedulerError> {
     let Queues { mut interactive, mut batch, out } = queues;
+    sched.usage.reset_pending();
     let mut d = Dispatcher {
         out,
         sched,
@@ -166,10 +167,7 @@ impl Dispatcher {
         let waiting = Waiting { delivery, message, traceparent, since: Instant::now() };
         match waiting.message.priority {
             Priority::Interactive => self.interactive.push_back(waiting),
-            Priority::Batch => {
-                self.sched.usage.taken(&waiting.message.tenant);
-                self.batch.push_back(waiting)
-            }
+            Priority::Batch => self.batch.push_back(waiting),
         }
         Ok(())
     }
@@ -290,6 +288,12 @@ impl Dispatcher {
         self.return_long_waiting(&round, &mut done).await;
         let mut keep = Vec::new();
         for (t, w) in round.tasks.into_iter().enumerate() {
+            // A batch task that leaves the dispatcher frees a place in its tenant's window: the
+            // window spans the queue and the dispatcher's waiting list, so the list never fills
+            // with one tenant's tasks while another's wait behind them in the queue.
+            if done[t].is_some() && w.message.priority == Priority::Batch {
+                self.sched.usage.taken(&w.message.tenant);
+            }
             match done[t] {
                 Some(true) => w.delivery.ack(BasicAckOptions::default()).await?,
                 Some(false) => w.delivery.nack(BasicNackOptions { requeue: false, ..Default::default() }).await?,

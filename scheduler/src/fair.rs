@@ -11,7 +11,7 @@
 //!
 //! The splitter keeps each tenant's queue short ([`Usage::may_publish`]): a tenant's batch
 //! tasks wait in its job's cursor, not in the shared queue, once it has a window's worth
-//! published and not yet taken by the dispatcher. So a tenant that floods 20,000 tasks does
+//! published and not yet sent on by the dispatcher. So a tenant that floods 20,000 tasks does
 //! not stand in front of one that submits later. Limits on running tasks and images per hour
 //! hold a tenant's tasks back in the dispatcher.
 //!
@@ -27,12 +27,16 @@ use fleet_protocol::tenancy::Policies;
 const FIRST_ESTIMATE_MS: f64 = 100.0;
 /// Weight of the newest measurement in the per-item estimate.
 const ESTIMATE_ALPHA: f64 = 0.2;
+/// A tenant with nothing waiting or running for this long arrives afresh when it comes back.
+const IDLE: Duration = Duration::from_secs(1);
 /// The rolling window of `images_per_hour`.
 const HOUR: Duration = Duration::from_secs(3600);
 
 #[derive(Default)]
 struct Tenant {
     virtual_ms: f64,
+    /// When it last had tasks waiting in the dispatcher.
+    last_waiting: Option<Instant>,
     ms_per_item: Option<f64>,
     running: u32,
     pending: u32,
@@ -76,7 +80,7 @@ pub struct Usage {
 
 impl Usage {
     /// Whether the splitter may publish more of `tenant`'s batch tasks: fewer than `window`
-    /// are published and not yet taken by the dispatcher.
+    /// are published and not yet sent on by the dispatcher.
     pub fn may_publish(&self, tenant: &str, window: u32) -> bool {
         self.tenants.lock().expect("usage").get(tenant).is_none_or(|t| t.pending < window)
     }
@@ -87,7 +91,26 @@ impl Usage {
         all.entry(tenant.to_string()).or_default().pending += tasks;
     }
 
-    /// The dispatcher took one of `tenant`'s batch tasks off the queue.
+    /// Forgets what was counted as published and not yet sent on: a new broker session's
+    /// dispatcher starts with an empty waiting list, and the deliveries the last one held went
+    /// back to the queue uncounted. (At most one window per tenant more can then be queued.)
+    pub fn reset_pending(&self) {
+        for t in self.tenants.lock().expect("usage").values_mut() {
+            t.pending = 0;
+        }
+        self.taken_any.notify_waiters();
+    }
+
+    /// `tasks` counted by [`published`](Self::published) did not go out after all.
+    pub fn unpublished(&self, tenant: &str, tasks: u32) {
+        if let Some(t) = self.tenants.lock().expect("usage").get_mut(tenant) {
+            t.pending = t.pending.saturating_sub(tasks);
+        }
+        self.taken_any.notify_waiters();
+    }
+
+    /// One of `tenant`'s batch tasks left the dispatcher (sent to a worker, returned to the
+    /// end of its queue or dead-lettered).
     pub fn taken(&self, tenant: &str) {
         if let Some(t) = self.tenants.lock().expect("usage").get_mut(tenant) {
             t.pending = t.pending.saturating_sub(1);
@@ -107,16 +130,26 @@ impl Usage {
                 None => queues.push((c.tenant.to_string(), VecDeque::from([i]))),
             }
         }
-        // Start level: nobody is further behind than the least advanced active tenant.
-        let floor = queues.iter().filter_map(|(t, _)| all.get(t).map(|u| u.virtual_ms)).fold(f64::INFINITY, f64::min);
+        // Start level: a tenant that arrives (nothing waiting or running a moment ago) is not
+        // further behind than the least advanced tenant already competing.
+        let arriving = |u: Option<&Tenant>| {
+            u.is_none_or(|u| u.running == 0 && u.last_waiting.is_none_or(|at| now.duration_since(at) > IDLE))
+        };
+        let floor = queues
+            .iter()
+            .filter(|(t, _)| !arriving(all.get(t)))
+            .filter_map(|(t, _)| all.get(t).map(|u| u.virtual_ms))
+            .fold(f64::INFINITY, f64::min);
         let mut state: Vec<(f64, f64, u32, u64)> = Vec::with_capacity(queues.len());
         for (tenant, _) in &queues {
             let limits = policies.limits(tenant);
+            let arrives = arriving(all.get(tenant));
             let u = all.entry(tenant.clone()).or_default();
             u.trim_hour(now);
-            if floor.is_finite() && u.virtual_ms < floor {
+            if arrives && floor.is_finite() && u.virtual_ms < floor {
                 u.virtual_ms = floor;
             }
+            u.last_waiting = Some(now);
             let running_room = limits.max_running_tasks.map_or(u32::MAX, |m| m.saturating_sub(u.running));
             let hour_room = limits.images_per_hour.map_or(u64::MAX, |m| m.saturating_sub(u.dispatched_hour));
             state.push((u.virtual_ms, limits.weight(), running_room, hour_room));
@@ -250,6 +283,31 @@ mod tests {
         let first_ten: Vec<&str> = order[..10].iter().map(|&i| c[i].tenant).collect();
         let b_count = first_ten.iter().filter(|t| **t == "tenant-b").count();
         assert!((4..=6).contains(&b_count), "{first_ten:?}");
+    }
+
+    #[test]
+    fn a_newcomer_the_splitter_counted_first_still_starts_level() {
+        let usage = Usage::default();
+        let p = policies("[tenants.tenant-b]\nweight = 3\n");
+        let now = Instant::now();
+        for n in 0..1000 {
+            let c = [Candidate { tenant: "tenant-a", items: 1 }];
+            usage.order(&c, &p, now);
+            usage.sent("tenant-a", &n.to_string(), 1, 1.0, now);
+            usage.ended("tenant-a", &n.to_string(), 1, Some(20), 1.0);
+        }
+        usage.published("tenant-b", 256);
+        let mut got = [0; 2];
+        for n in 0..400 {
+            let c = [Candidate { tenant: "tenant-a", items: 1 }, Candidate { tenant: "tenant-b", items: 1 }];
+            let first = usage.order(&c, &p, now)[0];
+            let (tenant, weight) = if first == 0 { ("tenant-a", 1.0) } else { ("tenant-b", 3.0) };
+            let id = format!("x{n}");
+            usage.sent(tenant, &id, 1, weight, now);
+            usage.ended(tenant, &id, 1, Some(20), weight);
+            got[first] += 1;
+        }
+        assert!((90..=110).contains(&got[0]), "{got:?}");
     }
 
     #[test]

@@ -164,9 +164,15 @@ async fn split(
                     return Ok(());
                 }
                 let slice: Vec<TaskMessage> = rest.drain(..window.min(rest.len())).collect();
-                let published = slice.len() as u32;
-                publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, slice).await?;
-                sched.usage.published(tenant.as_str(), published);
+                // Counted before they go out: the dispatcher may take them before the
+                // publish returns.
+                let count = slice.len() as u32;
+                sched.usage.published(tenant.as_str(), count);
+                let sent = publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, slice).await;
+                if sent.is_err() {
+                    sched.usage.unpublished(tenant.as_str(), count);
+                }
+                sent?;
             }
         } else {
             publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, messages).await?;
@@ -203,7 +209,7 @@ async fn split(
 }
 
 /// Waits until `tenant` has fewer than the queue window of batch tasks published and not yet
-/// taken by the dispatcher; false when `stop` came first.
+/// sent on by the dispatcher; false when `stop` came first.
 async fn wait_for_window(sched: &Scheduler, tenant: &TenantId, stop: &CancellationToken) -> bool {
     loop {
         // Registered before the check, so a take between the two is not missed.

@@ -47,8 +47,9 @@ struct Cli {
     /// each, no limits.
     #[arg(long, env = "FLEET_TENANTS_FILE")]
     tenants: Option<std::path::PathBuf>,
-    /// Batch tasks of one tenant in the shared queue at most; the rest wait in their job.
-    #[arg(long, env = "FLEET_QUEUE_WINDOW", default_value_t = 64)]
+    /// Batch tasks of one tenant waiting in the shared queue and the dispatcher at most; the
+    /// rest wait in their job.
+    #[arg(long, env = "FLEET_QUEUE_WINDOW", default_value_t = 256)]
     queue_window: u32,
 }
 
