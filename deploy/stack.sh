@@ -441,8 +441,30 @@ check_rabbit_topology() {
   for queue in $want; do
     grep -qx "$queue" <<<"$have" || missing+=("$queue")
   done
+  local policies
+  policies=$(rabbitmqctl_ list_policies -p "$AMQP_VHOST" --no-table-headers) || fail "rabbitmq: list_policies failed"
+  for policy in fleet-intake-limit fleet-tasks-limit fleet-dead-limit; do
+    grep -q "$policy" <<<"$policies" || missing+=("policy $policy")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    # A node first booted with older definitions (a queue or limit added since).
+    log "rabbitmq: ${missing[*]} missing; importing $RABBIT_DIR/definitions.json"
+    rabbitmqctl_ import_definitions "$RABBIT_DIR/definitions.json" >/dev/null ||
+      fail "rabbitmq: importing definitions failed" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+    have=$(rabbitmqctl_ list_queues -p "$AMQP_VHOST" --no-table-headers name) || fail "rabbitmq: list_queues failed"
+    missing=()
+    for queue in $want; do
+      grep -qx "$queue" <<<"$have" || missing+=("$queue")
+    done
+  fi
   [ ${#missing[@]} -eq 0 ] ||
     fail "rabbitmq: queues missing after loading definitions: ${missing[*]}" "$RABBIT_DIR/log/$RABBIT_NODE.log"
+  # Per-user limits: a tenant's client cannot open connections or channels without end.
+  local tenant
+  for tenant in tenant-a tenant-b; do
+    rabbitmqctl_ set_user_limits "$tenant" '{"max-connections": 64, "max-channels": 512}' >/dev/null ||
+      fail "rabbitmq: set_user_limits $tenant failed"
+  done
 }
 
 # ---- Redis --------------------------------------------------------------------------------

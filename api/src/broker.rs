@@ -77,7 +77,7 @@ impl Broker {
         let name = format!("{QUEUE_PREFIX}watch.{}", &new_traceparent()[3..19]);
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         channel.queue_declare(&name, opts, FieldTable::default()).await?;
-        let key = format!("job.{tenant}.{}.*", id.replace('.', "_"));
+        let key = format!("job.{tenant}.{}.*", fleet_protocol::message::event_job_word(id));
         channel
             .queue_bind(&name, amqp::EVENTS_EXCHANGE, &key, QueueBindOptions::default(), FieldTable::default())
             .await?;

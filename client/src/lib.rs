@@ -150,7 +150,7 @@ impl Client {
         let opts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         channel.queue_declare(&name, opts, FieldTable::default()).await?;
         let key = match id.into() {
-            Some(id) => format!("job.{}.{}.*", self.tenant, id.replace('.', "_")),
+            Some(id) => format!("job.{}.{}.*", self.tenant, fleet_protocol::message::event_job_word(id)),
             None => format!("job.{}.#", self.tenant),
         };
         channel

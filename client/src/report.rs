@@ -5,7 +5,7 @@
 use fleet_imaging::composite::Composited;
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::sheet::contact_sheet;
-use fleet_protocol::keys::{results_prefix, TenantId};
+use fleet_protocol::keys::{task_manifests_prefix, TenantId};
 use fleet_store::ObjectStore;
 use futures::{stream, StreamExt, TryStreamExt};
 use image::{GrayImage, RgbImage};
@@ -49,7 +49,7 @@ pub async fn task_manifests<S: ObjectStore>(
     tenant: &TenantId,
     job: &str,
 ) -> Result<Vec<TaskManifest>, ClientError> {
-    let keys = fleet_store::list_all(s3, &format!("{}tasks/", results_prefix(tenant, job))).await?;
+    let keys = fleet_store::list_all(s3, &task_manifests_prefix(tenant, job)).await?;
     let mut manifests: Vec<TaskManifest> = stream::iter(keys)
         .map(|key| async move {
             let bytes = s3.get(&key).await?;

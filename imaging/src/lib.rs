@@ -22,7 +22,7 @@ pub mod resize;
 pub mod sheet;
 
 pub use composite::{composite, Background, CompositeOptions, Composited};
-pub use decode::{decode, DecodeLimits, Decoded, InputFormat};
+pub use decode::{decode, decode_mask, DecodeLimits, Decoded, InputFormat};
 pub use encode::{encode, encode_matte_png, OutputFormat};
 pub use error::ImageError;
 pub use matte::{refine, uncertainty, Morphology};

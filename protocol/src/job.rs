@@ -279,7 +279,7 @@ pub fn validate(body: &[u8], tenant: &TenantId) -> Result<ValidJob, Rejection> {
         JobKindName::BackgroundReplace => {
             let spec: BackgroundReplaceSpec = serde_json::from_value(request.spec.clone()).map_err(malformed)?;
             let model = spec.model.parse::<ModelRef>().map_err(|e| Rejection::new("invalid", e.to_string()))?;
-            check_spec(&spec, tenant)?;
+            check_spec(&spec, tenant, &request.id)?;
             (JobKind::BackgroundReplace(spec), model)
         }
         JobKindName::FineTune => {
@@ -308,7 +308,7 @@ fn check_id(id: &str) -> Result<(), Rejection> {
     }
 }
 
-fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId) -> Result<(), Rejection> {
+fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId, id: &str) -> Result<(), Rejection> {
     match &spec.input {
         InputSpec::Keys(keys) => {
             if keys.is_empty() || keys.len() > MAX_LISTED_KEYS {
@@ -323,7 +323,17 @@ fn check_spec(spec: &BackgroundReplaceSpec, tenant: &TenantId) -> Result<(), Rej
                 return Err(Rejection::new("invalid", format!("input.keys lists {twice:?} twice")));
             }
         }
-        InputSpec::Prefix(prefix) => check_tenant_prefix(tenant, prefix)?,
+        InputSpec::Prefix(prefix) => {
+            check_tenant_prefix(tenant, prefix)?;
+            // Its own results folder is where the job writes: it would read back its outputs
+            // (a prefix above it, `<tenant>/results/`, is split without them).
+            if prefix.starts_with(&crate::keys::results_prefix(tenant, id)) {
+                return Err(Rejection::new(
+                    "invalid",
+                    format!("input.prefix {prefix:?} is inside this job's own results folder, where it writes"),
+                ));
+            }
+        }
         InputSpec::Manifest(key) => check_tenant_key(tenant, key)?,
     }
     match &spec.background {

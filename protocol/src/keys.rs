@@ -3,11 +3,16 @@
 //! ```text
 //! models/<name>/<version>/{manifest.json, model.pt, ...}        shared model registry
 //! <tenant>/...                                                   the tenant's inputs, any layout
-//! <tenant>/results/<job>/<item>.{png|jpeg|webp}                  result image
-//! <tenant>/results/<job>/<item>.matte.png                        8-bit alpha matte
-//! <tenant>/results/<job>/<item>.embedding.npy                    L2-normalised float32 embedding
-//! <tenant>/results/<job>/tasks/<task>.json                       per-task manifest
+//! <tenant>/results/<job>/<item>/result.{png|jpg|webp}            result image
+//! <tenant>/results/<job>/<item>/result.<k>.{png|jpg|webp}        generated result k (from 1)
+//! <tenant>/results/<job>/<item>/matte.png                        8-bit alpha matte
+//! <tenant>/results/<job>/<item>/embedding[.<k>].npy              L2-normalised float32 embedding
+//! <tenant>/results/<job>/_tasks/<task>.json                      per-task manifest
 //! ```
+//!
+//! Each input has a folder of its own named by [`item_name`], which has no `/` and never
+//! starts with `_`, so no input's outputs can land on another's or on a task manifest,
+//! whatever the input keys are called (`x.jpg.matte` and `x.jpg.1` included).
 //!
 //! Keys a tenant names are checked, never trusted: no `.` or `..` segments, no empty
 //! segments, no control characters or backslashes, at most 1,024 bytes, and under the
@@ -118,16 +123,44 @@ pub fn results_prefix(tenant: &TenantId, job_id: &str) -> String {
 /// Output keys of one input image, derived from the input key so a re-run rewrites the
 /// same keys: `(result, matte, embedding)`.
 pub fn output_keys(tenant: &TenantId, job_id: &str, input_key: &str, extension: &str) -> (String, String, String) {
-    let base = format!("{}{}", results_prefix(tenant, job_id), item_name(tenant, input_key));
-    (format!("{base}.{extension}"), format!("{base}.matte.png"), format!("{base}.embedding.npy"))
+    let folder = item_folder(tenant, job_id, input_key);
+    (format!("{folder}result.{extension}"), format!("{folder}matte.png"), format!("{folder}embedding.npy"))
+}
+
+/// Keys of generated result `k` (from 1) of one input: `(result, embedding)`.
+pub fn variant_keys(tenant: &TenantId, job_id: &str, input_key: &str, extension: &str, k: usize) -> (String, String) {
+    let folder = item_folder(tenant, job_id, input_key);
+    (format!("{folder}result.{k}.{extension}"), format!("{folder}embedding.{k}.npy"))
+}
+
+/// The folder of one input's outputs: `<tenant>/results/<job>/<item>/`.
+pub fn item_folder(tenant: &TenantId, job_id: &str, input_key: &str) -> String {
+    format!("{}{}/", results_prefix(tenant, job_id), item_name(tenant, input_key))
+}
+
+/// Where a job's task manifests go: `<tenant>/results/<job>/_tasks/`.
+pub fn task_manifests_prefix(tenant: &TenantId, job_id: &str) -> String {
+    format!("{}_tasks/", results_prefix(tenant, job_id))
+}
+
+/// The manifest of one task: `<tenant>/results/<job>/_tasks/<task, 6 digits>.json`.
+pub fn task_manifest_key(tenant: &TenantId, job_id: &str, task: u32) -> String {
+    format!("{}{task:06}.json", task_manifests_prefix(tenant, job_id))
 }
 
 /// A flat, collision-free item name for an input key: the key below the tenant prefix with
 /// `%` and `_` percent-encoded, then `/` turned into `__` (`cat/a_b/1.jpg` ->
-/// `cat__a%5Fb__1.jpg`). The mapping is one-to-one, so two inputs never share outputs.
+/// `cat__a%5Fb__1.jpg`). The mapping is one-to-one, so two inputs never share outputs, and a
+/// name never starts with `_` (so never `_tasks`).
 pub fn item_name(tenant: &TenantId, input_key: &str) -> String {
     let below = input_key.strip_prefix(&format!("{tenant}/")).unwrap_or(input_key);
     below.replace('%', "%25").replace('_', "%5F").replace('/', "__")
+}
+
+/// Whether a listed key is one of the job's own outputs, which a prefix job over
+/// `<tenant>/results/` must not read back as input while it writes them.
+pub fn is_own_output(tenant: &TenantId, job_id: &str, key: &str) -> bool {
+    key.starts_with(&results_prefix(tenant, job_id))
 }
 
 /// Registry folder of a model: `models/<name>/<version>/`.
@@ -175,13 +208,34 @@ mod tests {
     fn output_keys_are_deterministic_and_distinct_per_input() {
         let a = tenant("tenant-a");
         let (img, matte, emb) = output_keys(&a, "job-1", "tenant-a/cat/shoes/1.jpg", "png");
-        assert_eq!(img, "tenant-a/results/job-1/cat__shoes__1.jpg.png");
-        assert_eq!(matte, "tenant-a/results/job-1/cat__shoes__1.jpg.matte.png");
-        assert_eq!(emb, "tenant-a/results/job-1/cat__shoes__1.jpg.embedding.npy");
+        assert_eq!(img, "tenant-a/results/job-1/cat__shoes__1.jpg/result.png");
+        assert_eq!(matte, "tenant-a/results/job-1/cat__shoes__1.jpg/matte.png");
+        assert_eq!(emb, "tenant-a/results/job-1/cat__shoes__1.jpg/embedding.npy");
         // Inputs that differ only by where '/' falls, by escapes, or by extension never collide.
         let inputs = ["a/b__c.jpg", "a__b/c.jpg", "a/b/c.jpg", "x.jpg", "x.png", "a/__", "a/_%5F", "a/%5F%5F"];
         let names: std::collections::HashSet<String> =
             inputs.iter().map(|k| item_name(&a, &format!("tenant-a/{k}"))).collect();
         assert_eq!(names.len(), inputs.len(), "{names:?}");
+    }
+
+    #[test]
+    fn no_input_s_outputs_land_on_another_s_or_on_a_manifest() {
+        let a = tenant("tenant-a");
+        // Names that once collided: `x.jpg.matte` wrote the matte of `x.jpg`, `x.jpg.1` its
+        // first variant; `_tasks` the task manifests' folder.
+        let inputs = ["x.jpg", "x.jpg.matte", "x.jpg.1", "x.jpg.embedding", "x.jpg.1.embedding", "_tasks", "tasks"];
+        let mut keys = std::collections::HashSet::new();
+        for input in inputs {
+            let key = format!("tenant-a/{input}");
+            let (img, matte, emb) = output_keys(&a, "j", &key, "png");
+            let (v_img, v_emb) = variant_keys(&a, "j", &key, "png", 1);
+            for k in [img, matte, emb, v_img, v_emb] {
+                assert!(!k.starts_with(&task_manifests_prefix(&a, "j")), "{k}");
+                assert!(keys.insert(k.clone()), "{k} written by two inputs");
+            }
+        }
+        assert!(keys.insert(task_manifest_key(&a, "j", 0)));
+        assert!(is_own_output(&a, "j", &task_manifest_key(&a, "j", 3)));
+        assert!(!is_own_output(&a, "j", "tenant-a/results/j2/x.jpg/result.png"));
     }
 }

@@ -14,3 +14,8 @@ pub const MAX_OUTPUT_SIDE: u32 = 8_192;
 pub const MAX_PROMPT_CHARS: usize = 500;
 /// Most results per input image a generate job may ask for.
 pub const MAX_RESULTS: u32 = 8;
+/// Largest fine-tune data set file (JSON lines), bytes: a worker reads no more of it.
+pub const MAX_DATASET_BYTES: u64 = 16 << 20;
+/// Most samples (non-blank, non-comment lines) a fine-tune data set may list: each is held
+/// decoded in the worker's memory for the whole run.
+pub const MAX_DATASET_SAMPLES: usize = 10_000;

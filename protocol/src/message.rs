@@ -392,9 +392,15 @@ impl JobEventMessage {
 /// Most failed items listed in one event.
 pub const EVENT_FAILURES_MAX: usize = 100;
 
-/// Routing key of a job event. Dots in job ids become `_` so the key has exactly four words.
+/// Routing key of a job event: `job.<tenant>.<job word>.<kind>`, exactly four words.
 pub fn event_routing_key(tenant: &str, job: &str, kind: &str) -> String {
-    format!("job.{tenant}.{}.{kind}", job.replace('.', "_"))
+    format!("job.{tenant}.{}.{kind}", event_job_word(job))
+}
+
+/// A job id as one word of a routing key: `.` (a topic separator) becomes `~`, which no job
+/// id holds, so two ids never share a word (`a.b` -> `a~b`, `a_b` stays `a_b`).
+pub fn event_job_word(job: &str) -> String {
+    job.replace('.', "~")
 }
 
 /// A request to cancel a job, published by its tenant.
@@ -463,8 +469,9 @@ mod tests {
 
     #[test]
     fn event_keys_have_four_words_whatever_the_job_id() {
-        assert_eq!(event_routing_key("tenant-a", "cat.2026.11", "progress"), "job.tenant-a.cat_2026_11.progress");
+        assert_eq!(event_routing_key("tenant-a", "cat.2026.11", "progress"), "job.tenant-a.cat~2026~11.progress");
         assert_eq!(event_routing_key("t", "j", "accepted").split('.').count(), 4);
+        assert_ne!(event_routing_key("t", "a.b", "accepted"), event_routing_key("t", "a_b", "accepted"));
     }
 
     #[test]

@@ -14,7 +14,15 @@
 //! task queues: delivery limit exceeded --> fleet.tasks.dlx --> fleet.tasks.dead   scheduler consumes,
 //!              reports the items failed, then parks the message in fleet.dead
 //! other queues: delivery limit exceeded --> fleet.dlx (fanout) --> fleet.dead (quorum)
+//!                                                            \--> fleet.jobs.dead   scheduler consumes:
+//!              a submission that reached it is rejected with the reason, so its tenant hears
 //! ```
+//!
+//! Limits (policies, so they can change on a running broker): the intake queue holds at most
+//! [`INTAKE_MAX_LENGTH`] submissions and refuses more (the publisher's confirm is a nack, so
+//! the submitter hears at once), the task queues [`TASKS_MAX_LENGTH`], and `fleet.dead` keeps
+//! the latest [`DEAD_MAX_LENGTH`] dead letters. The broker refuses any message over
+//! `max_message_size` (4 MiB, in `rabbitmq.conf`) before it is queued.
 //!
 //! Every queue is a durable quorum queue with a `delivery-limit`, so a poison message stops
 //! being redelivered and lands in `fleet.dead` instead of looping. The tenant of a job is the
@@ -49,6 +57,20 @@ pub const DEAD_LETTER_EXCHANGE: &str = "fleet.dlx";
 
 /// Where dead letters wait for an operator.
 pub const DEAD_QUEUE: &str = "fleet.dead";
+
+/// Copies of every dead letter, for the scheduler to tell a submitter whose job was
+/// dead-lettered before it was recorded.
+pub const INTAKE_DEAD_QUEUE: &str = "fleet.jobs.dead";
+
+/// Most submissions waiting in intake; past it the broker refuses publishes.
+pub const INTAKE_MAX_LENGTH: u64 = 100_000;
+
+/// Most tasks waiting in each task queue; past it the broker refuses publishes (the splitter
+/// tries again later).
+pub const TASKS_MAX_LENGTH: u64 = 1_000_000;
+
+/// Dead letters kept for an operator; past it the oldest go.
+pub const DEAD_MAX_LENGTH: u64 = 100_000;
 
 /// Routing key of cancellations.
 pub const CANCEL_KEY: &str = "cancel";
@@ -104,8 +126,9 @@ pub const EXCHANGES: [ExchangeSpec; 5] = [
 ];
 
 /// Every shared queue (workers' own queues are declared by each worker).
-pub const QUEUES: [QueueSpec; 7] = [
+pub const QUEUES: [QueueSpec; 8] = [
     QueueSpec { name: DEAD_QUEUE, dead_letter_exchange: None },
+    QueueSpec { name: INTAKE_DEAD_QUEUE, dead_letter_exchange: None },
     QueueSpec { name: INTAKE_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
     QueueSpec { name: INTERACTIVE_REPORTS_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
     QueueSpec { name: BATCH_REPORTS_QUEUE, dead_letter_exchange: Some(DEAD_LETTER_EXCHANGE) },
@@ -115,13 +138,45 @@ pub const QUEUES: [QueueSpec; 7] = [
 ];
 
 /// Every binding between them.
-pub const BINDINGS: [BindingSpec; 6] = [
+pub const BINDINGS: [BindingSpec; 7] = [
     (DEAD_QUEUE, DEAD_LETTER_EXCHANGE, ""),
+    (INTAKE_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, ""),
     (INTAKE_QUEUE, JOBS_EXCHANGE, SUBMIT_KEY),
     (INTAKE_QUEUE, JOBS_EXCHANGE, CANCEL_KEY),
     (INTERACTIVE_QUEUE, TASKS_EXCHANGE, "interactive"),
     (BATCH_QUEUE, TASKS_EXCHANGE, "batch"),
     (TASKS_DEAD_QUEUE, TASKS_DEAD_LETTER_EXCHANGE, ""),
+];
+
+/// A policy: name, the queues it applies to (a regular expression), its definition.
+pub type PolicySpec = (&'static str, &'static str, &'static [(&'static str, PolicyValue)]);
+
+/// A value in a policy's definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyValue {
+    /// A number.
+    Int(u64),
+    /// A word.
+    Text(&'static str),
+}
+
+/// The limits on the shared queues, as policies.
+pub const POLICIES: [PolicySpec; 3] = [
+    (
+        "fleet-intake-limit",
+        r"^fleet\.jobs\.intake$",
+        &[("max-length", PolicyValue::Int(INTAKE_MAX_LENGTH)), ("overflow", PolicyValue::Text("reject-publish"))],
+    ),
+    (
+        "fleet-tasks-limit",
+        r"^fleet\.tasks\.(interactive|batch)$",
+        &[("max-length", PolicyValue::Int(TASKS_MAX_LENGTH)), ("overflow", PolicyValue::Text("reject-publish"))],
+    ),
+    (
+        "fleet-dead-limit",
+        r"^fleet\.(dead|jobs\.dead)$",
+        &[("max-length", PolicyValue::Int(DEAD_MAX_LENGTH)), ("overflow", PolicyValue::Text("drop-head"))],
+    ),
 ];
 
 /// The vhost the topology lives in, as `deploy/templates/definitions.json` names it.
@@ -165,7 +220,24 @@ pub fn definitions() -> serde_json::Value {
                    "routing_key": key, "arguments": {}})
         })
         .collect();
-    json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
+    let policies: Vec<_> = POLICIES
+        .iter()
+        .map(|(name, pattern, definition)| {
+            let definition: serde_json::Map<String, serde_json::Value> = definition
+                .iter()
+                .map(|(key, value)| {
+                    let value = match value {
+                        PolicyValue::Int(n) => json!(n),
+                        PolicyValue::Text(t) => json!(t),
+                    };
+                    (key.to_string(), value)
+                })
+                .collect();
+            json!({"vhost": VHOST, "name": name, "pattern": pattern, "apply-to": "queues",
+                   "definition": definition, "priority": 0})
+        })
+        .collect();
+    json!({"exchanges": exchanges, "queues": queues, "bindings": bindings, "policies": policies})
 }
 
 /// The task queue of a priority.
@@ -213,7 +285,7 @@ mod tests {
         let text = std::fs::read_to_string(path).expect("definitions template is readable");
         let file: serde_json::Value = serde_json::from_str(&text).expect("definitions template is JSON");
         let code = definitions();
-        for part in ["exchanges", "queues", "bindings"] {
+        for part in ["exchanges", "queues", "bindings", "policies"] {
             assert_eq!(sorted(&file[part]), sorted(&code[part]), "{part} in {path} differ from topology.rs");
         }
         assert!(file["vhosts"].as_array().unwrap().iter().any(|v| v["name"] == VHOST));

@@ -9,7 +9,7 @@ use fleet_protocol::keys::TenantId;
 use fleet_protocol::manifest::{ModelRef, Task};
 use fleet_protocol::message::{new_traceparent, now_ms, trace_id, CancelRequest, CANCEL_TYPE, TRACEPARENT_HEADER};
 use fleet_protocol::state::{JobEvent, JobState};
-use fleet_queue::header_str;
+use fleet_queue::{header_str, INTAKE_QUEUE};
 use fleet_state::{Created, JobRecord};
 use fleet_store::registry::{self, RegistryError};
 use fleet_telemetry::metrics;
@@ -307,6 +307,21 @@ async fn cancel(sched: &Scheduler, events: &Channel, tenant: &TenantId, body: &[
             return Disposition::Park(format!("malformed cancellation: {e}"));
         }
     };
+    if !is_valid_id(&request.cancel) {
+        // Never a routing key word (an id of 256 bytes cannot even be sent): refused under
+        // `unknown`, as rejected submissions without a usable id are.
+        let shown: String = request.cancel.chars().take(64).collect();
+        tracing::info!(tenant = %tenant, id = %shown.escape_debug(), "cancellation of an invalid id refused");
+        let mut message = event(tenant.as_str(), "unknown", "cancel_refused");
+        message.code = Some("invalid".into());
+        message.reason = Some(format!(
+            "cannot cancel {:?}{}: a job id is 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'",
+            shown,
+            if shown.len() < request.cancel.len() { "..." } else { "" }
+        ));
+        sched.publish_event(events, message).await;
+        return Disposition::Ack;
+    }
     match sched.store.apply(tenant, &request.cancel, JobEvent::Cancel).await {
         Ok(record) => {
             tracing::info!(tenant = %tenant, job = %request.cancel, "job cancelled");
@@ -322,6 +337,36 @@ async fn cancel(sched: &Scheduler, events: &Channel, tenant: &TenantId, body: &[
             sched.publish_event(events, message).await;
             Disposition::Ack
         }
+    }
+}
+
+/// Answers a copy of a dead letter (from `fleet.jobs.dead`). A submission the broker
+/// dead-lettered before the fleet recorded it (the scheduler failed on it at every
+/// delivery, or an operator's policy dropped it) is rejected with the reason, so its tenant
+/// hears what became of it; the message itself stays in `fleet.dead` for an operator. Any
+/// other dead letter needs nothing here.
+pub async fn dead_lettered(sched: &Scheduler, events: &Channel, body: &[u8], props: &BasicProperties) -> Disposition {
+    let queue = header_str(props, "x-first-death-queue");
+    let is_cancel = props.kind().as_ref().is_some_and(|k| k.as_str() == CANCEL_TYPE);
+    let tenant = props.user_id().as_ref().and_then(|u| TenantId::new(u.as_str()).ok());
+    let (Some(tenant), false, Some(INTAKE_QUEUE)) = (tenant, is_cancel, queue.as_deref()) else {
+        return Disposition::Ack;
+    };
+    let id = submitted_id(body, props);
+    match sched.store.get(&tenant, &id).await {
+        // Recorded before it died (a redelivery after the record): the job goes on.
+        Ok(Some(_)) => Disposition::Ack,
+        Ok(None) => {
+            let why = header_str(props, "x-first-death-reason").unwrap_or_else(|| "dead-lettered".into());
+            let reason = format!(
+                "the fleet could not take this submission ({why}: it failed at each of its deliveries); \
+                 it is kept in {} for an operator, and a new submission with the same id may pass",
+                fleet_queue::DEAD_QUEUE
+            );
+            tracing::warn!(tenant = %tenant, job = %id, %why, "a dead-lettered submission is rejected");
+            reject(sched, events, &tenant, &id, Rejection { code: "dead_lettered".into(), reason }).await
+        }
+        Err(e) => Disposition::Retry(format!("job store: {e}")),
     }
 }
 

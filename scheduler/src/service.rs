@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_protocol::keys::TenantId;
-use fleet_queue::{self as amqp, confirmed_channel, INTAKE_QUEUE, TASKS_DEAD_QUEUE};
+use fleet_queue::{self as amqp, confirmed_channel, INTAKE_DEAD_QUEUE, INTAKE_QUEUE, TASKS_DEAD_QUEUE};
 use fleet_state::JobRecord;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -151,6 +151,7 @@ struct Handles {
     intake: Consumer,
     reports: ReportConsumers,
     dead: Consumer,
+    dead_submissions: Consumer,
     dispatch: dispatch::Queues,
     /// Confirm-mode channel for tasks sent back to their queue, and one for job events.
     recovery: (Channel, Channel),
@@ -164,6 +165,7 @@ impl Handles {
             intake: loops::consumer(connection, INTAKE_QUEUE, 32).await?,
             reports: loops::reports(connection).await?,
             dead: loops::consumer(connection, TASKS_DEAD_QUEUE, 16).await?,
+            dead_submissions: loops::consumer(connection, INTAKE_DEAD_QUEUE, 16).await?,
             dispatch: dispatch::Queues::open(connection).await?,
             recovery: (confirmed_channel(connection).await?, connection.create_channel().await?),
         })
@@ -196,6 +198,8 @@ async fn start(
     loops.push(tracker.spawn(loops::reports_loop(s, x, h.reports, stop.child_token())));
     let (s, x) = (sched.clone(), session.clone());
     loops.push(tracker.spawn(loops::dead_letters(s, x, h.dead, stop.child_token())));
+    let (s, x) = (sched.clone(), session.clone());
+    loops.push(tracker.spawn(loops::dead_submissions(s, x, h.dead_submissions, stop.child_token())));
     loops.push(tracker.spawn(dispatch::run(sched.clone(), h.dispatch, stop.child_token())));
     let (tasks, events) = h.recovery;
     loops.push(tracker.spawn(crate::recovery::run(sched.clone(), tasks, events, stop.child_token())));

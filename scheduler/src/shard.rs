@@ -10,7 +10,7 @@ mod page;
 
 use fleet_protocol::fine_tune::FineTuneSpec;
 use fleet_protocol::job::{BackgroundReplaceSpec, JobKindName, JobRequest, OutputFormatName, Priority};
-use fleet_protocol::keys::TenantId;
+use fleet_protocol::keys::{is_own_output, TenantId};
 use fleet_protocol::message::{child_traceparent, TaskMessage, TRACEPARENT_HEADER};
 use fleet_protocol::state::{JobEvent, JobState};
 use fleet_queue::{publish_all, string_headers, task_queue, Outgoing, TASKS_EXCHANGE};
@@ -141,7 +141,7 @@ async fn split(
             sched.store.finish_sharding(tenant, job).await?;
             return Ok(());
         }
-        let page = match read_page(&sched.s3, &spec.input, &cursor.position, shard_size).await {
+        let mut page = match read_page(&sched.s3, &spec.input, &cursor.position, shard_size).await {
             Ok(page) => page,
             Err(PageError::Input(reason)) => {
                 fail_job(sched, events, tenant, job, reason).await?;
@@ -149,6 +149,9 @@ async fn split(
             }
             Err(PageError::Store(e)) => return Err(e.into()),
         };
+        // A prefix over the tenant's results lists this job's own outputs as they are
+        // written: they are never its input, or the job would grow as it runs.
+        page.keys.retain(|key| !is_own_output(tenant, job, key));
         let first = cursor.next_task;
         let messages = make_tasks(&record, &spec, &page.keys, shard_size, first);
         cursor.next_task += messages.len() as u32;

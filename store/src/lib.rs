@@ -29,6 +29,16 @@ pub enum StoreError {
         /// The key asked for.
         key: String,
     },
+    /// The object is larger than the reader takes; nothing past the cap was read.
+    #[error("object {key} is {size} bytes, over the {max}-byte cap")]
+    TooLarge {
+        /// The key asked for.
+        key: String,
+        /// Its size (or the bytes seen before the read stopped).
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The key breaks the layout rules.
     #[error(transparent)]
     BadKey(#[from] fleet_protocol::keys::KeyError),
@@ -58,6 +68,9 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync {
     /// The object's bytes.
     fn get(&self, key: &str) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
+    /// The object's bytes if it holds at most `max` of them, else [`StoreError::TooLarge`]
+    /// having read no more than `max` (a 4 GiB input costs a header, not 4 GiB of memory).
+    fn get_capped(&self, key: &str, max: u64) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;
     /// Up to `len` bytes of the object from byte `start`; empty past its end. Lets a reader
     /// stream a large object (a million-key manifest) without holding it.
     fn get_range(&self, key: &str, start: u64, len: u64) -> impl Future<Output = Result<Vec<u8>, StoreError>> + Send;

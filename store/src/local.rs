@@ -56,6 +56,23 @@ impl ObjectStore for LocalStore {
         std::fs::read(self.path(key)?).map_err(|e| Self::backend("get", key, e))
     }
 
+    async fn get_capped(&self, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
+        use std::io::Read;
+        let path = self.path(key)?;
+        let mut file = std::fs::File::open(&path).map_err(|e| Self::backend("get", key, e))?;
+        let size = file.metadata().map_err(|e| Self::backend("get", key, e))?.len();
+        if size > max {
+            return Err(StoreError::TooLarge { key: key.to_string(), size, max });
+        }
+        let mut out = Vec::with_capacity(size as usize);
+        // One byte past the cap tells a file that grew since its size was read.
+        file.by_ref().take(max + 1).read_to_end(&mut out).map_err(|e| Self::backend("get", key, e))?;
+        if out.len() as u64 > max {
+            return Err(StoreError::TooLarge { key: key.to_string(), size: out.len() as u64, max });
+        }
+        Ok(out)
+    }
+
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.path(key)?;

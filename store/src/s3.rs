@@ -146,6 +146,39 @@ impl ObjectStore for S3Store {
         read_body(key, out).await
     }
 
+    async fn get_capped(&self, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
+        check_key(key)?;
+        let mut out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
+            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                StoreError::NotFound { key: key.to_string() }
+            } else {
+                backend("get", key, e)
+            }
+        })?;
+        let too_large = |size: u64| StoreError::TooLarge { key: key.to_string(), size, max };
+        // Refused on the declared length before any of the body is read; dropping the body
+        // closes the connection.
+        let declared = out.content_length().unwrap_or(0).max(0) as u64;
+        if declared > max {
+            return Err(too_large(declared));
+        }
+        // And counted as it arrives, whatever the header said.
+        let mut bytes = Vec::with_capacity(declared as usize);
+        while let Some(chunk) = out.body.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Backend {
+                op: "get",
+                key: key.to_string(),
+                reason: e.to_string(),
+                retryable: true,
+            })?;
+            if (bytes.len() + chunk.len()) as u64 > max {
+                return Err(too_large((bytes.len() + chunk.len()) as u64));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         check_key(key)?;
         if len == 0 {

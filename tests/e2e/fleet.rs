@@ -62,11 +62,11 @@ async fn wait_tasks_done(client: &Client, id: &str, tasks: u64, timeout: Duratio
 async fn outputs(client: &Client, id: &str) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
     for key in list_all(&client.s3, &results_prefix(client.tenant(), id)).await.unwrap() {
-        let kind = if key.ends_with(".matte.png") {
+        let kind = if key.ends_with("/matte.png") {
             "matte"
-        } else if key.ends_with(".embedding.npy") {
+        } else if key.ends_with("/embedding.npy") {
             "embedding"
-        } else if key.contains("/tasks/") {
+        } else if key.contains("/_tasks/") {
             "task manifest"
         } else {
             "result"

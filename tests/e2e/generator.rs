@@ -13,7 +13,7 @@ use fleet_dev::reference::generator as refgen;
 use fleet_engine::diffusion::SamplerKind;
 use fleet_engine::generate::{GenerateOptions, Generator};
 use fleet_engine::model::LoadedModel;
-use fleet_protocol::keys::{output_keys, TenantId};
+use fleet_protocol::keys::{output_keys, task_manifest_key, variant_keys, TenantId};
 use fleet_protocol::state::JobState;
 use fleet_store::ObjectStore;
 use fleet_synth::backdrop::{prompt, render_scene, Backdrop};
@@ -190,8 +190,7 @@ async fn a_generate_job_keeps_every_product_pixel_and_writes_each_result_with_it
     let tenant = TenantId::new(TENANT).unwrap();
     for (key, input) in keys.iter().zip(&inputs) {
         let (first, matte_key, embedding_key) = output_keys(&tenant, &id, key, "png");
-        let second = first.replace(".png.png", ".png.1.png");
-        let second_embedding = embedding_key.replace(".embedding.npy", ".1.embedding.npy");
+        let (second, second_embedding) = variant_keys(&tenant, &id, key, "png", 1);
         let get = |k: String| {
             let s3 = &client.s3;
             async move { s3.get(&k).await.unwrap_or_else(|e| panic!("{k}: {e}")) }
@@ -215,8 +214,7 @@ async fn a_generate_job_keeps_every_product_pixel_and_writes_each_result_with_it
         }
     }
     let task: serde_json::Value =
-        serde_json::from_slice(&client.s3.get(&format!("{TENANT}/results/{id}/tasks/000000.json")).await.unwrap())
-            .unwrap();
+        serde_json::from_slice(&client.s3.get(&task_manifest_key(&tenant, &id, 0)).await.unwrap()).unwrap();
     let item = &task["items"][0];
     assert_eq!(item["generated"]["seeds"], json!([7, 8]), "{item}");
     assert_eq!(item["generated"]["sampler"], json!("ddim"));

@@ -170,6 +170,11 @@ pub mod fleet {
             assert!(out.status.success(), "token revoke: {}", String::from_utf8_lossy(&out.stderr));
         }
 
+        /// The process id of `name`.
+        pub fn pid(&self, name: &str) -> u32 {
+            self.procs.iter().find(|(n, _)| n == name).expect("a started process").1.id()
+        }
+
         /// Whether the process `name` is still running.
         pub fn alive(&mut self, name: &str) -> bool {
             let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");

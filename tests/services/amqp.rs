@@ -154,3 +154,29 @@ async fn a_tenant_hears_its_own_job_events_and_cannot_bind_to_anothers() {
     wildcard.queue_declare(&queue, declare, FieldTable::default()).await.unwrap();
     assert!(bind(wildcard, queue, "#").await.is_err(), "a catch-all binding is refused too");
 }
+
+#[tokio::test]
+async fn the_broker_refuses_a_message_over_its_size_limit_before_it_is_queued() {
+    let tenant = amqp::connect(&tenant_url("tenant-a")).await.unwrap();
+    let ch = amqp::confirmed_channel(&tenant).await.unwrap();
+    // Over `max_message_size` (4 MiB): the broker closes the channel on the publish, so the
+    // body never waits in the intake queue for the scheduler to refuse it.
+    let body = vec![b' '; 5 << 20];
+    let id = unique("huge");
+    let sent = amqp::publish_confirmed(
+        &ch,
+        amqp::JOBS_EXCHANGE,
+        amqp::SUBMIT_KEY,
+        &body,
+        amqp::job_properties("tenant-a", &id),
+    )
+    .await;
+    let error = sent.expect_err("a 5 MiB message is refused").to_string();
+    assert!(error.contains("max size"), "{error}");
+    // The tenant's connection goes on: a normal message on a new channel passes.
+    let ch = amqp::confirmed_channel(&tenant).await.unwrap();
+    let id = unique("small");
+    amqp::publish_confirmed(&ch, amqp::JOBS_EXCHANGE, amqp::SUBMIT_KEY, b"{}", amqp::job_properties("tenant-a", &id))
+        .await
+        .expect("a small message passes");
+}

@@ -8,3 +8,5 @@ pub fn unique(what: &str) -> String {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970").as_nanos();
     format!("{what}-{}-{nanos}", std::process::id())
 }
+
+pub mod proxy;

@@ -9,7 +9,7 @@ mod tests;
 use std::io::Cursor;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 use serde::{Deserialize, Serialize};
 
 pub use crate::error::ImageError;
@@ -66,6 +66,19 @@ pub struct Decoded {
 
 /// Decodes an uploaded photo, checking limits before allocating pixel memory.
 pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, ImageError> {
+    let (image, format, had_alpha, bit_depth) = decode_upright(bytes, limits)?;
+    Ok(Decoded { rgb: image.into_rgb8(), format, had_alpha, bit_depth })
+}
+
+/// Decodes a mask (a fine-tune sample's alpha, a scribble) under the same limits as a photo:
+/// a mask is tenant input too, and a 100-megapixel PNG bomb is as cheap to upload as a photo.
+pub fn decode_mask(bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage, ImageError> {
+    Ok(decode_upright(bytes, limits)?.0.into_luma8())
+}
+
+/// The image upright (EXIF orientation applied), its format, whether it had alpha and its
+/// bits per channel; sizes checked against `limits` from the header on.
+fn decode_upright(bytes: &[u8], limits: &DecodeLimits) -> Result<(DynamicImage, InputFormat, bool, u8), ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -100,10 +113,10 @@ pub fn decode(bytes: &[u8], limits: &DecodeLimits) -> Result<Decoded, ImageError
     let had_alpha = decoder.color_type().has_alpha();
     let original = decoder.original_color_type();
     let bits = original.bits_per_pixel() / u16::from(original.channel_count().max(1));
-    let image = DynamicImage::from_decoder(decoder).map_err(|e| map_decode_error(e, Some((width, height)), limits))?;
-    let mut upright = DynamicImage::ImageRgb8(image.into_rgb8());
-    upright.apply_orientation(orientation);
-    Ok(Decoded { rgb: upright.into_rgb8(), format, had_alpha, bit_depth: u8::try_from(bits).unwrap_or(u8::MAX) })
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| map_decode_error(e, Some((width, height)), limits))?;
+    image.apply_orientation(orientation);
+    Ok((image, format, had_alpha, u8::try_from(bits).unwrap_or(u8::MAX)))
 }
 
 /// Bytes a decoder may hold at once: a 16-bit RGBA frame of the largest accepted size plus

@@ -169,3 +169,15 @@ fn pixel_limit_applies_to_every_format() {
         assert_eq!(err(&bytes, &tight), ImageError::TooManyPixels { width: 64, height: 48, limit: 1000 });
     }
 }
+
+#[test]
+fn masks_are_decoded_under_the_photo_limits() {
+    let bomb = crate::encode::png_header_only(100_000, 100_000);
+    let e = decode_mask(&bomb, &DecodeLimits::default()).unwrap_err();
+    assert_eq!(e.code(), "too_many_pixels");
+    let tight = DecodeLimits { max_file_bytes: 10, ..DecodeLimits::default() };
+    let mask = image::GrayImage::from_fn(20, 10, |x, _| image::Luma([(x * 12) as u8]));
+    let png = encoded(mask.clone(), ImageFormat::Png);
+    assert_eq!(decode_mask(&png, &tight).unwrap_err().code(), "too_large");
+    assert_eq!(decode_mask(&png, &DecodeLimits::default()).unwrap(), mask, "a good mask decodes exactly");
+}

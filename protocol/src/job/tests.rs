@@ -198,3 +198,19 @@ fn a_generate_background_out_of_bounds_is_refused_with_the_field_named() {
     unknown["strength"] = serde_json::json!(1);
     assert_eq!(rejected(&generate(unknown)).code, "malformed", "unknown generate fields are refused");
 }
+
+#[test]
+fn a_prefix_inside_the_job_s_own_results_is_refused_and_one_above_it_passes() {
+    let mut spec = good_spec();
+    spec["input"] = serde_json::json!({"prefix": "tenant-a/results/catalog-1/"});
+    let r = rejected(&job(spec.clone()));
+    assert_eq!(r.code, "invalid");
+    assert!(r.reason.contains("own results folder"), "{}", r.reason);
+    spec["input"] = serde_json::json!({"prefix": "tenant-a/results/catalog-1/shoes/"});
+    assert_eq!(rejected(&job(spec.clone())).code, "invalid");
+    // Another job's results, or all of them, are fair input: the split skips this job's own.
+    for prefix in ["tenant-a/results/", "tenant-a/results/catalog-0/", "tenant-a/results/catalog-1"] {
+        spec["input"] = serde_json::json!({ "prefix": prefix });
+        assert!(validate(&job(spec.clone()), &tenant()).is_ok(), "{prefix}");
+    }
+}

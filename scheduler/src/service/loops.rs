@@ -2,8 +2,9 @@
 //! the queue-depth sampler. Each stops taking deliveries when its token is cancelled and
 //! returns once the deliveries in hand are handled and settled.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_protocol::message::{Report, TaskMessage};
 use fleet_queue::{self as amqp, publish_confirmed, BATCH_REPORTS_QUEUE, DEAD_QUEUE, INTAKE_QUEUE};
@@ -19,6 +20,43 @@ use super::{Session, Splitter};
 use crate::context::Scheduler;
 use crate::error::SchedulerError;
 use crate::intake::{self, Disposition, Intake};
+
+/// Longest a delivery is held while its dependency (Redis, S3) is down, trying again in
+/// place: well under the broker's 30-minute consumer timeout.
+const HOLD_FOR: Duration = Duration::from_secs(600);
+/// First and longest pause between tries in place.
+const HOLD_PAUSE: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// Runs `attempt` until it is done, trying again in place while it says `retry` (a
+/// dependency is down), for up to [`HOLD_FOR`] or until `stop`. A delivery held this way
+/// spends none of its delivery limit: returning it to the queue on every failed try would
+/// dead-letter it after six tries, a few seconds into any outage. Returns the last outcome.
+async fn patiently<T, F, Fut>(
+    what: &str,
+    stop: &CancellationToken,
+    retry: impl Fn(&T) -> Option<String>,
+    mut attempt: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+{
+    let started = Instant::now();
+    let mut pause = HOLD_PAUSE.0;
+    loop {
+        let outcome = attempt().await;
+        let Some(reason) = retry(&outcome) else { return outcome };
+        if started.elapsed() + pause > HOLD_FOR || stop.is_cancelled() {
+            return outcome;
+        }
+        tracing::warn!(%reason, retry_in_ms = pause.as_millis() as u64, "{what} waits for its dependency");
+        tokio::select! {
+            _ = stop.cancelled() => return outcome,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(HOLD_PAUSE.1);
+    }
+}
 
 /// Reports handled at once.
 const REPORT_CONCURRENCY: usize = 64;
@@ -66,7 +104,14 @@ pub(super) async fn intake(
                 None => return Ok(()),
             },
         };
-        let (disposition, outcome) = intake::handle(sched, &session.events, &delivery.data, &delivery.properties).await;
+        let retry = |(d, _): &(Disposition, Intake)| match d {
+            Disposition::Retry(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        let (disposition, outcome) = patiently("intake message", &stop, retry, || {
+            intake::handle(sched, &session.events, &delivery.data, &delivery.properties)
+        })
+        .await;
         settle(&delivery, disposition).await?;
         if let Intake::NewJob { tenant, job, record, cursor } = outcome {
             splitter.spawn(tenant, job, Some((*record, cursor)));
@@ -85,12 +130,12 @@ pub(super) async fn reports_loop(
     let reports = futures::stream::select_with_strategy(consumers.interactive, consumers.batch, |_: &mut ()| {
         futures::stream::PollNext::Left
     });
-    let (sched, session) = (&sched, &session);
+    let (sched, session, held) = (&sched, &session, &stop);
     reports
         .take_until(stop.cancelled())
         .for_each_concurrent(REPORT_CONCURRENCY, |delivery| async move {
             if let Ok(delivery) = delivery {
-                on_report(sched, session, delivery).await;
+                on_report(sched, session, delivery, held).await;
             }
         })
         .await;
@@ -117,6 +162,35 @@ pub(super) async fn dead_letters(
     Ok(())
 }
 
+/// Answers dead letters' copies one at a time (a dead-lettered submission is rejected so
+/// its tenant hears), until the consumer ends or `stop` is cancelled.
+pub(super) async fn dead_submissions(
+    sched: Arc<Scheduler>,
+    session: Arc<Session>,
+    mut deliveries: Consumer,
+    stop: CancellationToken,
+) -> Result<(), SchedulerError> {
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(()),
+            next = deliveries.next() => match next {
+                Some(delivery) => delivery?,
+                None => return Ok(()),
+            },
+        };
+        let retry = |d: &Disposition| match d {
+            Disposition::Retry(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        let disposition = patiently("dead letter", &stop, retry, || {
+            intake::dead_lettered(&sched, &session.events, &delivery.data, &delivery.properties)
+        })
+        .await;
+        settle(&delivery, disposition).await?;
+    }
+}
+
 async fn settle(delivery: &Delivery, disposition: Disposition) -> Result<(), lapin::Error> {
     match disposition {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
@@ -132,7 +206,7 @@ async fn settle(delivery: &Delivery, disposition: Disposition) -> Result<(), lap
     }
 }
 
-async fn on_report(sched: &Scheduler, session: &Session, delivery: Delivery) {
+async fn on_report(sched: &Scheduler, session: &Session, delivery: Delivery, stop: &CancellationToken) {
     let report: Report = match serde_json::from_slice(&delivery.data) {
         Ok(report) => report,
         Err(e) => {
@@ -141,7 +215,13 @@ async fn on_report(sched: &Scheduler, session: &Session, delivery: Delivery) {
             return;
         }
     };
-    match crate::reports::handle(sched, &session.events, report).await {
+    let retry = |outcome: &Result<(), fleet_state::JobStoreError>| match outcome {
+        Err(e) if e.is_retryable() => Some(e.to_string()),
+        _ => None,
+    };
+    let handled =
+        patiently("report", stop, retry, || crate::reports::handle(sched, &session.events, report.clone())).await;
+    match handled {
         Ok(()) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }

@@ -11,7 +11,7 @@ use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::encode::OutputFormat;
 use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec, Priority};
-use fleet_protocol::keys::{check_tenant_key, output_keys, results_prefix, TenantId};
+use fleet_protocol::keys::{check_tenant_key, output_keys, task_manifest_key, variant_keys, TenantId};
 use fleet_protocol::message::{now_ms, ItemFailureReport, TaskMessage};
 use fleet_store::s3::S3Store;
 use fleet_store::{content_type, ObjectStore, StoreError};
@@ -181,7 +181,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         .map(|key| {
             let tenant = tenant.clone();
             async move {
-                let item = fetch_item(ctx.s3, &tenant, &key).await?;
+                let item = fetch_item(ctx.s3, &tenant, &key, limits.max_file_bytes).await?;
                 Ok::<_, AttemptError>((key, item))
             }
         })
@@ -232,7 +232,8 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                 put(ctx.s3, &embedding_key, npy_f32(&output.embedding), "application/octet-stream").await?;
                 let mut variants = Vec::with_capacity(output.variants.len());
                 for (k, variant) in output.variants.iter().enumerate() {
-                    let (result_key, embedding_key) = variant_keys(&result_key, &embedding_key, extension, k + 1);
+                    let (result_key, embedding_key) =
+                        variant_keys(&tenant, &task.job, &output.record.id, extension, k + 1);
                     put(ctx.s3, &result_key, variant.image.clone(), image_type).await?;
                     put(ctx.s3, &embedding_key, npy_f32(&variant.embedding), "application/octet-stream").await?;
                     variants.push(VariantItem { result_key, embedding_key, seed: variant.seed });
@@ -257,7 +258,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         .try_collect()
         .await?;
     let succeeded = items.len() as u64;
-    let manifest_key = format!("{}tasks/{:06}.json", results_prefix(&tenant, &task.job), task.task);
+    let manifest_key = task_manifest_key(&tenant, &task.job, task.task);
     let model = ctx.engine.inference().manifest().model_ref().to_string();
     let manifest = TaskManifest {
         tenant: &task.tenant,
@@ -277,14 +278,6 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     Ok(TaskResult { succeeded, failures, manifest: manifest_key })
 }
 
-/// Keys of generated result `k` (from 1) beside the first result's: `<item>.<k>.<ext>` and
-/// `<item>.<k>.embedding.npy`.
-fn variant_keys(result_key: &str, embedding_key: &str, extension: &str, k: usize) -> (String, String) {
-    let stem = result_key.strip_suffix(&format!(".{extension}")).unwrap_or(result_key);
-    let emb = embedding_key.strip_suffix(".embedding.npy").unwrap_or(embedding_key);
-    (format!("{stem}.{k}.{extension}"), format!("{emb}.{k}.embedding.npy"))
-}
-
 /// The generator and settings of a generate job; the reference image is read once per task.
 async fn generate_job(
     ctx: &TaskContext<'_>,
@@ -298,7 +291,9 @@ async fn generate_job(
     let reference = match &spec.reference_image {
         Some(key) => {
             check_tenant_key(tenant, key).map_err(|e| AttemptError::permanent(e.to_string()))?;
-            let bytes = get(ctx.s3, key).await.map_err(|e| AttemptError::store("reference image", &e))?;
+            let bytes = get(ctx.s3, key, limits.max_file_bytes)
+                .await
+                .map_err(|e| AttemptError::store("reference image", &e))?;
             Some(
                 decode(&bytes, limits).map_err(|e| AttemptError::permanent(format!("reference image {key}: {e}")))?.rgb,
             )
@@ -334,26 +329,31 @@ type Fetched = Result<(Vec<u8>, f64), ItemFailureReport>;
 
 /// Fetches one input: an item failure when the key is not the tenant's or not there, an
 /// attempt failure when the store keeps failing.
-async fn fetch_item(s3: &S3Store, tenant: &TenantId, key: &str) -> Result<Fetched, AttemptError> {
+/// One input's bytes, read only if it is at most `max` bytes long (a larger object fails its
+/// item without being read).
+async fn fetch_item(s3: &S3Store, tenant: &TenantId, key: &str, max: u64) -> Result<Fetched, AttemptError> {
     let fail =
         |code: &str, reason: String| Ok(Err(ItemFailureReport { key: key.to_string(), code: code.into(), reason }));
     if let Err(e) = check_tenant_key(tenant, key) {
         return fail("invalid_key", e.to_string());
     }
     let started = Instant::now();
-    match get(s3, key).await {
+    match get(s3, key, max).await {
         Ok(bytes) => Ok(Ok((bytes, started.elapsed().as_secs_f64() * 1e3))),
         Err(StoreError::NotFound { .. }) => fail("not_found", format!("no object at {key}")),
+        Err(StoreError::TooLarge { size, max, .. }) => {
+            fail("too_large", format!("{key} is {size} bytes, over the {max}-byte input cap"))
+        }
         Err(e) if e.is_retryable() => Err(AttemptError::retry(e.to_string())),
         Err(e) => fail("store_error", e.to_string()),
     }
 }
 
-async fn get(s3: &S3Store, key: &str) -> Result<Vec<u8>, StoreError> {
+async fn get(s3: &S3Store, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match s3.get(key).await {
+        match s3.get_capped(key, max).await {
             Err(e) if e.is_retryable() && tries < IO_TRIES => backoff(tries).await,
             other => return other,
         }
@@ -394,7 +394,8 @@ async fn background(
         BackgroundSpec::Generate(_) => Background::Transparent,
         BackgroundSpec::Image { key } => {
             check_tenant_key(tenant, key).map_err(|e| AttemptError::permanent(e.to_string()))?;
-            let bytes = get(s3, key).await.map_err(|e| AttemptError::store("background image", &e))?;
+            let bytes =
+                get(s3, key, limits.max_file_bytes).await.map_err(|e| AttemptError::store("background image", &e))?;
             let decoded =
                 decode(&bytes, limits).map_err(|e| AttemptError::permanent(format!("background image {key}: {e}")))?;
             Background::Image(Arc::new(decoded.rgb))

@@ -95,11 +95,15 @@ pub(super) async fn run(
 /// Reads and decodes one photo; a problem with the photo is a refusal, a store problem
 /// fails the attempt.
 async fn load_photo(ctx: &FineTuneContext<'_>, key: &str) -> Result<Result<RgbImage, (String, String)>, AttemptError> {
-    match ctx.s3.get(key).await {
-        Ok(bytes) => Ok(decode(&bytes, &DecodeLimits::default())
-            .map(|d| d.rgb)
-            .map_err(|e| (e.code().to_string(), format!("image {key}: {e}")))),
+    let limits = DecodeLimits::default();
+    match ctx.s3.get_capped(key, limits.max_file_bytes).await {
+        Ok(bytes) => {
+            Ok(decode(&bytes, &limits).map(|d| d.rgb).map_err(|e| (e.code().to_string(), format!("image {key}: {e}"))))
+        }
         Err(StoreError::NotFound { .. }) => Ok(Err(("not_found".into(), format!("no object at {key}")))),
+        Err(StoreError::TooLarge { size, max, .. }) => {
+            Ok(Err(("too_large".into(), format!("{key} is {size} bytes, over the {max}-byte input cap"))))
+        }
         Err(e) if e.is_retryable() => Err(AttemptError::retry(e.to_string())),
         Err(e) => Ok(Err(("store_error".into(), e.to_string()))),
     }

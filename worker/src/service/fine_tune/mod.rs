@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use fleet_protocol::fine_tune::{parse_dataset, FineTuneSpec, Refusal, Target};
 use fleet_protocol::keys::{results_prefix, TenantId};
+use fleet_protocol::limits::{MAX_DATASET_BYTES, MAX_DATASET_SAMPLES};
 use fleet_protocol::manifest::ModelRef;
 use fleet_protocol::message::{TaskMessage, TrainingProgress};
 use fleet_protocol::DeviceSpec;
@@ -86,7 +87,7 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
     let fail = AttemptError::retry;
 
     // The data set: refusals are reported, never trained on.
-    let text = match ctx.s3.get(&spec.data).await {
+    let text = match ctx.s3.get_capped(&spec.data, MAX_DATASET_BYTES).await {
         Ok(bytes) => String::from_utf8(bytes)
             .map_err(|e| AttemptError::permanent(format!("data set {} is not UTF-8: {e}", spec.data)))?,
         Err(StoreError::NotFound { .. }) => {
@@ -94,8 +95,18 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
                 .await
                 .map(Ended::Trained)
         }
+        Err(StoreError::TooLarge { size, max, .. }) => {
+            let reason = format!("the data set is {size} bytes, over the {max}-byte cap; nothing was trained");
+            return finished_without_model(ctx, &results, task, spec, &reason).await.map(Ended::Trained);
+        }
         Err(e) => return Err(AttemptError::store("data set", &e)),
     };
+    let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+    if lines > MAX_DATASET_SAMPLES {
+        let reason =
+            format!("the data set lists {lines} samples, over the cap of {MAX_DATASET_SAMPLES}; nothing was trained");
+        return finished_without_model(ctx, &results, task, spec, &reason).await.map(Ended::Trained);
+    }
     let digest = sha256_hex(text.as_bytes());
     let (listed, mut refusals) = parse_dataset(&text, &tenant, spec.target);
     if spec.target == Target::BackgroundGenerator {

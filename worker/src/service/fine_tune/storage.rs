@@ -32,9 +32,12 @@ pub(super) async fn load_sample(
         return Ok(Err(("no_mask".into(), "a matting fine-tune needs a mask per image".into())));
     };
     for key in [&sample.image, mask_key] {
-        match s3.get(key).await {
+        match s3.get_capped(key, limits.max_file_bytes).await {
             Ok(bytes) => fetched.push(bytes),
             Err(StoreError::NotFound { .. }) => return Ok(Err(("not_found".into(), format!("no object at {key}")))),
+            Err(StoreError::TooLarge { size, max, .. }) => {
+                return Ok(Err(("too_large".into(), format!("{key} is {size} bytes, over the {max}-byte input cap"))))
+            }
             Err(e) if e.is_retryable() => return Err(AttemptError::retry(e.to_string())),
             Err(e) => return Ok(Err(("store_error".into(), e.to_string()))),
         }
@@ -43,9 +46,9 @@ pub(super) async fn load_sample(
         Ok(d) => d.rgb,
         Err(e) => return Ok(Err((e.code().to_string(), format!("image {}: {e}", sample.image)))),
     };
-    let mask = match image::load_from_memory(&fetched[1]) {
-        Ok(m) => m.to_luma8(),
-        Err(e) => return Ok(Err(("corrupt".into(), format!("mask {mask_key}: {e}")))),
+    let mask = match fleet_imaging::decode_mask(&fetched[1], &limits) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err((e.code().to_string(), format!("mask {mask_key}: {e}")))),
     };
     if mask.dimensions() != rgb.dimensions() {
         let (mw, mh) = mask.dimensions();

@@ -1,0 +1,336 @@
+//! Hostile input and dependency faults, each found in a review and each shown here on the
+//! real services: a cancel naming an id no routing key can hold, job ids that once shared an
+//! event key, inputs named like another input's outputs, a prefix over a job's own results,
+//! a job store outage while submissions arrive, a submission the broker dead-letters, an
+//! input object far over the cap, and fine-tune data sets over their caps.
+
+use std::time::{Duration, Instant};
+
+use fleet_client::{Client, ClientError, Submitted};
+use fleet_protocol::keys::{results_prefix, TenantId};
+use fleet_protocol::message::CANCEL_TYPE;
+use fleet_protocol::state::JobState;
+use fleet_queue as amqp;
+use fleet_store::{list_all, ObjectStore};
+use fleet_tests_e2e::fleet::{client, Fleet};
+use fleet_tests_e2e::unique;
+use fleet_tests_services::proxy::{addr_of, Mode, Proxy};
+use lapin::options::{BasicGetOptions, BasicNackOptions};
+use serde_json::json;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const TENANT: &str = "tenant-a";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} unset: the test command exports it"))
+}
+
+/// A small PNG photo: a gradient with a dark square in the middle.
+fn photo(seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(96, 72, |x, y| {
+        if (30..66).contains(&x) && (20..52).contains(&y) {
+            image::Rgb([20, 30 + seed, 40])
+        } else {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, 200u8.wrapping_add(seed)])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn job(id: &str, input: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": id, "priority": "batch", "kind": "background_replace",
+        "spec": {"input": input, "background": {"mode": "color", "color": "#f2f2f2"},
+                 "output": {"format": "png"}, "model": "matting-ref@1.0.0", "shard_size": 10}
+    }))
+    .unwrap()
+}
+
+/// A job whose one key does not exist: accepted at once, and cheap to cancel.
+fn placeholder(id: &str) -> Vec<u8> {
+    job(id, json!({"keys": [format!("{TENANT}/nothing/{id}.png")]}))
+}
+
+/// Waits for the job's record to exist; `Err` with the rejection if it was refused.
+async fn recorded(client: &Client, id: &str, within: Duration) -> Result<(), fleet_protocol::job::Rejection> {
+    let deadline = Instant::now() + within;
+    loop {
+        match client.job(id).await {
+            Ok(Some(_)) => return Ok(()),
+            Err(ClientError::Rejected(r)) => return Err(r),
+            Ok(None) | Err(_) => {}
+        }
+        assert!(Instant::now() < deadline, "job {id} was neither recorded nor rejected within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A log without its terminal colours, so `field=value` reads as written.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancel_of_an_id_no_routing_key_can_hold_is_refused_and_intake_goes_on() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    let client = client(TENANT).await;
+    let mut refusals = client.subscribe("unknown").await.unwrap();
+    // 300 bytes: more than an AMQP short string, so never a routing key word.
+    let long = "x".repeat(300);
+    let connection =
+        amqp::connect(&fleet_client::amqp_url_as(&env("FLEET_AMQP_URL"), TENANT, "tenant-a-dev")).await.unwrap();
+    let channel = amqp::confirmed_channel(&connection).await.unwrap();
+    let body = serde_json::to_vec(&json!({ "cancel": long })).unwrap();
+    let props = lapin::BasicProperties::default().with_user_id(TENANT.into()).with_type(CANCEL_TYPE.into());
+    amqp::publish_confirmed(&channel, amqp::JOBS_EXCHANGE, amqp::CANCEL_KEY, &body, props).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let event = refusals.next_before(deadline).await.unwrap().expect("a cancel_refused event within 30 s");
+        if event.kind == "cancel_refused" && event.reason.as_deref().is_some_and(|r| r.contains("xxxx")) {
+            break event;
+        }
+    };
+    assert_eq!(refused.code.as_deref(), Some("invalid"), "{refused:?}");
+    // The scheduler's session stood: the next submission is taken at once, and it never
+    // reconnected (a reconnect returns every delivery it held, spending their limits).
+    let id = unique("after-cancel");
+    assert_eq!(client.submit(&id, &placeholder(&id), Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
+    client.cancel(&id).await.unwrap();
+    let log = plain(&fleet.log("scheduler"));
+    assert_eq!(log.matches("ready: consuming").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_ids_that_differ_by_dot_or_underscore_each_hear_only_their_own_events() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    let client = client(TENANT).await;
+    let base = unique("ids");
+    let (dotted, underscored) = (format!("{base}.1"), format!("{base}_1"));
+    let mut events = client.subscribe(underscored.as_str()).await.unwrap();
+    assert_eq!(
+        client.submit(&dotted, &placeholder(&dotted), Duration::from_secs(30)).await.unwrap(),
+        Submitted::Accepted
+    );
+    assert_eq!(
+        client.submit(&underscored, &placeholder(&underscored), Duration::from_secs(30)).await.unwrap(),
+        Submitted::Accepted
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut heard = Vec::new();
+    while let Ok(Some(event)) = events.next_before(deadline).await {
+        heard.push(event.job);
+    }
+    assert!(heard.contains(&underscored), "{heard:?}");
+    assert!(heard.iter().all(|j| *j == underscored), "a subscriber of {underscored} heard {heard:?}");
+    for id in [&dotted, &underscored] {
+        client.cancel(id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inputs_named_like_another_input_s_outputs_keep_their_own_results() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 1);
+    let client = client(TENANT).await;
+    let prefix = format!("{TENANT}/{}/", unique("names"));
+    // `x.jpg.matte` once wrote its result onto the matte of `x.jpg`, and `x.jpg.1` onto the
+    // first generated result of `x.jpg`.
+    let names = ["x.jpg", "x.jpg.matte", "x.jpg.1", "x.jpg.embedding"];
+    for (i, name) in names.iter().enumerate() {
+        client.s3.put(&format!("{prefix}{name}"), photo(i as u8 * 40), "image/png").await.unwrap();
+    }
+    let id = unique("names");
+    assert_eq!(
+        client.submit(&id, &job(&id, json!({ "prefix": prefix })), Duration::from_secs(30)).await.unwrap(),
+        Submitted::Accepted
+    );
+    let view = client.wait(&id, Duration::from_secs(120), |_| {}).await.unwrap();
+    assert_eq!(view.record.state, JobState::Succeeded, "{:?}", client.failures(&id).await.unwrap());
+    let tenant = TenantId::new(TENANT).unwrap();
+    let keys = list_all(&client.s3, &results_prefix(&tenant, &id)).await.unwrap();
+    // Each input: result, matte, embedding; and one task manifest.
+    assert_eq!(keys.len(), names.len() * 3 + 1, "{keys:#?}");
+    for name in names {
+        let (result, matte, _) = fleet_protocol::keys::output_keys(&tenant, &id, &format!("{prefix}{name}"), "png");
+        let result = image::load_from_memory(&client.s3.get(&result).await.unwrap()).unwrap();
+        let matte = image::load_from_memory(&client.s3.get(&matte).await.unwrap()).unwrap();
+        assert_eq!((result.width(), matte.width()), (96, 96), "{name}");
+        assert_eq!(matte.color(), image::ColorType::L8, "{name}'s matte is a matte");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_prefix_inside_the_job_s_own_results_folder_is_refused() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    let client = client(TENANT).await;
+    let id = unique("own");
+    let tenant = TenantId::new(TENANT).unwrap();
+    let body = job(&id, json!({ "prefix": results_prefix(&tenant, &id) }));
+    match client.submit(&id, &body, Duration::from_secs(30)).await.unwrap() {
+        Submitted::Rejected(r) => {
+            assert_eq!(r.code, "invalid");
+            assert!(r.reason.contains("own results folder"), "{}", r.reason);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn submissions_during_a_job_store_outage_wait_for_it_and_none_is_lost() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    // The scheduler reaches Redis through a proxy the test can cut; nothing else does.
+    let redis_url = env("FLEET_SCHEDULER_REDIS_URL");
+    let proxy = Proxy::start(addr_of(&redis_url)).await;
+    fleet.scheduler_with("scheduler", &[("FLEET_REDIS_URL", &proxy.url_for(&redis_url))]);
+    let client = client(TENANT).await;
+    proxy.set(Mode::Cut);
+    let ids: Vec<String> = (0..3).map(|i| unique(&format!("outage{i}"))).collect();
+    for id in &ids {
+        client.publish(id, &placeholder(id)).await.unwrap();
+    }
+    // Longer than six returns to the queue used to take: each spent one delivery of the
+    // message's limit, and the sixth dead-lettered it with no word to the submitter.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    proxy.set(Mode::Pass);
+    for id in &ids {
+        recorded(&client, id, Duration::from_secs(60)).await.unwrap_or_else(|r| panic!("{id} rejected: {r:?}"));
+    }
+    let log = plain(&fleet.log("scheduler"));
+    assert!(log.contains("intake message waits for its dependency"), "{log}");
+    for id in &ids {
+        client.cancel(id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_submission_the_broker_dead_letters_is_rejected_so_its_tenant_hears() {
+    let _turn = SERIAL.lock().await;
+    let client = client(TENANT).await;
+    let id = unique("poison");
+    // No scheduler yet: the submission waits in intake, and a consumer that fails on it at
+    // every delivery (as a scheduler that crashes on it would) spends its delivery limit.
+    client.publish(&id, &placeholder(&id)).await.unwrap();
+    let admin = amqp::connect(&env("FLEET_AMQP_URL")).await.unwrap();
+    let channel = admin.create_channel().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut returns = 0;
+    while returns <= amqp::DELIVERY_LIMIT {
+        assert!(Instant::now() < deadline, "returned {returns} times");
+        let Some(message) = channel.basic_get(amqp::INTAKE_QUEUE, BasicGetOptions::default()).await.unwrap() else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        if message.delivery.properties.message_id().as_ref().map(|m| m.as_str()) == Some(id.as_str()) {
+            returns += 1;
+        }
+        message.delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.unwrap();
+    }
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    let rejection = recorded(&client, &id, Duration::from_secs(30)).await.expect_err("the job was never recorded");
+    assert_eq!(rejection.code, "dead_lettered", "{rejection:?}");
+    assert!(rejection.reason.contains("fleet.dead"), "{}", rejection.reason);
+    let _ = channel.close(200, "done").await;
+    let _ = admin.close(200, "done").await;
+}
+
+/// Peak resident memory of a process, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_input_far_over_the_cap_fails_its_item_without_being_read() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 1);
+    let client = client(TENANT).await;
+    let prefix = format!("{TENANT}/{}/", unique("big"));
+    client.s3.put(&format!("{prefix}ok.png"), photo(1), "image/png").await.unwrap();
+    // A first job warms the worker (model loaded), so its peak memory is the working peak.
+    let warm = unique("warm");
+    let body = job(&warm, json!({ "keys": [format!("{prefix}ok.png")] }));
+    assert_eq!(client.submit(&warm, &body, Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
+    assert_eq!(client.wait(&warm, Duration::from_secs(120), |_| {}).await.unwrap().record.state, JobState::Succeeded);
+    let before = peak_rss_kib(fleet.pid("w1"));
+    // 300 MiB: read whole, as workers once did, it would add at least that to the peak.
+    let big = format!("{prefix}big.png");
+    client.s3.put(&big, vec![0u8; 300 << 20], "image/png").await.unwrap();
+    let id = unique("big");
+    let body = job(&id, json!({ "keys": [format!("{prefix}ok.png"), big.clone()] }));
+    assert_eq!(client.submit(&id, &body, Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
+    let view = client.wait(&id, Duration::from_secs(120), |_| {}).await.unwrap();
+    assert_eq!(view.record.state, JobState::SucceededWithItemErrors);
+    let failures = client.failures(&id).await.unwrap();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((failures[0].key.as_str(), failures[0].code.as_str()), (big.as_str(), "too_large"));
+    assert!(failures[0].reason.contains("input cap"), "{}", failures[0].reason);
+    let grew_mib = (peak_rss_kib(fleet.pid("w1")).saturating_sub(before)) / 1024;
+    assert!(grew_mib < 64, "the worker's peak memory grew by {grew_mib} MiB");
+    client.s3.delete(&big).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fine_tune_data_sets_over_their_caps_train_nothing_and_say_why() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler").worker("w1", 1);
+    let client = client(TENANT).await;
+    let prefix = format!("{TENANT}/{}/", unique("datasets"));
+    let line = json!({"image": format!("{prefix}a.png"), "mask": format!("{prefix}a.mask.png"),
+                      "licence": "CC-BY-4.0", "contributor": "c"})
+    .to_string();
+    // Over the byte cap (16 MiB), and within it but over the sample cap (10,000).
+    let too_big = format!("{prefix}big.jsonl");
+    let big: String = std::iter::repeat_n("# padding line\n", (17 << 20) / 15).collect();
+    client.s3.put(&too_big, big.into_bytes(), "application/x-ndjson").await.unwrap();
+    let too_many = format!("{prefix}many.jsonl");
+    let many: String = std::iter::repeat_n(format!("{line}\n"), 10_001).collect();
+    client.s3.put(&too_many, many.into_bytes(), "application/x-ndjson").await.unwrap();
+    for (data, why) in [(too_big, "byte cap"), (too_many, "10001 samples, over the cap of 10000")] {
+        let id = unique("ft-cap");
+        let body = serde_json::to_vec(&json!({
+            "id": id, "priority": "batch", "kind": "fine_tune",
+            "spec": {"base_model": "matting-ref@1.0.0", "data": data,
+                     "output": {"name": unique("capped"), "version": "1"},
+                     "hyper": {"steps_phase1": 2, "steps_phase2": 1, "batch_size": 2}}
+        }))
+        .unwrap();
+        match client.submit(&id, &body, Duration::from_secs(30)).await.unwrap() {
+            Submitted::Accepted => {}
+            other => panic!("{other:?}"),
+        }
+        let view = client.wait(&id, Duration::from_secs(120), |_| {}).await.unwrap();
+        assert!(view.record.state.is_terminal(), "{view:?}");
+        let failures = client.failures(&id).await.unwrap();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].code, "no_model");
+        assert!(failures[0].reason.contains(why), "{}", failures[0].reason);
+    }
+}
