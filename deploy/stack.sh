@@ -192,6 +192,8 @@ ensure_packages() {
   [ -x "$RABBIT_BIN/rabbitmq-server" ] || missing+=(rabbitmq-server)
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
   command -v curl >/dev/null || missing+=(curl)
+  # libfaketime: the tests and the chaos suite run a worker whose clock is off.
+  command -v faketime >/dev/null || missing+=(faketime)
   [ ${#missing[@]} -eq 0 ] && return
 
   log "installing ${missing[*]} with apt (their system services stay off)"

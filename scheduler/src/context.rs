@@ -60,6 +60,8 @@ pub struct Config {
     /// Batch tasks of one tenant published and not yet sent on by the dispatcher, at most:
     /// the rest wait in their job's cursor, so no tenant's flood stands in front of another.
     pub queue_window: u32,
+    /// How long a finished job's records stay in Redis.
+    pub retention: Duration,
 }
 
 /// The scheduler's shared state. Job state lives in Redis; what is kept here is only caches
@@ -83,7 +85,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Connects to Redis and builds the S3 client.
     pub async fn connect(config: Config) -> Result<Self, JobStoreError> {
-        let store = RedisJobStore::connect(&config.redis_url).await?;
+        let store = RedisJobStore::connect(&config.redis_url).await?.with_retention(config.retention);
         let s3 = S3Store::new(&config.s3);
         Ok(Scheduler {
             config,

@@ -230,7 +230,6 @@ impl Dispatcher {
     /// Grants each placed task its lease on its device, all at once.
     async fn grant_leases(&self, round: &Round, placed: &[Placed]) -> Vec<GrantResult> {
         let store = &self.sched.store;
-        let now = round.now;
         futures::future::join_all(placed.iter().map(|p| {
             let (w, d) = (&round.tasks[p.task], &round.devices[p.device]);
             let priority = if w.message.priority == Priority::Interactive { "interactive" } else { "batch" };
@@ -239,7 +238,7 @@ impl Dispatcher {
                 let body = &w.delivery.data;
                 Some(
                     store
-                        .grant_lease(&tenant, &w.message.job, w.message.task, &d.worker, d.device, priority, now, body)
+                        .grant_lease(&tenant, &w.message.job, w.message.task, &d.worker, d.device, priority, body)
                         .await,
                 )
             }

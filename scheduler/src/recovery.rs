@@ -10,9 +10,14 @@
 //!
 //! A task taken over [`MAX_GRANTS`] times (its workers keep dying on it) fails its items
 //! instead of going round again.
+//!
+//! Leases expire by Redis's clock alone (the lease scripts read `TIME`), so clock skew between
+//! hosts moves none. After Redis was unreachable from here, or restarted, nothing is taken
+//! over until a whole lease life has passed with Redis answering: the workers could not renew
+//! during the outage either, and do so as soon as it ends.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_protocol::keys::TenantId;
 use fleet_protocol::message::{new_traceparent, now_ms, TaskMessage, TRACEPARENT_HEADER};
@@ -29,6 +34,10 @@ use crate::reports::{after_update, failed_items};
 
 /// How often expired leases and due re-dispatches are looked for.
 pub const SWEEP_PERIOD: Duration = Duration::from_millis(250);
+/// Sweeps between two prunings of the job lists (finished jobs past their retention).
+const PRUNE_EVERY: u64 = 40;
+/// Jobs pruned at most per pruning.
+const PRUNE_MAX: usize = 1_000;
 /// Leases taken over per sweep at most.
 const SWEEP_MAX: usize = 512;
 
@@ -40,9 +49,22 @@ pub async fn run(
     events: Channel,
     stop: CancellationToken,
 ) -> Result<(), SchedulerError> {
+    // Redis has answered every sweep since this instant.
+    let mut answering_since = Instant::now();
+    let mut sweeps = 0u64;
     loop {
+        sweeps += 1;
+        if sweeps.is_multiple_of(PRUNE_EVERY) {
+            match sched.store.prune_expired(PRUNE_MAX).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "finished jobs past their retention left the job lists"),
+                Err(e) => tracing::warn!(error = %e, "retention index unreadable"),
+            }
+        }
         let now = now_ms();
-        match sched.store.expired_leases(now, SWEEP_MAX).await {
+        let settled = answering_since.elapsed() >= LEASE_TTL;
+        let expired = if settled { sched.store.expired_leases(SWEEP_MAX).await } else { Ok(Vec::new()) };
+        match expired {
             Ok(expired) => {
                 for lease in expired {
                     if let Err(e) = take_over(&sched, &events, &lease, now).await {
@@ -50,7 +72,10 @@ pub async fn run(
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "expired leases unreadable"),
+            Err(e) => {
+                tracing::warn!(error = %e, "expired leases unreadable");
+                answering_since = Instant::now();
+            }
         }
         match sched.store.requeue_due(now).await {
             Ok(due) => {
@@ -58,7 +83,10 @@ pub async fn run(
                     requeue(&sched, &tasks, &lease).await?;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "re-dispatch list unreadable"),
+            Err(e) => {
+                tracing::warn!(error = %e, "re-dispatch list unreadable");
+                answering_since = Instant::now();
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),

@@ -6,6 +6,8 @@
 //! that moves it to a terminal state, so a task reported twice is counted once. The keys are
 //! in [`crate::schema`].
 
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
 
 use fleet_protocol::keys::TenantId;
@@ -14,9 +16,11 @@ use fleet_protocol::state::JobEvent;
 
 use crate::error::{JobStoreError, CAS_ATTEMPTS};
 use crate::record::{Created, JobRecord};
-use crate::schema::job_record_key as key;
+use crate::schema::{job_key, job_record_key as key, JOB_KEY_KINDS, RETENTION_KEY};
 
-/// Writes `ARGV[2]` only if the key still holds `ARGV[1]`.
+/// Writes `ARGV[2]` only if the key still holds `ARGV[1]`; with a TTL (`ARGV[3]` seconds, 0
+/// for none) the record and the per-job keys `KEYS[3..]` expire, and the retention index
+/// `KEYS[2]` gets member `ARGV[4]` scored by when.
 const COMPARE_AND_SET: &str = include_str!("scripts/compare_and_set.lua");
 
 /// Creates a task unless it exists; counts it into the job's totals once.
@@ -29,12 +33,19 @@ pub(crate) const CREATE_TASK: &str = include_str!("scripts/create_task.lua");
 /// token makes the old one stale) and queues the task for dispatch again after
 /// `ARGV[10]` ms since the epoch. Returns `{'ok', counters...}`, `{'stale'}` when fenced out,
 /// or `{}` if the task changed under us.
-pub(crate) const UPDATE_TASK: &str = include_str!("scripts/update_task.lua");
+pub(crate) const UPDATE_TASK: &str =
+    concat!(include_str!("scripts/clock.lua"), include_str!("scripts/update_task.lua"));
+
+/// How long a finished job's records stay in Redis unless configured otherwise; its results
+/// stay in S3 regardless.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Job records in Redis.
 #[derive(Clone)]
 pub struct RedisJobStore {
     pub(crate) conn: ConnectionManager,
+    /// How long a finished job's keys are kept.
+    pub(crate) retention: Duration,
     pub(crate) update_task: redis::Script,
     pub(crate) create_task: redis::Script,
 }
@@ -62,9 +73,40 @@ impl RedisJobStore {
         let client = redis::Client::open(url)?;
         Ok(RedisJobStore {
             conn: ConnectionManager::new(client).await?,
+            retention: DEFAULT_RETENTION,
             update_task: redis::Script::new(UPDATE_TASK),
             create_task: redis::Script::new(CREATE_TASK),
         })
+    }
+
+    /// The same store, keeping finished jobs' keys for `retention` (at least a second).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Removes finished jobs whose retention ran out from their tenants' job lists (their
+    /// keys expired by themselves), at most `limit` at a time; returns how many.
+    pub async fn prune_expired(&self, limit: usize) -> Result<usize, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let (now, _): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(RETENTION_KEY)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await?;
+        for member in &due {
+            if let Some((tenant, id)) = member.split_once(':') {
+                let _: i64 =
+                    redis::cmd("ZREM").arg(format!("fleet:jobs:{tenant}")).arg(id).query_async(&mut conn).await?;
+            }
+            let _: i64 = redis::cmd("ZREM").arg(RETENTION_KEY).arg(member).query_async(&mut conn).await?;
+        }
+        Ok(due.len())
     }
 
     /// Records a new job unless the tenant already has one with that id.
@@ -141,7 +183,16 @@ impl RedisJobStore {
             }
             let new = serde_json::to_string(&record).expect("a job record serialises");
             let mut conn = self.conn.clone();
-            let swapped: i64 = script.key(&k).arg(&old).arg(&new).invoke_async(&mut conn).await?;
+            let mut invocation = script.key(&k);
+            invocation.key(RETENTION_KEY);
+            let ttl = if record.state.is_terminal() { self.retention.as_secs() } else { 0 };
+            if ttl > 0 {
+                for kind in JOB_KEY_KINDS {
+                    invocation.key(job_key(kind, tenant, id));
+                }
+            }
+            let member = format!("{tenant}:{id}");
+            let swapped: i64 = invocation.arg(&old).arg(&new).arg(ttl).arg(&member).invoke_async(&mut conn).await?;
             if swapped == 1 {
                 return Ok(record);
             }

@@ -39,11 +39,11 @@ pub const LEASE_TTL: Duration = Duration::from_secs(3 * HEARTBEAT_PERIOD.as_secs
 pub const MAX_GRANTS: u32 = 2 * fleet_protocol::topology::MAX_ATTEMPTS;
 
 /// Grants a lease unless the task ended or another live worker holds it.
-const GRANT: &str = include_str!("scripts/grant.lua");
+const GRANT: &str = concat!(include_str!("scripts/clock.lua"), include_str!("scripts/grant.lua"));
 
 /// Renews the leases a worker holds; returns the ids of those it no longer holds and of
 /// those it is asked to give back.
-const RENEW: &str = include_str!("scripts/renew.lua");
+const RENEW: &str = concat!(include_str!("scripts/clock.lua"), include_str!("scripts/renew.lua"));
 
 /// Asks the holder of a lease to give its task back (a preemption), if a worker holds it.
 const PREEMPT: &str = include_str!("scripts/preempt.lua");
@@ -63,7 +63,7 @@ pub struct Renewal {
 
 /// Gives back a lease while it still carries token `ARGV[1]`: its worker loses it (a new
 /// token), and with `ARGV[3]` = 1 the lease is deleted outright.
-const ABANDON: &str = include_str!("scripts/abandon.lua");
+const ABANDON: &str = concat!(include_str!("scripts/clock.lua"), include_str!("scripts/abandon.lua"));
 
 /// What a grant did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +119,6 @@ impl RedisJobStore {
         worker: &str,
         device: u32,
         priority: &str,
-        now_ms: u64,
         body: &[u8],
     ) -> Result<Grant, JobStoreError> {
         let id = fleet_protocol::message::task_id(tenant.as_str(), job, task);
@@ -137,7 +136,6 @@ impl RedisJobStore {
             .arg(worker)
             .arg(device)
             .arg(priority)
-            .arg(now_ms)
             .arg(LEASE_TTL.as_millis() as u64)
             .arg(body)
             .invoke_async(&mut conn)
@@ -201,19 +199,14 @@ impl RedisJobStore {
 
     /// Renews `worker`'s leases `(task id, token)`; says which it no longer holds and which
     /// it is asked to give back.
-    pub async fn renew_leases(
-        &self,
-        worker: &str,
-        held: &[(String, u64)],
-        now_ms: u64,
-    ) -> Result<Renewal, JobStoreError> {
+    pub async fn renew_leases(&self, worker: &str, held: &[(String, u64)]) -> Result<Renewal, JobStoreError> {
         if held.is_empty() {
             return Ok(Renewal::default());
         }
         let mut conn = self.conn.clone();
         static SCRIPT: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| redis::Script::new(RENEW));
         let mut invocation = SCRIPT.key(LEASES_KEY);
-        invocation.arg(worker).arg(now_ms).arg(LEASE_TTL.as_millis() as u64);
+        invocation.arg(worker).arg(LEASE_TTL.as_millis() as u64);
         for (id, token) in held {
             invocation.arg(id).arg(token);
         }
@@ -248,8 +241,33 @@ impl RedisJobStore {
         }))
     }
 
-    /// Held leases that expired at or before `now_ms` (at most `limit`).
-    pub async fn expired_leases(&self, now_ms: u64, limit: usize) -> Result<Vec<LeaseRecord>, JobStoreError> {
+    /// Redis's clock, ms since the epoch: the one clock lease times are kept on.
+    pub async fn server_now_ms(&self) -> Result<u64, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// How long Redis has been up.
+    pub async fn server_uptime(&self) -> Result<Duration, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await?;
+        let secs = info
+            .lines()
+            .find_map(|l| l.strip_prefix("uptime_in_seconds:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        Ok(Duration::from_secs(secs))
+    }
+
+    /// Held leases that expired by Redis's clock (at most `limit`). None while Redis has been
+    /// up for less than a lease's life: after a restart, a lease whose time ran out while
+    /// Redis was down was not forsaken by its worker, which renews it as soon as it can.
+    pub async fn expired_leases(&self, limit: usize) -> Result<Vec<LeaseRecord>, JobStoreError> {
+        if self.server_uptime().await? < LEASE_TTL {
+            return Ok(Vec::new());
+        }
+        let now_ms = self.server_now_ms().await?;
         let mut conn = self.conn.clone();
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(LEASES_KEY)

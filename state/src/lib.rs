@@ -16,5 +16,5 @@ pub mod tasks;
 pub mod workers;
 
 pub use error::JobStoreError;
-pub use jobs::RedisJobStore;
+pub use jobs::{RedisJobStore, DEFAULT_RETENTION};
 pub use record::{Created, JobRecord, LeaseOp, TaskNote, TaskOutcome, TaskRecord, TaskUpdate};

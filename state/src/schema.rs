@@ -8,6 +8,7 @@
 //! fleet:failures:<tenant>:<id>   list of JSON ItemFailureReport
 //! fleet:sharding                 hash "<tenant>/<id>" -> sharding cursor of jobs still being split
 //! fleet:rejected:<tenant>:<id>   JSON Rejection, kept 7 days
+//! fleet:retention                sorted set "<tenant>:<id>" -> when its keys expire (s)
 //! fleet:eventseq:<tenant>:<id>   counter numbering the job's events
 //! fleet:training:<tenant>:<id>   a fine-tune's latest progress (JSON)
 //! fleet:lease:<tenant>/<job>/<task>  a task's lease (see crate::lease)
@@ -19,6 +20,13 @@
 //! ```
 
 use fleet_protocol::keys::TenantId;
+
+/// Finished jobs by when their keys expire (seconds since the epoch), to prune the tenants'
+/// job lists then.
+pub const RETENTION_KEY: &str = "fleet:retention";
+
+/// The per-job keys besides the record, all expiring with it once the job ends.
+pub const JOB_KEY_KINDS: [&str; 5] = ["tasks", "progress", "failures", "eventseq", "training"];
 
 /// Sorted set of held leases by expiry.
 pub const LEASES_KEY: &str = "fleet:leases";

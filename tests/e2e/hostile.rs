@@ -334,3 +334,44 @@ async fn fine_tune_data_sets_over_their_caps_train_nothing_and_say_why() {
         assert!(failures[0].reason.contains(why), "{}", failures[0].reason);
     }
 }
+
+/// libfaketime's preload library (Debian's `faketime` package, which the stack installs).
+fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib").unwrap().filter_map(Result::ok).find_map(|arch| {
+        let lib = arch.path().join("faketime/libfaketime.so.1");
+        lib.is_file().then(|| lib.display().to_string())
+    });
+    found.expect("libfaketime.so.1 under /usr/lib/<arch>/faketime: deploy/stack.sh up installs it")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_whose_clock_is_ten_seconds_behind_keeps_its_leases() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    // Each task takes 6 s, two lease lives; the worker's wall clock is 10 s behind.
+    let preload = libfaketime();
+    let skewed = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "-10s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    fleet.worker_with("late", 1, &["--executor", "noop", "--noop-ms", "6000"], &skewed);
+    let client = client(TENANT).await;
+    let beat = client.jobs.heartbeats().await.unwrap().into_iter().find(|b| b.id == "late").expect("a heartbeat");
+    let behind_ms = fleet_protocol::message::now_ms() as i64 - beat.at_ms as i64;
+    assert!(behind_ms > 8_000, "the worker's clock is {behind_ms} ms behind, not 10 s");
+    let id = unique("skew");
+    let keys: Vec<String> = (0..2).map(|i| format!("{TENANT}/nothing/{id}/{i}.png")).collect();
+    let body = serde_json::to_vec(&json!({
+        "id": id, "priority": "batch", "kind": "background_replace",
+        "spec": {"input": {"keys": keys}, "background": {"mode": "transparent"},
+                 "output": {"format": "png"}, "model": "matting-ref@1.0.0", "shard_size": 1}
+    }))
+    .unwrap();
+    assert_eq!(client.submit(&id, &body, Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
+    let view = client.wait(&id, Duration::from_secs(90), |_| {}).await.unwrap();
+    assert_eq!(view.record.state, JobState::Succeeded);
+    let log = plain(&fleet.log("scheduler"));
+    assert!(!log.contains("lease taken over"), "a live worker's lease was taken over:\n{log}");
+    let tenant = TenantId::new(TENANT).unwrap();
+    for (task, record) in client.jobs.tasks(&tenant, &id).await.unwrap() {
+        assert_eq!(record.worker.as_deref(), Some("late"), "task {task}");
+    }
+}

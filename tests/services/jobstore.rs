@@ -164,21 +164,21 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     let body = task_body(&job, now);
     let body = body.as_slice();
     let Grant::Granted { token: first, grants: 1 } =
-        store.grant_lease(&tenant, &job, 0, w1, 0, "batch", now, body).await.unwrap()
+        store.grant_lease(&tenant, &job, 0, w1, 0, "batch", body).await.unwrap()
     else {
         panic!("the first grant is granted")
     };
     assert_eq!(
-        store.grant_lease(&tenant, &job, 0, w2, 0, "batch", now, body).await.unwrap(),
+        store.grant_lease(&tenant, &job, 0, w2, 0, "batch", body).await.unwrap(),
         Grant::Held,
         "a second copy of a task a live worker holds is not granted again"
     );
     assert_eq!(store.load().await.unwrap().get(&(w1.to_string(), 0, "batch".to_string())), Some(&1));
-    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], now).await.unwrap(), Renewal::default());
-    assert_eq!(store.renew_leases(w2, &[(id.clone(), first)], now).await.unwrap().lost, vec![id.clone()]);
+    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)]).await.unwrap(), Renewal::default());
+    assert_eq!(store.renew_leases(w2, &[(id.clone(), first)]).await.unwrap().lost, vec![id.clone()]);
     // A preemption reaches the holder on its next renewal, and only the holder.
     assert!(store.request_preemption(&id).await.unwrap());
-    let renewal = store.renew_leases(w1, &[(id.clone(), first)], now).await.unwrap();
+    let renewal = store.renew_leases(w1, &[(id.clone(), first)]).await.unwrap();
     assert_eq!((renewal.lost, renewal.preempt), (Vec::new(), vec![id.clone()]));
     let start = TaskEvent::Start { attempt: 1 };
     let none = TaskOutcome::default();
@@ -186,8 +186,9 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         store.update_task(&tenant, &job, 0, start, &none, TaskNote::default(), LeaseOp::Check { token: first });
     assert!(matches!(started.await.unwrap(), TaskUpdate::Applied { .. }));
     // w1 goes silent: its lease expires and the scheduler takes the task over.
-    let later = now + fleet_state::lease::LEASE_TTL.as_millis() as u64 + 1;
-    let expired = store.expired_leases(later, 1000).await.unwrap();
+    tokio::time::sleep(fleet_state::lease::LEASE_TTL + std::time::Duration::from_millis(100)).await;
+    let later = fleet_protocol::message::now_ms();
+    let expired = store.expired_leases(1000).await.unwrap();
     let lease = expired.iter().find(|l| l.id == id).expect("the silent worker's lease has expired");
     assert_eq!((lease.worker.as_str(), lease.token, lease.grants), (w1, first, 1));
     let takeover = LeaseOp::Requeue { token: first, not_before_ms: 0 };
@@ -200,13 +201,13 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         "w1 no longer counts it"
     );
     let Grant::Granted { token: second, grants: 2 } =
-        store.grant_lease(&tenant, &job, 0, w2, 1, "batch", later, body).await.unwrap()
+        store.grant_lease(&tenant, &job, 0, w2, 1, "batch", body).await.unwrap()
     else {
         panic!("the task is granted to the next worker")
     };
     assert!(second > first, "tokens increase");
     assert_eq!(
-        store.renew_leases(w2, &[(id.clone(), second)], later).await.unwrap(),
+        store.renew_leases(w2, &[(id.clone(), second)]).await.unwrap(),
         Renewal::default(),
         "a new grant clears the old holder's preemption"
     );
@@ -222,7 +223,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
         store.update_task(&tenant, &job, 0, TaskEvent::Complete, &outcome, note, LeaseOp::End { token: Some(first) });
     assert_eq!(stale.await.unwrap(), TaskUpdate::Fenced);
     assert_eq!(store.progress(&tenant, &job).await.unwrap().items_succeeded, 0);
-    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)], later).await.unwrap().lost, vec![id.clone()]);
+    assert_eq!(store.renew_leases(w1, &[(id.clone(), first)]).await.unwrap().lost, vec![id.clone()]);
     // w2 completes under the current token: counted once, lease gone.
     assert!(
         serde_json::from_str::<fleet_protocol::message::TaskMessage>(&store.lease(&id).await.unwrap().unwrap().body)
@@ -237,7 +238,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     assert_eq!(store.lease(&id).await.unwrap(), None);
     assert_eq!(store.load().await.unwrap().get(&(w2.to_string(), 1, "batch".to_string())), None);
     assert_eq!(
-        store.grant_lease(&tenant, &job, 0, w3, 0, "batch", later, body).await.unwrap(),
+        store.grant_lease(&tenant, &job, 0, w3, 0, "batch", body).await.unwrap(),
         Grant::Ended,
         "a duplicate copy of an ended task is dropped"
     );
@@ -254,7 +255,7 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
     let body = task_body(&job, now);
     let (w1, w2) = (unique("w1"), unique("w2"));
     let Grant::Granted { token, grants: 1 } =
-        store.grant_lease(&tenant, &job, 0, &w1, 0, "batch", now, &body).await.unwrap()
+        store.grant_lease(&tenant, &job, 0, &w1, 0, "batch", &body).await.unwrap()
     else {
         panic!("first grant")
     };
@@ -268,7 +269,7 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
     assert!(matches!(given.await.unwrap(), TaskUpdate::Applied { ended: false, .. }));
     store.forgive_grant(&id).await.unwrap();
     let Grant::Granted { token: again, grants } =
-        store.grant_lease(&tenant, &job, 0, &w2, 0, "batch", now, &body).await.unwrap()
+        store.grant_lease(&tenant, &job, 0, &w2, 0, "batch", &body).await.unwrap()
     else {
         panic!("granted again")
     };
@@ -278,4 +279,68 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
     let op = LeaseOp::Check { token: again };
     let update = store.update_task(&tenant, &job, 0, started, &none, TaskNote::default(), op).await.unwrap();
     assert!(matches!(update, TaskUpdate::Applied { .. }), "the next holder starts the task: {update:?}");
+}
+
+#[tokio::test]
+async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_its_clock() {
+    let store = store().await;
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let job = unique("rollback");
+    for task in 0..2 {
+        store.create_task(&tenant, &job, task, 1).await.unwrap();
+    }
+    let body = task_body(&job, fleet_protocol::message::now_ms());
+    let Grant::Granted { token: first, .. } =
+        store.grant_lease(&tenant, &job, 0, "w1", 0, "batch", &body).await.unwrap()
+    else {
+        panic!("granted")
+    };
+    // A crash with appendfsync everysec loses the last second of writes: the token counter
+    // reads as it did before `first` was drawn, while w1 still holds `first`.
+    let url = std::env::var("FLEET_REDIS_URL").unwrap();
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET").arg("fleet:lease:seq").arg(first - 1).query_async(&mut conn).await.unwrap();
+    let Grant::Granted { token: second, .. } =
+        store.grant_lease(&tenant, &job, 1, "w2", 0, "batch", &body).await.unwrap()
+    else {
+        panic!("granted")
+    };
+    assert!(second > first, "token {second} issued after {first}: a rolled-back counter issued a token twice");
+    // The lease's expiry is on Redis's clock, whatever the caller's clock says.
+    let lease = store.lease(&fleet_protocol::message::task_id("tenant-a", &job, 1)).await.unwrap().unwrap();
+    let server = store.server_now_ms().await.unwrap();
+    let ttl = fleet_state::lease::LEASE_TTL.as_millis() as u64;
+    assert!(lease.expires_ms > server && lease.expires_ms <= server + ttl, "{} vs {server}", lease.expires_ms);
+}
+
+#[tokio::test]
+async fn a_finished_job_s_records_expire_after_the_retention_and_leave_the_job_list() {
+    let store = store().await.with_retention(std::time::Duration::from_secs(2));
+    let tenant = TenantId::new("tenant-a").unwrap();
+    let id = unique("retained");
+    store.create(record("tenant-a", &id, "m@1")).await.unwrap();
+    store.create_task(&tenant, &id, 0, 3).await.unwrap();
+    assert!(store.list(&tenant, 100_000).await.unwrap().contains(&id));
+    // Running jobs never expire, however long they run.
+    let url = std::env::var("FLEET_REDIS_URL").unwrap();
+    let conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let ttl = |key: String| {
+        let mut conn = conn.clone();
+        async move { redis::cmd("TTL").arg(key).query_async::<i64>(&mut conn).await.unwrap() }
+    };
+    assert_eq!(ttl(format!("fleet:job:tenant-a:{id}")).await, -1, "a running job's record has no TTL");
+    store.apply(&tenant, &id, JobEvent::Cancel).await.unwrap();
+    for key in [
+        format!("fleet:job:tenant-a:{id}"),
+        format!("fleet:tasks:tenant-a:{id}"),
+        format!("fleet:progress:tenant-a:{id}"),
+    ] {
+        let left = ttl(key.clone()).await;
+        assert!((1..=2).contains(&left), "{key}: TTL {left}");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3_100)).await;
+    assert!(store.get(&tenant, &id).await.unwrap().is_none(), "the record expired");
+    assert_eq!(store.progress(&tenant, &id).await.unwrap().tasks_total, 0, "its counters too");
+    assert!(store.prune_expired(100_000).await.unwrap() >= 1);
+    assert!(!store.list(&tenant, 100_000).await.unwrap().contains(&id), "and it left the tenant's job list");
 }

@@ -51,6 +51,10 @@ struct Cli {
     /// rest wait in their job.
     #[arg(long, env = "FLEET_QUEUE_WINDOW", default_value_t = 256)]
     queue_window: u32,
+    /// How long a finished job's records stay in Redis, seconds (30 days); its results stay
+    /// in S3. An id can be submitted again once its job's records are gone.
+    #[arg(long, env = "FLEET_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
+    retention_secs: u64,
 }
 
 /// The tenants file, parsed and checked; its errors name the file and the key.
@@ -75,8 +79,8 @@ fn main() -> std::process::ExitCode {
             Ok(t) => {
                 eprintln!(
                     "configuration ok: shard_size={} progress_interval_ms={} placement={} headroom_mib={} \
-                     max_temperature_c={} warm_affinity={} queue_window={} tenants={} ({} with their own limits) \
-                     config={}",
+                     max_temperature_c={} warm_affinity={} queue_window={} retention_secs={} tenants={} \
+                     ({} with their own limits) config={}",
                     cli.shard_size,
                     cli.progress_interval_ms,
                     cli.placement,
@@ -84,6 +88,7 @@ fn main() -> std::process::ExitCode {
                     cli.max_temperature_c,
                     cli.warm_affinity,
                     cli.queue_window,
+                    cli.retention_secs,
                     cli.tenants.as_deref().map_or("none".into(), |p| p.display().to_string()),
                     t.tenants.len(),
                     cli.config.as_deref().map_or("none".into(), |p| p.display().to_string()),
@@ -122,6 +127,7 @@ fn main() -> std::process::ExitCode {
             },
             tenants,
             queue_window: cli.queue_window.max(1),
+            retention: std::time::Duration::from_secs(cli.retention_secs.max(1)),
         };
         fleet_scheduler::run(config, shutdown_signal()).await?;
         anyhow::Ok(())

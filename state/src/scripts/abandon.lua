@@ -13,6 +13,6 @@ if ARGV[3] == '1' then
   redis.call('DEL', KEYS[1])
   redis.call('SREM', KEYS[5], ARGV[2])
 else
-  redis.call('HSET', KEYS[1], 'worker', '', 'token', redis.call('INCR', KEYS[4]))
+  redis.call('HSET', KEYS[1], 'worker', '', 'token', new_token(KEYS[4]))
 end
 return 1

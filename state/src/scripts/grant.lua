@@ -8,7 +8,7 @@ if state == 'succeeded' or state == 'dead_lettered' or state == 'cancelled' then
 end
 local holder = redis.call('HGET', KEYS[1], 'worker')
 if holder and holder ~= '' then
-  if tonumber(redis.call('HGET', KEYS[1], 'expires_ms')) > tonumber(ARGV[6]) then
+  if tonumber(redis.call('HGET', KEYS[1], 'expires_ms')) > now then
     return {'held'}
   end
   local slot = holder .. '|' .. redis.call('HGET', KEYS[1], 'device') .. '|' .. redis.call('HGET', KEYS[1], 'priority')
@@ -16,13 +16,13 @@ if holder and holder ~= '' then
     redis.call('HDEL', KEYS[3], slot)
   end
 end
-local token = redis.call('INCR', KEYS[5])
+local token = new_token(KEYS[5])
 local grants = redis.call('HINCRBY', KEYS[1], 'grants', 1)
-local expires = tonumber(ARGV[6]) + tonumber(ARGV[7])
+local expires = now + tonumber(ARGV[6])
 redis.call('HSET', KEYS[1], 'token', token, 'worker', ARGV[3], 'device', ARGV[4], 'priority', ARGV[5],
-  'expires_ms', expires, 'body', ARGV[8], 'not_before_ms', 0)
+  'expires_ms', expires, 'body', ARGV[7], 'not_before_ms', 0)
 redis.call('HDEL', KEYS[1], 'preempt')
 redis.call('ZADD', KEYS[2], expires, ARGV[1])
 redis.call('HINCRBY', KEYS[3], ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5], 1)
 redis.call('SREM', KEYS[4], ARGV[1])
-return {'granted', tostring(token), tostring(grants)}
+return {'granted', token, tostring(grants)}

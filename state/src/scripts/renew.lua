@@ -1,7 +1,7 @@
 local lost = {}
 local preempt = {}
-local expires = tonumber(ARGV[2]) + tonumber(ARGV[3])
-for i = 4, #ARGV, 2 do
+local expires = now + tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
   local key = 'fleet:lease:' .. ARGV[i]
   local held = redis.call('HMGET', key, 'token', 'worker', 'preempt')
   if held[1] == ARGV[i + 1] and held[2] == ARGV[1] then

@@ -31,7 +31,7 @@ if ARGV[8] == 'end' or ARGV[8] == 'requeue' then
     redis.call('DEL', KEYS[4])
     redis.call('SREM', KEYS[7], ARGV[9])
   elseif redis.call('EXISTS', KEYS[4]) == 1 then
-    redis.call('HSET', KEYS[4], 'worker', '', 'token', redis.call('INCR', KEYS[8]), 'not_before_ms', ARGV[10])
+    redis.call('HSET', KEYS[4], 'worker', '', 'token', new_token(KEYS[8]), 'not_before_ms', ARGV[10])
     redis.call('SADD', KEYS[7], ARGV[9])
   end
 end

@@ -133,7 +133,7 @@ async fn renew_leases(worker: &Worker) {
         let leases = worker.live.leases.lock().expect("lease table");
         leases.iter().map(|(id, l)| (id.clone(), l.token)).collect()
     };
-    match worker.jobs.renew_leases(&worker.config.id, &held, now_ms()).await {
+    match worker.jobs.renew_leases(&worker.config.id, &held).await {
         Ok(renewal) => {
             let leases = worker.live.leases.lock().expect("lease table");
             for id in renewal.lost {

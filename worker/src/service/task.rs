@@ -227,15 +227,15 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                     output_keys(&tenant, &task.job, &output.record.id, extension);
                 let started = Instant::now();
                 let image_type = content_type(&result_key);
-                put(ctx.s3, &result_key, output.image, image_type).await?;
-                put(ctx.s3, &matte_key, output.matte_png, "image/png").await?;
-                put(ctx.s3, &embedding_key, npy_f32(&output.embedding), "application/octet-stream").await?;
+                put_fenced(ctx, &result_key, output.image, image_type).await?;
+                put_fenced(ctx, &matte_key, output.matte_png, "image/png").await?;
+                put_fenced(ctx, &embedding_key, npy_f32(&output.embedding), "application/octet-stream").await?;
                 let mut variants = Vec::with_capacity(output.variants.len());
                 for (k, variant) in output.variants.iter().enumerate() {
                     let (result_key, embedding_key) =
                         variant_keys(&tenant, &task.job, &output.record.id, extension, k + 1);
-                    put(ctx.s3, &result_key, variant.image.clone(), image_type).await?;
-                    put(ctx.s3, &embedding_key, npy_f32(&variant.embedding), "application/octet-stream").await?;
+                    put_fenced(ctx, &result_key, variant.image.clone(), image_type).await?;
+                    put_fenced(ctx, &embedding_key, npy_f32(&variant.embedding), "application/octet-stream").await?;
                     variants.push(VariantItem { result_key, embedding_key, seed: variant.seed });
                 }
                 let upload_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -273,8 +273,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         failures: &failures,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("a task manifest serialises");
-    ctx.fence.check().await?;
-    put(ctx.s3, &manifest_key, json, "application/json").await?;
+    put_fenced(ctx, &manifest_key, json, "application/json").await?;
     Ok(TaskResult { succeeded, failures, manifest: manifest_key })
 }
 
@@ -358,6 +357,14 @@ async fn get(s3: &S3Store, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
             other => return other,
         }
     }
+}
+
+/// Writes one output under a lease checked just before: a worker paused or cut off past its
+/// lease finds it taken over at its next write, not only once before thousands of them. What
+/// remains is the one write in flight when the pause began (see RELIABILITY.md).
+async fn put_fenced(ctx: &TaskContext<'_>, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
+    ctx.fence.check().await?;
+    put(ctx.s3, key, bytes, content_type).await
 }
 
 async fn put(s3: &S3Store, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
