@@ -6,6 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// This host's name (from `/etc/hostname`; `host` when unreadable): in heartbeats and in the
+/// id of a scheduler's lead.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
+}
+
 /// One reading of one device. A field NVML does not support on the device is `None`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceSample {

@@ -13,6 +13,10 @@
 //! waits for all of them, closes its broker connection (what was prefetched but not taken goes
 //! back to its queue) and `run` returns. A loop that ends by itself (the broker went away)
 //! cancels its session the same way, and the next session starts once it has drained.
+//!
+//! One scheduler leads at a time (see [`lead`]): the others wait as standbys, not ready, and
+//! the first to find the leader's key gone takes over. Sessions run only under a lead; a
+//! leader that cannot renew its lead stops its session before the lead can pass on.
 
 mod loops;
 
@@ -59,8 +63,71 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::info!("scheduler stopping");
         root.cancel();
     };
-    tokio::join!(stop, sessions(sched, root.child_token()));
+    tokio::join!(stop, lead(sched, root.child_token()));
     Ok(())
+}
+
+/// How long a lead lasts unless renewed.
+pub const LEADER_TTL: Duration = Duration::from_secs(10);
+/// How often the leader renews its lead, and a standby looks for a free one.
+const LEADER_RENEW: Duration = Duration::from_secs(2);
+
+/// Waits for the lead, runs broker sessions under it, and goes back to waiting if it is lost,
+/// until `stop` is cancelled; then gives the lead up so a standby takes over at once.
+async fn lead(sched: Arc<Scheduler>, stop: CancellationToken) {
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let holder = format!("{}:{}:{:x}", fleet_protocol::heartbeat::host_name(), std::process::id(), started.as_nanos());
+    let mut announced = String::new();
+    while !stop.is_cancelled() {
+        match sched.store.acquire_leadership(&holder, LEADER_TTL).await {
+            Ok(None) => {
+                tracing::info!(%holder, "leading: this scheduler is the active one");
+                let term = stop.child_token();
+                tokio::join!(keep_lead(&sched, &holder, term.clone()), sessions(sched.clone(), term.clone()));
+                announced.clear();
+            }
+            Ok(Some(leader)) => {
+                if leader != announced {
+                    tracing::info!(%leader, "standby: another scheduler leads; taking over when its lead lapses");
+                    announced = leader;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "leader key unreadable; trying again"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(LEADER_RENEW) => {}
+        }
+    }
+    if let Err(e) = sched.store.release_leadership(&holder).await {
+        tracing::warn!(error = %e, "lead not released; it lapses by itself");
+    }
+}
+
+/// Renews the lead until `term` is cancelled; cancels `term` (stopping the sessions) when the
+/// lead is lost or cannot be renewed for half its life, before another scheduler can take it.
+async fn keep_lead(sched: &Scheduler, holder: &str, term: CancellationToken) {
+    let mut renewed_at = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = term.cancelled() => return,
+            _ = tokio::time::sleep(LEADER_RENEW) => {}
+        }
+        match sched.store.renew_leadership(holder, LEADER_TTL).await {
+            Ok(true) => renewed_at = std::time::Instant::now(),
+            Ok(false) => {
+                tracing::warn!("lead lost to another scheduler; stopping this one's session");
+                term.cancel();
+                return;
+            }
+            Err(e) if renewed_at.elapsed() >= LEADER_TTL / 2 => {
+                tracing::warn!(error = %e, "lead not renewed for half its life; stepping down before it can pass");
+                term.cancel();
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "lead not renewed; trying again"),
+        }
+    }
 }
 
 /// Broker sessions one after the other, with backoff between them, until `stop` is cancelled.

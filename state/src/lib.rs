@@ -1,7 +1,7 @@
 //! The fleet's durable state in Redis, in the flow
 //! `client -> RabbitMQ -> scheduler -> worker (S3 in, libtorch, S3 out) -> events -> client`:
 //! jobs and their tasks, progress and failures ([`jobs`], [`tasks`]), task leases with fencing
-//! tokens ([`lease`]), and the fleet view of workers' heartbeats ([`workers`]). Every key is
+//! tokens ([`lease`]), which scheduler leads ([`leader`]), and the fleet view of workers' heartbeats ([`workers`]). Every key is
 //! in [`schema`]; every multi-key change is one Lua script under `scripts/`.
 //!
 //! Nothing here links libtorch or speaks AMQP: the scheduler, the workers and `fleetctl` share
@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod jobs;
+pub mod leader;
 pub mod lease;
 pub mod record;
 pub mod schema;

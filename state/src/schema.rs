@@ -17,6 +17,7 @@
 //! fleet:quota:items              hash tenant -> items in tasks not yet ended
 //! fleet:quota:interactive:<tenant>:<minute>  interactive jobs accepted in that minute
 //! fleet:worker:<id> fleet:order:<id>  heartbeats and orders (fleet_protocol::heartbeat)
+//! fleet:scheduler:leader         the leading scheduler's id, with a TTL (crate::leader)
 //! ```
 
 use fleet_protocol::keys::TenantId;
@@ -27,6 +28,9 @@ pub const RETENTION_KEY: &str = "fleet:retention";
 
 /// The per-job keys besides the record, all expiring with it once the job ends.
 pub const JOB_KEY_KINDS: [&str; 5] = ["tasks", "progress", "failures", "eventseq", "training"];
+
+/// The leading scheduler's id.
+pub const LEADER_KEY: &str = "fleet:scheduler:leader";
 
 /// Sorted set of held leases by expiry.
 pub const LEASES_KEY: &str = "fleet:leases";

@@ -375,3 +375,34 @@ async fn a_worker_whose_clock_is_ten_seconds_behind_keeps_its_leases() {
         assert_eq!(record.worker.as_deref(), Some("late"), "task {task}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_at_once_one_leads_and_the_other_takes_over_when_it_dies() {
+    let _turn = SERIAL.lock().await;
+    let mut fleet = Fleet::default();
+    fleet.scheduler("first");
+    let second = fleet.scheduler_unready("second");
+    let client = client(TENANT).await;
+    // The second waits as a standby: never ready, taking nothing, while the first leads.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !plain(&fleet.log("second")).contains("standby: another scheduler leads") {
+        assert!(Instant::now() < deadline, "no standby:\n{}", fleet.log("second"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        let id = unique("led");
+        assert_eq!(client.submit(&id, &placeholder(&id), Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
+        client.cancel(&id).await.unwrap();
+    }
+    assert!(!fleet_tests_e2e::fleet::ready(second), "a standby is not ready");
+    assert!(!plain(&fleet.log("second")).contains("leading:"), "{}", fleet.log("second"));
+    // The leader dies without a word: its lead lapses and the standby takes over.
+    let killed = Instant::now();
+    fleet.kill9("first");
+    fleet.await_ready("second", second);
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(20), "took over after {took:?}");
+    let id = unique("after-lead");
+    assert_eq!(client.submit(&id, &placeholder(&id), Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
+    client.cancel(&id).await.unwrap();
+}

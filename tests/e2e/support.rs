@@ -190,11 +190,23 @@ pub mod fleet {
             self
         }
 
-        /// Waits until the process `name` (just spawned) answers 200 on `/readyz` at `port`.
-        fn await_ready(&mut self, name: &str, port: u16) {
+        /// Starts a scheduler without waiting for it to be ready (a standby, while another
+        /// leads, never is); returns the port of its `/readyz`.
+        pub fn scheduler_unready(&mut self, name: &str) -> u16 {
+            let mut command = Command::new(binary("fleet-scheduler"));
+            as_service(&mut command, "SCHEDULER");
+            command.env("FLEET_PROGRESS_INTERVAL_MS", "0");
+            let port = free_port();
+            command.env("FLEET_METRICS_ADDR", format!("127.0.0.1:{port}"));
+            self.spawn(name, command);
+            port
+        }
+
+        /// Waits until the process `name` answers 200 on `/readyz` at `port`.
+        pub fn await_ready(&mut self, name: &str, port: u16) {
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while !ready(port) {
-                let (_, child) = self.procs.last_mut().expect("just spawned");
+                let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name).expect("a started process");
                 if let Some(status) = child.try_wait().expect("wait") {
                     panic!("{name} exited ({status}) before it was ready:\n{}", self.log(name));
                 }
@@ -259,7 +271,20 @@ pub mod fleet {
     }
 
     impl Drop for Fleet {
+        /// Asks every process to stop (a scheduler gives up its lead, so the next test's
+        /// scheduler leads at once), and kills what is still running after 5 s.
         fn drop(&mut self) {
+            for (_, child) in &mut self.procs {
+                if let Ok(None) = child.try_wait() {
+                    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                }
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline
+                && self.procs.iter_mut().any(|(_, child)| matches!(child.try_wait(), Ok(None)))
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
             for (_, child) in &mut self.procs {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -55,7 +55,4 @@ pub struct DeviceConfig {
     pub memory_mib: f64,
 }
 
-/// This host's name (from `/etc/hostname`; `host` when unreadable).
-pub fn host_name() -> String {
-    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into())
-}
+pub use fleet_protocol::heartbeat::host_name;
