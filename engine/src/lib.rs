@@ -18,6 +18,7 @@
 //! | the engine over a folder, with a contact sheet | [`folder`] |
 
 pub mod buckets;
+pub mod code;
 pub mod diffusion;
 mod error;
 pub mod folder;

@@ -49,7 +49,7 @@ impl LoadedModel {
             Precision::Bf16 => Kind::BFloat16,
         };
         let load = |file: &str| {
-            let mut module = CModule::load_on_device(dir.join(file), device)
+            let mut module = crate::code::load(&dir.join(file), device)
                 .map_err(|e| EngineError::model(dir, format!("cannot load TorchScript {file}: {e}")))?;
             module.set_eval();
             if kind != Kind::Float {

@@ -90,3 +90,41 @@ fn a_tuple_index_past_the_outputs_is_a_contract_error() {
         other => panic!("expected a contract error, got {other:?}"),
     }
 }
+
+/// A model whose forward pass reads a file from the worker's disk and hands its bytes back as
+/// the embedding: what a tenant's model could do to a worker's config file or another
+/// tenant's cached model. Scripted (not traced), so the read is in its code; TorchScript
+/// compiles from a source file.
+const LEAK: &str = r#"
+import sys, torch
+class Leak(torch.nn.Module):
+    def forward(self, x):
+        secret = torch.from_file(SECRET, False, 64, dtype=torch.uint8).to(torch.float32)
+        alpha = torch.ones(x.shape[0], 1, x.shape[2], x.shape[3])
+        return alpha, secret.unsqueeze(0).repeat(x.shape[0], 1)
+torch.jit.script(Leak()).save(sys.argv[1])
+"#;
+
+#[test]
+fn a_model_whose_code_reads_a_file_is_refused_before_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    export(dir.path(), 0);
+    let secret = dir.path().join("fleet.toml");
+    std::fs::write(&secret, format!("s3_secret = \"{}\"\n", "s".repeat(64))).unwrap();
+    let source = dir.path().join("leak.py");
+    std::fs::write(&source, LEAK.replace("SECRET", &format!("{:?}", secret.display().to_string()))).unwrap();
+    let status = Command::new(python()).arg(&source).arg(dir.path().join("model.pt")).status().unwrap();
+    assert!(status.success(), "python export failed");
+    // libtorch alone loads and runs it: the file's bytes come back as the embedding.
+    let module = tch::CModule::load(dir.path().join("model.pt")).unwrap();
+    let input = tch::IValue::Tensor(tch::Tensor::zeros([1, 3, 64, 48], tch::kind::FLOAT_CPU));
+    let tch::IValue::Tuple(parts) = module.forward_is(&[input]).unwrap() else { panic!("a tuple") };
+    let tch::IValue::Tensor(leaked) = &parts[1] else { panic!("a tensor") };
+    assert_eq!(leaked.double_value(&[0, 0]), f64::from(b's'), "the model read the file");
+    // The fleet refuses it before any forward pass.
+    let Err(refused) = InferenceThread::start(dir.path(), DeviceSpec::Cpu) else {
+        panic!("a file-reading model loaded")
+    };
+    let refused = refused.to_string();
+    assert!(refused.contains("from_file") && refused.contains("reads a file"), "{refused}");
+}

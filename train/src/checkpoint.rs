@@ -56,6 +56,7 @@ pub fn load_trainable(
     } else {
         base_dir.join(manifest.trainable_file.as_deref().unwrap_or(&manifest.file))
     };
+    fleet_engine::code::vet(&module_path).map_err(|e| format!("{}: refused: {e}", module_path.display()))?;
     let vs = nn::VarStore::new(device);
     let module = tch::TrainableCModule::load(&module_path, vs.root())
         .map_err(|e| format!("loading {}: {e}", module_path.display()))?;

@@ -138,7 +138,7 @@ impl Generator {
         }
         let spec = manifest.generator.clone().expect("a validated generator manifest has its section");
         let load = |file: &str| {
-            let mut m = CModule::load_on_device(dir.join(file), device)
+            let mut m = crate::code::load(&dir.join(file), device)
                 .map_err(|e| fail(format!("cannot load TorchScript {file}: {e}")))?;
             m.set_eval();
             Ok::<_, EngineError>(m)

@@ -12,7 +12,7 @@ pub struct Conditioner {
 
 impl Conditioner {
     pub fn load(dir: &Path, spec: &ConditioningSpec, device: Device) -> Result<Self, String> {
-        let load = |f: &str| tch::CModule::load_on_device(dir.join(f), device).map_err(|e| format!("{f}: {e}"));
+        let load = |f: &str| fleet_engine::code::load(&dir.join(f), device).map_err(|e| format!("{f}: {e}"));
         match spec {
             ConditioningSpec::Text { encoder, tokenizer, max_tokens, pad_id, .. } => {
                 let tok =
@@ -50,7 +50,7 @@ impl Vae {
             encoder: match space {
                 Space::Pixel => None,
                 Space::Latent { encoder, downsample, .. } => Some((
-                    tch::CModule::load_on_device(dir.join(encoder), device).map_err(|e| format!("{encoder}: {e}"))?,
+                    fleet_engine::code::load(&dir.join(encoder), device).map_err(|e| format!("{encoder}: {e}"))?,
                     i64::from(*downsample),
                 )),
             },
