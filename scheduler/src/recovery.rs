@@ -125,7 +125,7 @@ async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now
             let weight = sched.config.tenants.limits(tenant.as_str()).weight();
             sched.usage.ended(tenant.as_str(), &lease.id, message.keys.len() as u64, None, weight);
             fleet_telemetry::metrics::TASKS.with_label_values(&["lease_takeover"]).inc();
-            tracing::warn!(task = %lease.id, worker = %lease.worker, silent_ms, token = lease.token,
+            tracing::warn!(task = %lease.id, worker = %lease.worker, silent_ms, token = lease.token, taken_at_ms = now,
                 "lease taken over: the worker went silent; dispatching the task again");
             sched.capacity_freed.notify_one();
         }

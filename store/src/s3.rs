@@ -66,7 +66,34 @@ impl S3Store {
     }
 }
 
+/// Object metadata naming the attempt that wrote an output: `<task id> <lease token>`.
+pub const WRITTEN_BY: &str = "fleet-lease";
+
 impl S3Store {
+    /// Writes (or replaces) the object like [`ObjectStore::put`], marked with the attempt that
+    /// wrote it (`x-amz-meta-fleet-lease: <task id> <token>`): an operator reading an output
+    /// sees which lease wrote it, and the chaos suite tells a stale attempt's write.
+    pub async fn put_written_by(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        lease: &str,
+    ) -> Result<(), StoreError> {
+        check_key(key)?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .metadata(WRITTEN_BY, lease)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| backend("put", key, e))?;
+        Ok(())
+    }
+
     /// A URL that lets whoever holds it GET `key` until `expires` has passed, signed with this
     /// store's credentials; nothing else can be read with it.
     pub async fn presign_get(&self, key: &str, expires: std::time::Duration) -> Result<String, StoreError> {

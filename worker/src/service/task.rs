@@ -364,14 +364,11 @@ async fn get(s3: &S3Store, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
 /// remains is the one write in flight when the pause began (see RELIABILITY.md).
 async fn put_fenced(ctx: &TaskContext<'_>, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
     ctx.fence.check().await?;
-    put(ctx.s3, key, bytes, content_type).await
-}
-
-async fn put(s3: &S3Store, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
+    let lease = format!("{} {}", ctx.fence.task_id, ctx.fence.token);
     let mut tries = 0;
     loop {
         tries += 1;
-        match s3.put(key, bytes.clone(), content_type).await {
+        match ctx.s3.put_written_by(key, bytes.clone(), content_type, &lease).await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && tries < IO_TRIES => backoff(tries).await,
             Err(e) => return Err(AttemptError::store(&format!("writing {key}"), &e)),
