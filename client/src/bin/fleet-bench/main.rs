@@ -10,6 +10,7 @@
 //! ```
 
 mod fair;
+mod retention;
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,18 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         weight_b: f64,
     },
+    /// Redis memory for finished work: JOBS jobs of ITEMS items recorded and finished as the
+    /// scheduler does, then left to expire after RETENTION seconds.
+    Retention {
+        #[arg(long, default_value_t = 1_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 1_000)]
+        items: u32,
+        #[arg(long, default_value_t = 100)]
+        shard: u32,
+        #[arg(long, default_value_t = 20)]
+        retention: u64,
+    },
 }
 
 const TENANT: &str = "tenant-a";
@@ -158,6 +171,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::FairShare { flood, later, probes, weight_b } => {
                 fair::fair_share(flood, later, probes, weight_b).await
+            }
+            Command::Retention { jobs, items, shard, retention } => {
+                retention::retention(jobs, items, shard, retention).await
             }
         }
     })
