@@ -35,7 +35,7 @@ const BOUND: Duration = Duration::from_secs(240);
 /// Failure codes an item earns for itself (the catalog's broken uploads, a too-large input),
 /// as opposed to failing because of a fault.
 const OWN_FAILURES: [&str; 8] =
-    ["corrupt", "unsupported_format", "too_large", "too_many_pixels", "empty", "not_found", "truncated", "no_model"];
+    ["corrupt", "unsupported_format", "unsupported", "too_large", "too_many_pixels", "empty", "not_found", "no_model"];
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} unset: ./fleet chaos exports it"))
