@@ -138,10 +138,25 @@ pub async fn run(sched: Arc<Scheduler>, queues: Queues, stop: CancellationToken)
             }
         }
         if !(d.interactive.is_empty() && d.batch.is_empty()) {
-            d.round().await?;
+            match d.round().await {
+                // Redis did not answer before anything was taken from the waiting lists: the
+                // tasks wait on (holding their deliveries) for the next round, rather than the
+                // session ending and every delivery it holds going back to its queue.
+                Err(SchedulerError::Redis(e)) if e.is_retryable() => {
+                    tracing::warn!(error = %e, "dispatch round postponed: the job store did not answer");
+                    tokio::select! {
+                        _ = stop.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(ROUND_RETRY) => {}
+                    }
+                }
+                other => other?,
+            }
         }
     }
 }
+
+/// Pause before a dispatch round that found the job store unreachable tries again.
+const ROUND_RETRY: Duration = Duration::from_millis(500);
 
 /// A consumer of `queue` on a channel of its own, holding up to `prefetch` deliveries.
 async fn consumer(connection: &Connection, queue: &str, prefetch: u16) -> Result<lapin::Consumer, lapin::Error> {
