@@ -295,9 +295,9 @@ async fn worker_clock_off(bench: &Bench) -> Outcome {
     let mut fleet = Fleet::default();
     fleet.scheduler("scheduler");
     let preload = libfaketime();
-    let skew = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "+10s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    let skew = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "+10"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
     bench.worker(&mut fleet, "ahead", &skew);
-    let skew = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "-10s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    let skew = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "-10"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
     bench.worker(&mut fleet, "behind", &skew);
     let fault = Instant::now();
     let ids = vec![bench.submit("skew").await, bench.submit("skew").await];

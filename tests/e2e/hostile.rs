@@ -351,7 +351,7 @@ async fn a_worker_whose_clock_is_ten_seconds_behind_keeps_its_leases() {
     fleet.scheduler("scheduler");
     // Each task takes 6 s, two lease lives; the worker's wall clock is 10 s behind.
     let preload = libfaketime();
-    let skewed = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "-10s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    let skewed = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "-10"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
     fleet.worker_with("late", 1, &["--executor", "noop", "--noop-ms", "6000"], &skewed);
     let client = client(TENANT).await;
     let beat = client.jobs.heartbeats().await.unwrap().into_iter().find(|b| b.id == "late").expect("a heartbeat");
