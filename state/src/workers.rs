@@ -72,7 +72,10 @@ impl RedisJobStore {
         Ok(())
     }
 
-    /// Every live worker's latest heartbeat, by id.
+    /// Every live worker's latest heartbeat, by id. Each beat's `at_ms` is re-expressed on
+    /// the reader's clock from the time left on its key (Redis's clock counts it down from
+    /// [`HEARTBEAT_TTL`] at the write), so a worker whose clock is off looks neither silent
+    /// nor fresher than it is.
     pub async fn heartbeats(&self) -> Result<Vec<Heartbeat>, JobStoreError> {
         let mut conn = self.conn.clone();
         let mut keys: Vec<String> = Vec::new();
@@ -93,10 +96,15 @@ impl RedisJobStore {
             cursor = next;
         }
         let mut beats = Vec::with_capacity(keys.len());
+        let ttl_ms = HEARTBEAT_TTL.as_millis() as i64;
         for k in keys {
-            let raw: Option<String> = redis::cmd("GET").arg(&k).query_async(&mut conn).await?;
+            let (raw, left_ms): (Option<String>, i64) =
+                redis::pipe().cmd("GET").arg(&k).cmd("PTTL").arg(&k).query_async(&mut conn).await?;
             if let Some(json) = raw {
-                beats.push(serde_json::from_str(&json).map_err(corrupt(&k))?);
+                let mut beat: Heartbeat = serde_json::from_str(&json).map_err(corrupt(&k))?;
+                let age_ms = (ttl_ms - left_ms.max(0)).clamp(0, ttl_ms) as u64;
+                beat.at_ms = fleet_protocol::message::now_ms().saturating_sub(age_ms);
+                beats.push(beat);
             }
         }
         beats.sort_by(|a: &Heartbeat, b| a.id.cmp(&b.id));

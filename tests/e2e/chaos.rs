@@ -388,7 +388,7 @@ async fn huge_dataset(bench: &Bench) -> Outcome {
         "id": id, "priority": "batch", "kind": "fine_tune",
         "spec": {"base_model": "matting-ref@1.0.0", "data": data,
                  "output": {"name": unique("chaos-ft"), "version": "1"},
-                 "hyper": {"steps_phase1": 2, "steps_phase2": 1, "batch_size": 2}}
+                 "hyper": {"steps_phase1": 10, "steps_phase2": 5, "batch_size": 2, "warmup_steps": 1}}
     }))
     .unwrap();
     let fault = Instant::now();

@@ -217,7 +217,16 @@ async fn submissions_during_a_job_store_outage_wait_for_it_and_none_is_lost() {
     tokio::time::sleep(Duration::from_secs(10)).await;
     proxy.set(Mode::Pass);
     for id in &ids {
-        recorded(&client, id, Duration::from_secs(60)).await.unwrap_or_else(|r| panic!("{id} rejected: {r:?}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.job(id).await {
+                Ok(Some(_)) => break,
+                Err(ClientError::Rejected(r)) => panic!("{id} rejected: {r:?}"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "{id} never recorded:\n{}", plain(&fleet.log("scheduler")));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let log = plain(&fleet.log("scheduler"));
     assert!(log.contains("intake message waits for its dependency"), "{log}");
@@ -319,7 +328,7 @@ async fn fine_tune_data_sets_over_their_caps_train_nothing_and_say_why() {
             "id": id, "priority": "batch", "kind": "fine_tune",
             "spec": {"base_model": "matting-ref@1.0.0", "data": data,
                      "output": {"name": unique("capped"), "version": "1"},
-                     "hyper": {"steps_phase1": 2, "steps_phase2": 1, "batch_size": 2}}
+                     "hyper": {"steps_phase1": 10, "steps_phase2": 5, "batch_size": 2, "warmup_steps": 1}}
         }))
         .unwrap();
         match client.submit(&id, &body, Duration::from_secs(30)).await.unwrap() {
@@ -354,7 +363,9 @@ async fn a_worker_whose_clock_is_ten_seconds_behind_keeps_its_leases() {
     let skewed = [("LD_PRELOAD", preload.as_str()), ("FAKETIME", "-10"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
     fleet.worker_with("late", 1, &["--executor", "noop", "--noop-ms", "6000"], &skewed);
     let client = client(TENANT).await;
-    let beat = client.jobs.heartbeats().await.unwrap().into_iter().find(|b| b.id == "late").expect("a heartbeat");
+    // The beat as the worker wrote it, on its own clock.
+    let raw = client.jobs.note(&fleet_state::schema::heartbeat_key("late")).await.unwrap().expect("a heartbeat");
+    let beat: fleet_protocol::heartbeat::Heartbeat = serde_json::from_str(&raw).unwrap();
     let behind_ms = fleet_protocol::message::now_ms() as i64 - beat.at_ms as i64;
     assert!(behind_ms > 8_000, "the worker's clock is {behind_ms} ms behind, not 10 s");
     let id = unique("skew");
@@ -366,7 +377,9 @@ async fn a_worker_whose_clock_is_ten_seconds_behind_keeps_its_leases() {
     }))
     .unwrap();
     assert_eq!(client.submit(&id, &body, Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
-    let view = client.wait(&id, Duration::from_secs(90), |_| {}).await.unwrap();
+    let view = client.wait(&id, Duration::from_secs(90), |_| {}).await.unwrap_or_else(|e| {
+        panic!("{e}\nscheduler:\n{}\nworker:\n{}", plain(&fleet.log("scheduler")), plain(&fleet.log("late")))
+    });
     assert_eq!(view.record.state, JobState::Succeeded);
     let log = plain(&fleet.log("scheduler"));
     assert!(!log.contains("lease taken over"), "a live worker's lease was taken over:\n{log}");
