@@ -36,6 +36,11 @@ pub(crate) const CREATE_TASK: &str = include_str!("scripts/create_task.lua");
 pub(crate) const UPDATE_TASK: &str =
     concat!(include_str!("scripts/clock.lua"), include_str!("scripts/update_task.lua"));
 
+/// Longest a connection attempt to Redis may take.
+const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a Redis call may wait for its answer (every script is short).
+const REDIS_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a finished job's records stay in Redis unless configured otherwise; its results
 /// stay in S3 regardless.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -71,8 +76,15 @@ impl RedisJobStore {
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379`); reconnects by itself afterwards.
     pub async fn connect(url: &str) -> Result<Self, JobStoreError> {
         let client = redis::Client::open(url)?;
+        // Every call answers or fails within bounds: without them a connection whose peer
+        // went silent (a partition, a half-open socket) waits forever, and so does whatever
+        // holds a delivery or a lease behind it.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(REDIS_CONNECT_TIMEOUT)
+            .set_response_timeout(REDIS_RESPONSE_TIMEOUT)
+            .set_max_delay(1_000);
         Ok(RedisJobStore {
-            conn: ConnectionManager::new(client).await?,
+            conn: ConnectionManager::new_with_config(client, config).await?,
             retention: DEFAULT_RETENTION,
             update_task: redis::Script::new(UPDATE_TASK),
             create_task: redis::Script::new(CREATE_TASK),
