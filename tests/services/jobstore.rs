@@ -284,7 +284,7 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
 #[tokio::test]
 async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_its_clock() {
     let store = store().await;
-    let tenant = TenantId::new("tenant-a").unwrap();
+    let tenant = TenantId::new("tenant-jobstore").unwrap();
     let job = unique("rollback");
     for task in 0..2 {
         store.create_task(&tenant, &job, task, 1).await.unwrap();
@@ -307,7 +307,7 @@ async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_
     };
     assert!(second > first, "token {second} issued after {first}: a rolled-back counter issued a token twice");
     // The lease's expiry is on Redis's clock, whatever the caller's clock says.
-    let lease = store.lease(&fleet_protocol::message::task_id("tenant-a", &job, 1)).await.unwrap().unwrap();
+    let lease = store.lease(&fleet_protocol::message::task_id("tenant-jobstore", &job, 1)).await.unwrap().unwrap();
     let server = store.server_now_ms().await.unwrap();
     let ttl = fleet_state::lease::LEASE_TTL.as_millis() as u64;
     assert!(lease.expires_ms > server && lease.expires_ms <= server + ttl, "{} vs {server}", lease.expires_ms);
@@ -316,9 +316,9 @@ async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_
 #[tokio::test]
 async fn a_finished_job_s_records_expire_after_the_retention_and_leave_the_job_list() {
     let store = store().await.with_retention(std::time::Duration::from_secs(2));
-    let tenant = TenantId::new("tenant-a").unwrap();
+    let tenant = TenantId::new("tenant-jobstore").unwrap();
     let id = unique("retained");
-    store.create(record("tenant-a", &id, "m@1")).await.unwrap();
+    store.create(record("tenant-jobstore", &id, "m@1")).await.unwrap();
     store.create_task(&tenant, &id, 0, 3).await.unwrap();
     assert!(store.list(&tenant, 100_000).await.unwrap().contains(&id));
     // Running jobs never expire, however long they run.
@@ -328,12 +328,12 @@ async fn a_finished_job_s_records_expire_after_the_retention_and_leave_the_job_l
         let mut conn = conn.clone();
         async move { redis::cmd("TTL").arg(key).query_async::<i64>(&mut conn).await.unwrap() }
     };
-    assert_eq!(ttl(format!("fleet:job:tenant-a:{id}")).await, -1, "a running job's record has no TTL");
+    assert_eq!(ttl(format!("fleet:job:tenant-jobstore:{id}")).await, -1, "a running job's record has no TTL");
     store.apply(&tenant, &id, JobEvent::Cancel).await.unwrap();
     for key in [
-        format!("fleet:job:tenant-a:{id}"),
-        format!("fleet:tasks:tenant-a:{id}"),
-        format!("fleet:progress:tenant-a:{id}"),
+        format!("fleet:job:tenant-jobstore:{id}"),
+        format!("fleet:tasks:tenant-jobstore:{id}"),
+        format!("fleet:progress:tenant-jobstore:{id}"),
     ] {
         let left = ttl(key.clone()).await;
         assert!((1..=2).contains(&left), "{key}: TTL {left}");
