@@ -93,7 +93,9 @@ impl Bench {
     }
 
     async fn submit_body(&self, id: &str, body: &[u8]) {
-        match self.client.submit(id, body, Duration::from_secs(60)).await.unwrap() {
+        // A new broker connection each time: an earlier scenario restarted the broker.
+        let submitter = client(TENANT).await;
+        match submitter.submit(id, body, Duration::from_secs(60)).await.unwrap() {
             Submitted::Accepted => {}
             other => panic!("{id}: {other:?}"),
         }
