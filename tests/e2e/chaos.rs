@@ -1,7 +1,8 @@
 //! The chaos suite, `./fleet chaos`: faults injected into a running fleet on the real
 //! services, one scenario after another, each bounded in time, and one table at the end.
 //!
-//! Every scenario runs the same work (two catalog jobs on two workers, or the scenario's own)
+//! Every scenario runs the same work (two catalog jobs of 52 inputs, one per task, on two
+//! workers, or the scenario's own)
 //! with the workers' object store behind a proxy that records every PUT: its key, the lease
 //! (`<task> <token>`) that wrote it, and when. For each scenario the table says
 //! - **lost**: jobs that did not end, items not accounted for (succeeded + failed short of the
@@ -64,7 +65,7 @@ impl Bench {
     async fn new() -> Bench {
         let client = client(TENANT).await;
         let prefix = format!("{TENANT}/{}/", unique("chaos"));
-        let spec = CatalogSpec { seed: 21, count: 16, min_long_side: 200, max_long_side: 320, ..Default::default() };
+        let spec = CatalogSpec { seed: 21, count: 48, min_long_side: 200, max_long_side: 320, ..Default::default() };
         let work = tempfile::tempdir().unwrap();
         seed(&client.s3, &prefix, &spec, work.path()).await.unwrap();
         let store = Proxy::start_recording_puts(addr_of(&env("FLEET_S3_ENDPOINT")), &env("FLEET_S3_BUCKET")).await;
@@ -79,13 +80,13 @@ impl Bench {
         fleet.worker_with(name, 1, &[], &env);
     }
 
-    /// Submits a catalog job (the whole seeded catalog, two images per task).
+    /// Submits a catalog job (the whole seeded catalog, one image per task).
     async fn submit(&self, what: &str) -> String {
         let id = unique(what);
         let body = serde_json::to_vec(&json!({
             "id": id, "priority": "batch", "kind": "background_replace",
             "spec": {"input": {"prefix": self.images}, "background": {"mode": "color", "color": "#f2f2f2"},
-                     "output": {"format": "png"}, "model": "matting-ref@1.0.0", "shard_size": 2}
+                     "output": {"format": "png"}, "model": "matting-ref@1.0.0", "shard_size": 1}
         }))
         .unwrap();
         self.submit_body(&id, &body).await;
@@ -162,6 +163,12 @@ impl Bench {
             if takeovers.get(&(task.to_string(), token.to_string())).is_some_and(|at| *at <= put.at_ms) {
                 stale += 1;
             }
+        }
+        if lost > 0 || stale > 0 {
+            let slug: String = scenario.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.fleet/chaos-logs").join(slug);
+            fleet.keep_logs(&dir);
+            eprintln!("chaos: {scenario}: logs kept in {}", dir.display());
         }
         Outcome {
             scenario: scenario.to_string(),

@@ -245,6 +245,14 @@ pub mod fleet {
             false
         }
 
+        /// Copies every process's log into `dir` (kept when a run needs looking into).
+        pub fn keep_logs(&self, dir: &std::path::Path) {
+            std::fs::create_dir_all(dir).expect("log folder");
+            for (name, _) in &self.procs {
+                let _ = std::fs::copy(self.logs.path().join(format!("{name}.log")), dir.join(format!("{name}.log")));
+            }
+        }
+
         /// The log of a process so far (for failure messages).
         pub fn log(&self, name: &str) -> String {
             std::fs::read_to_string(self.logs.path().join(format!("{name}.log"))).unwrap_or_default()
