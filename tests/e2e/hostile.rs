@@ -419,3 +419,27 @@ async fn two_schedulers_at_once_one_leads_and_the_other_takes_over_when_it_dies(
     assert_eq!(client.submit(&id, &placeholder(&id), Duration::from_secs(30)).await.unwrap(), Submitted::Accepted);
     client.cancel(&id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_keeps_every_scripted_write() {
+    let _turn = SERIAL.lock().await;
+    let client = client(TENANT).await;
+    let tenant = TenantId::new("tenant-restart").unwrap();
+    let job = unique("aof");
+    // Written by Lua scripts, which the append-only file logs as MULTI/EXEC blocks.
+    client.jobs.create_task(&tenant, &job, 0, 7).await.unwrap();
+    client.jobs.create_task(&tenant, &job, 1, 5).await.unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let status = std::process::Command::new(root.join("deploy/stack.sh")).args(["restart", "redis"]).status().unwrap();
+    assert!(status.success(), "Redis restarts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let progress = loop {
+        match client.jobs.progress(&tenant, &job).await {
+            Ok(p) => break p,
+            Err(e) => assert!(Instant::now() < deadline, "Redis not back: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((progress.tasks_total, progress.items_total), (2, 12), "scripted writes lost across a restart");
+    assert_eq!(client.jobs.tasks(&tenant, &job).await.unwrap().len(), 2);
+}
