@@ -80,17 +80,29 @@ impl S3Store {
         content_type: &str,
         lease: &str,
     ) -> Result<(), StoreError> {
+        self.put_object(key, bytes, content_type, Some(lease)).await
+    }
+
+    /// One PUT, with the lease that wrote it as metadata when there is one.
+    async fn put_object(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+        lease: Option<&str>,
+    ) -> Result<(), StoreError> {
         check_key(key)?;
-        self.client
+        let mut request = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .metadata(WRITTEN_BY, lease)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| backend("put", key, e))?;
+            .body(ByteStream::from(bytes));
+        if let Some(lease) = lease {
+            request = request.metadata(WRITTEN_BY, lease);
+        }
+        request.send().await.map_err(|e| backend("put", key, e))?;
         Ok(())
     }
 
@@ -225,17 +237,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), StoreError> {
-        check_key(key)?;
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| backend("put", key, e))?;
-        Ok(())
+        self.put_object(key, bytes, content_type, None).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StoreError> {

@@ -26,7 +26,7 @@ use fleet_protocol::keys::{results_prefix, TenantId};
 use fleet_store::ObjectStore;
 use fleet_synth::CatalogSpec;
 use fleet_tests_e2e::fleet::{client, Fleet};
-use fleet_tests_e2e::unique;
+use fleet_tests_e2e::{libfaketime, plain, unique};
 use fleet_tests_services::proxy::{addr_of, Mode, Proxy, Put};
 use serde_json::json;
 
@@ -199,37 +199,10 @@ fn takeovers(fleet: &Fleet, logs: &[&str]) -> BTreeMap<(String, String), u64> {
     out
 }
 
-/// A log without its terminal colours.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn stack(command: &str, service: &str) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let status = std::process::Command::new(root.join("deploy/stack.sh")).args([command, service]).status().unwrap();
     assert!(status.success(), "stack.sh {command} {service}");
-}
-
-/// libfaketime's preload library.
-fn libfaketime() -> String {
-    let found = std::fs::read_dir("/usr/lib").unwrap().filter_map(Result::ok).find_map(|arch| {
-        let lib = arch.path().join("faketime/libfaketime.so.1");
-        lib.is_file().then(|| lib.display().to_string())
-    });
-    found.expect("libfaketime.so.1: deploy/stack.sh up installs it")
 }
 
 async fn worker_killed_repeatedly(bench: &Bench) -> Outcome {

@@ -11,7 +11,7 @@ use fleet_protocol::keys::TenantId;
 use fleet_protocol::state::{JobState, TaskState};
 use fleet_synth::CatalogSpec;
 use fleet_tests_e2e::fleet::{client, free_port, Fleet};
-use fleet_tests_e2e::{reference_dir, unique};
+use fleet_tests_e2e::{plain, reference_dir, unique};
 use serde_json::json;
 use tch::{CModule, Device, Kind, Tensor};
 
@@ -52,25 +52,6 @@ async fn publish_variant(client: &Client, name: &str, module: &mut CModule) -> S
     module.save(dir.path().join("model.pt")).unwrap();
     fleet_store::registry::publish(&client.s3, dir.path()).await.unwrap();
     format!("{name}@{}", manifest["version"].as_str().unwrap())
-}
-
-/// A log without its terminal colours, so `field=value` reads as written.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // An escape sequence: `ESC [ ... m`.
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Lines of `log` that contain `text`.

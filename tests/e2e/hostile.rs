@@ -13,7 +13,7 @@ use fleet_protocol::state::JobState;
 use fleet_queue as amqp;
 use fleet_store::{list_all, ObjectStore};
 use fleet_tests_e2e::fleet::{client, Fleet};
-use fleet_tests_e2e::unique;
+use fleet_tests_e2e::{libfaketime, plain, unique};
 use fleet_tests_services::proxy::{addr_of, Mode, Proxy};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde_json::json;
@@ -66,24 +66,6 @@ async fn recorded(client: &Client, id: &str, within: Duration) -> Result<(), fle
         assert!(Instant::now() < deadline, "job {id} was neither recorded nor rejected within {within:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A log without its terminal colours, so `field=value` reads as written.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -346,15 +328,6 @@ async fn fine_tune_data_sets_over_their_caps_train_nothing_and_say_why() {
         assert_eq!(failures[0].code, "no_model");
         assert!(failures[0].reason.contains(why), "{}", failures[0].reason);
     }
-}
-
-/// libfaketime's preload library (Debian's `faketime` package, which the stack installs).
-fn libfaketime() -> String {
-    let found = std::fs::read_dir("/usr/lib").unwrap().filter_map(Result::ok).find_map(|arch| {
-        let lib = arch.path().join("faketime/libfaketime.so.1");
-        lib.is_file().then(|| lib.display().to_string())
-    });
-    found.expect("libfaketime.so.1 under /usr/lib/<arch>/faketime: deploy/stack.sh up installs it")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -300,3 +300,30 @@ pub mod fleet {
         }
     }
 }
+
+/// A log without its terminal colours, so `field=value` reads as written.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// libfaketime's preload library (Debian's `faketime` package, which the stack installs).
+pub fn libfaketime() -> String {
+    let found = std::fs::read_dir("/usr/lib").expect("/usr/lib").filter_map(Result::ok).find_map(|arch| {
+        let lib = arch.path().join("faketime/libfaketime.so.1");
+        lib.is_file().then(|| lib.display().to_string())
+    });
+    found.expect("libfaketime.so.1 under /usr/lib/<arch>/faketime: deploy/stack.sh up installs it")
+}
