@@ -30,6 +30,19 @@ pub enum Priority {
     Batch,
 }
 
+impl Priority {
+    /// Both, interactive first.
+    pub const ALL: [Priority; 2] = [Priority::Interactive, Priority::Batch];
+
+    /// The name used in JSON, metrics and store keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Batch => "batch",
+        }
+    }
+}
+
 /// A job as published: the envelope is checked first, then `spec` against its kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -16,6 +16,7 @@
 //! It holds no job state of its own: a restarted scheduler resumes splitting from the
 //! cursors in Redis, and tasks in flight keep running under their leases in Redis.
 
+pub mod backlog;
 pub mod context;
 pub mod dispatch;
 pub mod error;

@@ -259,6 +259,7 @@ async fn start(
     let handles = Handles::open(&session.connection).await?;
     let h = handles.clone();
     tracker.spawn(loops::sample_queue_depths(h.sampling, stop.child_token()));
+    tracker.spawn(crate::backlog::sample(sched.clone(), stop.child_token()));
     let loops = Loops::new();
     loops.push(tracker.spawn(loops::intake(splitter, h.intake, stop.child_token())));
     let (s, x) = (sched.clone(), session.clone());

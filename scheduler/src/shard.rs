@@ -322,9 +322,10 @@ async fn publish_tasks(
     record: &JobRecord,
     messages: Vec<TaskMessage>,
 ) -> Result<(), SchedulerError> {
-    let existing =
-        try_join_all(messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32)))
-            .await?;
+    let existing = try_join_all(
+        messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32, record.priority)),
+    )
+    .await?;
     let (_, routing_key) = task_queue(record.priority);
     let outgoing: Vec<Outgoing> = messages
         .into_iter()

@@ -54,6 +54,9 @@ pub struct TaskRecord {
     /// When the worker started the latest attempt (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
+    /// The job's priority, for the backlog counts (absent in records made before them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 /// A task's outcome, counted once when it reaches a terminal state.

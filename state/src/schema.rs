@@ -45,6 +45,14 @@ pub const REQUEUE_KEY: &str = "fleet:requeue";
 /// scripts, read for the `max_queued_items` quota.
 pub const QUEUED_ITEMS_KEY: &str = "fleet:quota:items";
 
+/// Tasks not yet ended, per tenant and priority (hash `<tenant>|<priority>` -> tasks): kept
+/// by the task scripts, exported as `fleet_backlog_tasks` and shown by `fleetctl queue`.
+pub const BACKLOG_KEY: &str = "fleet:backlog";
+
+/// Tasks ended since the store began, per priority (hash priority -> tasks): the rate the
+/// backlog drains at.
+pub const ENDED_KEY: &str = "fleet:backlog:ended";
+
 /// The fencing token counter.
 pub const TOKEN_SEQ_KEY: &str = "fleet:lease:seq";
 

@@ -1,6 +1,8 @@
 //! Tasks, progress counters, sharding cursors, item failures and rejections of a job.
 
-use fleet_protocol::job::Rejection;
+use std::collections::BTreeMap;
+
+use fleet_protocol::job::{Priority, Rejection};
 use fleet_protocol::keys::TenantId;
 use fleet_protocol::message::{ItemFailureReport, Progress};
 use fleet_protocol::state::{TaskEvent, TaskState};
@@ -9,7 +11,8 @@ use crate::error::{corrupt, JobStoreError, CAS_ATTEMPTS};
 use crate::jobs::{parse_progress, RedisJobStore};
 use crate::record::{LeaseOp, TaskNote, TaskOutcome, TaskRecord, TaskUpdate};
 use crate::schema::{
-    job_key, lease_key, LEASES_KEY, LOAD_KEY, QUEUED_ITEMS_KEY, REQUEUE_KEY, SHARDING_KEY, TOKEN_SEQ_KEY,
+    job_key, lease_key, BACKLOG_KEY, ENDED_KEY, LEASES_KEY, LOAD_KEY, QUEUED_ITEMS_KEY, REQUEUE_KEY, SHARDING_KEY,
+    TOKEN_SEQ_KEY,
 };
 
 /// How long a rejection stays readable.
@@ -36,6 +39,7 @@ impl RedisJobStore {
         job: &str,
         task: u32,
         items: u32,
+        priority: Priority,
     ) -> Result<Option<TaskRecord>, JobStoreError> {
         let record = TaskRecord {
             state: TaskState::Dispatched { attempt: 1 },
@@ -43,6 +47,7 @@ impl RedisJobStore {
             worker: None,
             last_error: None,
             started_at_ms: None,
+            priority: Some(priority),
         };
         let json = serde_json::to_string(&record).expect("a task record serialises");
         let tasks = job_key("tasks", tenant, job);
@@ -52,13 +57,33 @@ impl RedisJobStore {
             .key(&tasks)
             .key(job_key("progress", tenant, job))
             .key(QUEUED_ITEMS_KEY)
+            .key(BACKLOG_KEY)
             .arg(task)
             .arg(json)
             .arg(items)
             .arg(tenant.as_str())
+            .arg(priority.as_str())
             .invoke_async(&mut conn)
             .await?;
         existing.map(|json| serde_json::from_str(&json).map_err(corrupt(&tasks))).transpose()
+    }
+
+    /// Tasks not yet ended, per tenant and priority, and tasks ended so far per priority (the
+    /// backlog and its drain: `fleet_backlog_tasks`, `fleetctl queue`).
+    pub async fn backlog(&self) -> Result<Backlog, JobStoreError> {
+        let mut conn = self.conn.clone();
+        let (waiting, ended): (BTreeMap<String, i64>, BTreeMap<String, i64>) =
+            redis::pipe().hgetall(BACKLOG_KEY).hgetall(ENDED_KEY).query_async(&mut conn).await?;
+        let mut backlog = Backlog::default();
+        for (field, n) in waiting {
+            let Some((tenant, priority)) = field.rsplit_once('|') else { continue };
+            let Some(priority) = Priority::ALL.into_iter().find(|p| p.as_str() == priority) else { continue };
+            backlog.waiting.insert((tenant.to_string(), priority), n.max(0) as u64);
+        }
+        for priority in Priority::ALL {
+            backlog.ended.insert(priority, ended.get(priority.as_str()).copied().unwrap_or(0).max(0) as u64);
+        }
+        Ok(backlog)
     }
 
     /// Items in `tenant`'s tasks not yet ended (the `max_queued_items` quota's count).
@@ -166,6 +191,8 @@ impl RedisJobStore {
                 .key(REQUEUE_KEY)
                 .key(TOKEN_SEQ_KEY)
                 .key(QUEUED_ITEMS_KEY)
+                .key(BACKLOG_KEY)
+                .key(ENDED_KEY)
                 .arg(task)
                 .arg(&old)
                 .arg(&new)
@@ -304,5 +331,22 @@ impl RedisJobStore {
     pub async fn next_event_seq(&self, tenant: &TenantId, job: &str) -> Result<u64, JobStoreError> {
         let mut conn = self.conn.clone();
         Ok(redis::cmd("INCR").arg(job_key("eventseq", tenant, job)).query_async(&mut conn).await?)
+    }
+}
+
+/// The fleet's backlog: tasks not yet ended per (tenant, priority), and tasks ended so far
+/// per priority (a counter; its rate is the drain rate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Tasks waiting or running, per tenant and priority.
+    pub waiting: BTreeMap<(String, Priority), u64>,
+    /// Tasks ended since the store began, per priority.
+    pub ended: BTreeMap<Priority, u64>,
+}
+
+impl Backlog {
+    /// Tasks not yet ended at `priority`, all tenants.
+    pub fn waiting_at(&self, priority: Priority) -> u64 {
+        self.waiting.iter().filter(|((_, p), _)| *p == priority).map(|(_, n)| n).sum()
     }
 }

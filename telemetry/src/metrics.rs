@@ -2,11 +2,16 @@
 //! from `--metrics-addr` (off unless set: several workers share a host).
 //!
 //! ```text
-//! scheduler: fleet_jobs_total{outcome}  fleet_tasks_total{event}  fleet_queue_depth{queue}
+//! scheduler: fleet_jobs_total{outcome}  fleet_tasks_total{event}  fleet_placements_total{model}
+//!            fleet_queue_depth{queue}  fleet_backlog_tasks{tenant,priority}
+//!            fleet_backlog_drain_seconds{priority}  (the leader only: KEDA scales on these)
 //! worker:    fleet_worker_tasks_total{priority,outcome}  fleet_worker_images_total{outcome}
 //!            (the scheduler's counters cover retries, stale reports and dead letters)
 //!            fleet_worker_task_seconds{priority} (histogram)  fleet_worker_model_{loads,evictions}_total
-//!            fleet_gpu_{memory_used_mib,memory_total_mib,utilization_pct,temperature_c,power_w}{gpu}
+//!            DCGM_FI_DEV_{GPU_UTIL,MEM_COPY_UTIL,FB_USED,FB_FREE,GPU_TEMP,POWER_USAGE,SM_CLOCK}
+//!            {gpu,UUID,Hostname,modelName} (dcgm-exporter's names and labels, read through NVML)
+//!            fleet_gpu_throttled{gpu,UUID,Hostname,reason}
+//!            fleet_finetune_{loss{fine_tune,phase},learning_rate{fine_tune},step{fine_tune}}
 //! ```
 
 use std::net::SocketAddr;
@@ -82,11 +87,113 @@ pub static MODEL_LOADS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static MODEL_EVICTIONS: LazyLock<IntCounter> = LazyLock::new(|| {
     register(IntCounter::new("fleet_worker_model_evictions_total", "Models evicted to make room").expect("valid"))
 });
-/// NVML gauges per GPU: `memory_used_mib`, `memory_total_mib`, `utilization_pct`,
-/// `temperature_c`, `power_w`.
-pub static GPU: LazyLock<GaugeVec> = LazyLock::new(|| {
-    register(GaugeVec::new(Opts::new("fleet_gpu", "NVML readings per GPU"), &["gpu", "reading"]).expect("valid"))
+/// Tasks not yet ended per tenant and priority, sampled from the store by the leading
+/// scheduler (the figure KEDA scales worker pools on).
+pub static BACKLOG_TASKS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new("fleet_backlog_tasks", "Tasks waiting or running in unfinished jobs"),
+            &["tenant", "priority"],
+        )
+        .expect("valid"),
+    )
 });
+/// Time to drain each priority's backlog at the fleet's task rate over the last minute;
+/// 0 when empty, `+Inf` when tasks wait and none ended in that minute.
+pub static BACKLOG_DRAIN_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(
+        GaugeVec::new(
+            Opts::new("fleet_backlog_drain_seconds", "Seconds to drain the backlog at the recent task rate"),
+            &["priority"],
+        )
+        .expect("valid"),
+    )
+});
+
+/// The labels of the GPU gauges: dcgm-exporter's, so one dashboard reads either source.
+pub const GPU_LABELS: [&str; 4] = ["gpu", "UUID", "Hostname", "modelName"];
+
+/// One GPU gauge under dcgm-exporter's name.
+fn dcgm(name: &str, help: &str) -> GaugeVec {
+    register(GaugeVec::new(Opts::new(name, help), &GPU_LABELS).expect("valid"))
+}
+
+/// GPU utilisation, %.
+pub static GPU_UTIL: LazyLock<GaugeVec> = LazyLock::new(|| dcgm("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)"));
+/// Memory (copy engine) utilisation, %.
+pub static GPU_MEM_COPY_UTIL: LazyLock<GaugeVec> =
+    LazyLock::new(|| dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %)"));
+/// Frame buffer memory used, MiB.
+pub static GPU_FB_USED: LazyLock<GaugeVec> =
+    LazyLock::new(|| dcgm("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)"));
+/// Frame buffer memory free, MiB.
+pub static GPU_FB_FREE: LazyLock<GaugeVec> =
+    LazyLock::new(|| dcgm("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)"));
+/// GPU temperature, °C.
+pub static GPU_TEMP: LazyLock<GaugeVec> = LazyLock::new(|| dcgm("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)"));
+/// Power draw, W.
+pub static GPU_POWER: LazyLock<GaugeVec> = LazyLock::new(|| dcgm("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)"));
+/// SM clock, MHz.
+pub static GPU_SM_CLOCK: LazyLock<GaugeVec> =
+    LazyLock::new(|| dcgm("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)"));
+/// 1 for each clock throttle reason NVML reports active, by reason.
+pub static GPU_THROTTLED: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(
+        GaugeVec::new(
+            Opts::new("fleet_gpu_throttled", "1 while NVML reports this clock throttle reason"),
+            &["gpu", "UUID", "Hostname", "reason"],
+        )
+        .expect("valid"),
+    )
+});
+
+/// A fine-tune's latest loss, by fine-tune (`<tenant>/<job>`) and phase (`1`: all the data, `2`:
+/// the best).
+pub static FINETUNE_LOSS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(
+        GaugeVec::new(Opts::new("fleet_finetune_loss", "Latest training loss"), &["fine_tune", "phase"])
+            .expect("valid"),
+    )
+});
+/// A fine-tune's learning rate at its latest step.
+pub static FINETUNE_LEARNING_RATE: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(GaugeVec::new(Opts::new("fleet_finetune_learning_rate", "Learning rate"), &["fine_tune"]).expect("valid"))
+});
+/// A fine-tune's latest step.
+pub static FINETUNE_STEP: LazyLock<GaugeVec> = LazyLock::new(|| {
+    register(GaugeVec::new(Opts::new("fleet_finetune_step", "Latest training step"), &["fine_tune"]).expect("valid"))
+});
+
+/// The name of every metric the scheduler and the workers export (histograms by their base
+/// name): what a dashboard or a scaler may ask for.
+pub fn names() -> Vec<String> {
+    use prometheus::core::Collector;
+    let all: [&dyn Collector; 22] = [
+        &*JOBS,
+        &*TASKS,
+        &*PLACEMENTS,
+        &*QUEUE_DEPTH,
+        &*BACKLOG_TASKS,
+        &*BACKLOG_DRAIN_SECONDS,
+        &*WORKER_TASKS,
+        &*WORKER_IMAGES,
+        &*WORKER_TASK_SECONDS,
+        &*MODEL_LOADS,
+        &*MODEL_EVICTIONS,
+        &*GPU_UTIL,
+        &*GPU_MEM_COPY_UTIL,
+        &*GPU_FB_USED,
+        &*GPU_FB_FREE,
+        &*GPU_TEMP,
+        &*GPU_POWER,
+        &*GPU_SM_CLOCK,
+        &*GPU_THROTTLED,
+        &*FINETUNE_LOSS,
+        &*FINETUNE_LEARNING_RATE,
+        &*FINETUNE_STEP,
+    ];
+    all.iter().flat_map(|c| c.desc()).map(|d| d.fq_name.clone()).collect()
+}
 
 /// The metrics as Prometheus text.
 pub fn render() -> String {
@@ -179,10 +286,13 @@ mod tests {
     #[test]
     fn counters_show_up_in_the_text_format() {
         JOBS.with_label_values(&["accepted"]).inc_by(3);
-        GPU.with_label_values(&["0", "temperature_c"]).set(41.0);
+        GPU_TEMP.with_label_values(&["0", "GPU-x", "host", "H100"]).set(41.0);
         let text = render();
         assert!(text.contains("fleet_jobs_total{outcome=\"accepted\"} 3"), "{text}");
-        assert!(text.contains("fleet_gpu{gpu=\"0\",reading=\"temperature_c\"} 41"), "{text}");
+        assert!(
+            text.contains("DCGM_FI_DEV_GPU_TEMP{Hostname=\"host\",UUID=\"GPU-x\",gpu=\"0\",modelName=\"H100\"} 41"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -404,8 +404,8 @@ async fn a_redis_restart_keeps_every_scripted_write() {
     let tenant = TenantId::new("tenant-restart").unwrap();
     let job = unique("aof");
     // Written by Lua scripts, which the append-only file logs as MULTI/EXEC blocks.
-    client.jobs.create_task(&tenant, &job, 0, 7).await.unwrap();
-    client.jobs.create_task(&tenant, &job, 1, 5).await.unwrap();
+    client.jobs.create_task(&tenant, &job, 0, 7, fleet_protocol::job::Priority::Batch).await.unwrap();
+    client.jobs.create_task(&tenant, &job, 1, 5, fleet_protocol::job::Priority::Batch).await.unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let status = std::process::Command::new(root.join("deploy/stack.sh")).args(["restart", "redis"]).status().unwrap();
     assert!(status.success(), "Redis restarts");

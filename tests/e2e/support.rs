@@ -61,6 +61,8 @@ pub mod fleet {
     /// The scheduler and workers of one test.
     pub struct Fleet {
         procs: Vec<(String, Child)>,
+        /// The port of each process's `/metrics`, `/readyz` and `/livez`.
+        ports: std::collections::HashMap<String, u16>,
         models: tempfile::TempDir,
         logs: tempfile::TempDir,
     }
@@ -69,6 +71,7 @@ pub mod fleet {
         fn default() -> Self {
             Fleet {
                 procs: Vec::new(),
+                ports: Default::default(),
                 models: tempfile::tempdir().expect("temp dir"),
                 logs: tempfile::tempdir().expect("temp dir"),
             }
@@ -185,9 +188,23 @@ pub mod fleet {
         fn spawn_ready(&mut self, name: &str, mut command: Command) -> &mut Self {
             let port = free_port();
             command.env("FLEET_METRICS_ADDR", format!("127.0.0.1:{port}"));
+            self.ports.insert(name.to_string(), port);
             self.spawn(name, command);
             self.await_ready(name, port);
             self
+        }
+
+        /// The process's `GET /metrics` text, or `None` if it does not answer.
+        pub fn metrics(&self, name: &str) -> Option<String> {
+            use std::io::{Read, Write};
+            let port = self.ports[name];
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n").ok()?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).ok()?;
+            let (head, body) = response.split_once("\r\n\r\n")?;
+            head.starts_with("HTTP/1.1 200").then(|| body.to_string())
         }
 
         /// Starts a scheduler without waiting for it to be ready (a standby, while another
@@ -198,6 +215,7 @@ pub mod fleet {
             command.env("FLEET_PROGRESS_INTERVAL_MS", "0");
             let port = free_port();
             command.env("FLEET_METRICS_ADDR", format!("127.0.0.1:{port}"));
+            self.ports.insert(name.to_string(), port);
             self.spawn(name, command);
             port
         }

@@ -90,6 +90,57 @@ async fn racing_schedulers_apply_exactly_one_terminal_transition() {
 }
 
 #[tokio::test]
+async fn the_backlog_counts_each_task_until_it_ends_once_by_tenant_and_priority() {
+    let note = || TaskNote { worker: Some("w1"), ..Default::default() };
+    let store = store().await;
+    // A tenant of its own: the backlog is fleet-wide.
+    let tenant = TenantId::new(&unique("backlog")).unwrap();
+    let (urgent, bulk) = (unique("urgent"), unique("bulk"));
+    let before = store.backlog().await.unwrap();
+    for task in 0..3 {
+        store.create_task(&tenant, &urgent, task, 1, Priority::Interactive).await.unwrap();
+    }
+    for task in 0..2 {
+        store.create_task(&tenant, &bulk, task, 4, Priority::Batch).await.unwrap();
+    }
+    // Made again (a split that resumes): counted once.
+    store.create_task(&tenant, &urgent, 0, 1, Priority::Interactive).await.unwrap();
+    let waiting = |b: &fleet_state::tasks::Backlog, p| b.waiting.get(&(tenant.to_string(), p)).copied();
+    let now = store.backlog().await.unwrap();
+    assert_eq!((waiting(&now, Priority::Interactive), waiting(&now, Priority::Batch)), (Some(3), Some(2)));
+
+    let end = |job: String, task| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            let none = TaskOutcome::default();
+            let start = TaskEvent::Start { attempt: 1 };
+            store.update_task(&tenant, &job, task, start, &none, note(), LeaseOp::None).await.unwrap();
+            let done = TaskOutcome { succeeded: 1, failures: vec![] };
+            store.update_task(&tenant, &job, task, TaskEvent::Complete, &done, note(), LeaseOp::None).await.unwrap()
+        }
+    };
+    assert!(matches!(end(urgent.clone(), 0).await, TaskUpdate::Applied { ended: true, .. }));
+    // The same report again is refused and changes nothing.
+    let done = TaskOutcome { succeeded: 1, failures: vec![] };
+    let again =
+        store.update_task(&tenant, &urgent, 0, TaskEvent::Complete, &done, note(), LeaseOp::None).await.unwrap();
+    assert!(matches!(again, TaskUpdate::Refused(_)), "{again:?}");
+    let now = store.backlog().await.unwrap();
+    assert_eq!((waiting(&now, Priority::Interactive), waiting(&now, Priority::Batch)), (Some(2), Some(2)));
+    let ended = |b: &fleet_state::tasks::Backlog, p| b.ended[&p];
+    // No other test ends interactive tasks.
+    assert_eq!(ended(&now, Priority::Interactive), ended(&before, Priority::Interactive) + 1);
+    for (job, task) in [(urgent.clone(), 1), (urgent.clone(), 2), (bulk.clone(), 0), (bulk.clone(), 1)] {
+        end(job, task).await;
+    }
+    let now = store.backlog().await.unwrap();
+    assert_eq!((waiting(&now, Priority::Interactive), waiting(&now, Priority::Batch)), (None, None), "{now:?}");
+    assert_eq!(ended(&now, Priority::Interactive), ended(&before, Priority::Interactive) + 3);
+    assert!(ended(&now, Priority::Batch) >= ended(&before, Priority::Batch) + 2);
+}
+
+#[tokio::test]
 async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
     use fleet_protocol::message::ItemFailureReport;
     use fleet_protocol::state::TaskState;
@@ -97,9 +148,10 @@ async fn a_task_reported_twice_is_counted_once_and_its_failures_kept() {
     let store = store().await;
     let tenant = TenantId::new("tenant-a").unwrap();
     let job = unique("tasks");
-    assert_eq!(store.create_task(&tenant, &job, 0, 3).await.unwrap(), None);
-    assert_eq!(store.create_task(&tenant, &job, 1, 2).await.unwrap(), None);
-    let again = store.create_task(&tenant, &job, 0, 3).await.unwrap().expect("an existing task is returned");
+    assert_eq!(store.create_task(&tenant, &job, 0, 3, Priority::Batch).await.unwrap(), None);
+    assert_eq!(store.create_task(&tenant, &job, 1, 2, Priority::Batch).await.unwrap(), None);
+    let again =
+        store.create_task(&tenant, &job, 0, 3, Priority::Batch).await.unwrap().expect("an existing task is returned");
     assert_eq!(again.state, TaskState::Dispatched { attempt: 1 });
     let failure =
         ItemFailureReport { key: "tenant-a/x.jpg".into(), code: "corrupt".into(), reason: "truncated".into() };
@@ -156,7 +208,7 @@ async fn leases_fence_out_a_worker_whose_task_was_taken_over() {
     let store = store().await;
     let tenant = TenantId::new("tenant-a").unwrap();
     let job = unique("leases");
-    store.create_task(&tenant, &job, 0, 4).await.unwrap();
+    store.create_task(&tenant, &job, 0, 4, Priority::Batch).await.unwrap();
     let id = fleet_protocol::message::task_id("tenant-a", &job, 0);
     let (w1, w2, w3) = (unique("w1"), unique("w2"), unique("w3"));
     let (w1, w2, w3) = (w1.as_str(), w2.as_str(), w3.as_str());
@@ -249,7 +301,7 @@ async fn a_task_given_back_does_not_use_up_a_grant() {
     let store = store().await;
     let tenant = TenantId::new("tenant-a").unwrap();
     let job = unique("given-back");
-    store.create_task(&tenant, &job, 0, 1).await.unwrap();
+    store.create_task(&tenant, &job, 0, 1, Priority::Batch).await.unwrap();
     let id = fleet_protocol::message::task_id("tenant-a", &job, 0);
     let now = fleet_protocol::message::now_ms();
     let body = task_body(&job, now);
@@ -287,7 +339,7 @@ async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_
     let tenant = TenantId::new("tenant-jobstore").unwrap();
     let job = unique("rollback");
     for task in 0..2 {
-        store.create_task(&tenant, &job, task, 1).await.unwrap();
+        store.create_task(&tenant, &job, task, 1, Priority::Batch).await.unwrap();
     }
     let body = task_body(&job, fleet_protocol::message::now_ms());
     let Grant::Granted { token: first, .. } =
@@ -319,7 +371,7 @@ async fn a_finished_job_s_records_expire_after_the_retention_and_leave_the_job_l
     let tenant = TenantId::new("tenant-jobstore").unwrap();
     let id = unique("retained");
     store.create(record("tenant-jobstore", &id, "m@1")).await.unwrap();
-    store.create_task(&tenant, &id, 0, 3).await.unwrap();
+    store.create_task(&tenant, &id, 0, 3, Priority::Batch).await.unwrap();
     assert!(store.list(&tenant, 100_000).await.unwrap().contains(&id));
     // Running jobs never expire, however long they run.
     let url = std::env::var("FLEET_REDIS_URL").unwrap();

@@ -8,8 +8,18 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 if ARGV[4] == '1' then
   -- The tenant's items waiting (its quota) lose this task's items.
   local tenant = string.match(KEYS[1], '^fleet:tasks:([^:]+):')
-  if tenant and redis.call('HINCRBY', KEYS[9], tenant, -cjson.decode(ARGV[3]).items) <= 0 then
+  local task = cjson.decode(ARGV[3])
+  if tenant and redis.call('HINCRBY', KEYS[9], tenant, -task.items) <= 0 then
     redis.call('HDEL', KEYS[9], tenant)
+  end
+  -- The backlog loses the task, and the priority's count of ended tasks (its drain rate)
+  -- gains it; records made before the backlog was counted carry no priority.
+  if tenant and type(task.priority) == 'string' then
+    local field = tenant .. '|' .. task.priority
+    if redis.call('HINCRBY', KEYS[10], field, -1) <= 0 then
+      redis.call('HDEL', KEYS[10], field)
+    end
+    redis.call('HINCRBY', KEYS[11], task.priority, 1)
   end
   redis.call('HINCRBY', KEYS[2], 'tasks_done', 1)
   redis.call('HINCRBY', KEYS[2], 'items_succeeded', ARGV[5])

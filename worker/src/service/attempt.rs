@@ -138,7 +138,10 @@ async fn fine_tune_on(
     preempt: &Arc<AtomicBool>,
 ) -> Result<TaskResult, Handback> {
     let (priority, token) = (task.priority, fence.token);
+    let job = format!("{}/{}", task.tenant, task.job);
+    let gauges = job.as_str();
     let relay = move |progress: TrainingProgress| {
+        record_training(gauges, &progress);
         let report = fine_tune::report_for(task, token, progress);
         Box::pin(async move {
             let _ = report_to_scheduler(worker, lost, priority, &report).await;
@@ -152,11 +155,33 @@ async fn fine_tune_on(
         progress: &relay,
         yield_now: preempt.clone(),
     };
-    match fine_tune::run(&ctx, task, spec).await {
+    let ended = fine_tune::run(&ctx, task, spec).await;
+    forget_training(&job);
+    match ended {
         Ok(fine_tune::Ended::Trained(result)) => Ok(result),
         Ok(fine_tune::Ended::Yielded { step }) => Err(Handback::Yielded(step)),
         Err(e) => Err(handback(e, fence)),
     }
+}
+
+/// Sets the fine-tune gauges (`fleet_finetune_*{job}`) from a progress report's last step.
+fn record_training(job: &str, progress: &TrainingProgress) {
+    use fleet_telemetry::metrics::{FINETUNE_LEARNING_RATE, FINETUNE_LOSS, FINETUNE_STEP};
+    if let Some(last) = progress.steps.last() {
+        FINETUNE_LOSS.with_label_values(&[job, &last.phase.to_string()]).set(last.loss);
+        FINETUNE_LEARNING_RATE.with_label_values(&[job]).set(last.lr);
+    }
+    FINETUNE_STEP.with_label_values(&[job]).set(f64::from(progress.step));
+}
+
+/// Drops a fine-tune's gauges once it ends here (its curves stay in the model's folder).
+fn forget_training(job: &str) {
+    use fleet_telemetry::metrics::{FINETUNE_LEARNING_RATE, FINETUNE_LOSS, FINETUNE_STEP};
+    for phase in ["1", "2"] {
+        let _ = FINETUNE_LOSS.remove_label_values(&[job, phase]);
+    }
+    let _ = FINETUNE_LEARNING_RATE.remove_label_values(&[job]);
+    let _ = FINETUNE_STEP.remove_label_values(&[job]);
 }
 
 /// An image task on the device's warm engine (and its background generator, for generate

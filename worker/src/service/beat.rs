@@ -105,21 +105,28 @@ fn device_states(worker: &Worker) -> Vec<heartbeat::DeviceState> {
         .collect()
 }
 
-/// Sets the GPU gauges from a beat's NVML readings.
+/// Sets the GPU gauges from a beat's NVML readings, under dcgm-exporter's names and labels.
 fn record_gpus(beat: &Heartbeat) {
+    metrics::GPU_THROTTLED.reset();
     for g in &beat.gpus {
         let gpu = g.index.to_string();
+        let labels = [gpu.as_str(), g.uuid.as_str(), beat.host.as_str(), g.name.as_str()];
         let readings = [
-            ("memory_used_mib", Some(g.memory_used_mib as f64)),
-            ("memory_total_mib", Some(g.memory_total_mib as f64)),
-            ("utilization_pct", g.gpu_util_pct.map(f64::from)),
-            ("temperature_c", g.temperature_c.map(f64::from)),
-            ("power_w", g.power_w),
+            (&metrics::GPU_UTIL, g.gpu_util_pct.map(f64::from)),
+            (&metrics::GPU_MEM_COPY_UTIL, g.memory_util_pct.map(f64::from)),
+            (&metrics::GPU_FB_USED, Some(g.memory_used_mib as f64)),
+            (&metrics::GPU_FB_FREE, Some(g.memory_free_mib as f64)),
+            (&metrics::GPU_TEMP, g.temperature_c.map(f64::from)),
+            (&metrics::GPU_POWER, g.power_w),
+            (&metrics::GPU_SM_CLOCK, g.sm_clock_mhz.map(f64::from)),
         ];
-        for (reading, value) in readings {
+        for (gauge, value) in readings {
             if let Some(v) = value {
-                metrics::GPU.with_label_values(&[&gpu, reading]).set(v);
+                gauge.with_label_values(&labels).set(v);
             }
+        }
+        for reason in &g.throttle_reasons {
+            metrics::GPU_THROTTLED.with_label_values(&[&gpu, &g.uuid, &beat.host, reason]).set(1.0);
         }
     }
 }

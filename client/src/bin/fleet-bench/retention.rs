@@ -44,7 +44,7 @@ pub async fn retention(jobs: usize, items: u32, shard: u32, retention_s: u64) ->
         let (mut succeeded, mut failed) = (0, 0);
         for t in 0..tasks {
             let n = shard.min(items - t * shard);
-            store.create_task(&tenant, &id, t, n).await?;
+            store.create_task(&tenant, &id, t, n, fleet_protocol::job::Priority::Batch).await?;
             let failures: Vec<ItemFailureReport> = (0..n)
                 .filter(|i| (t * shard + i) % 100 == 99)
                 .map(|i| ItemFailureReport {

@@ -2,7 +2,6 @@
 //! out of and back into rotation (`cordon`, `drain`, `uncordon`) and the backlog with the
 //! time to drain it (`queue`).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fleet_client::Client;
@@ -94,35 +93,20 @@ pub(crate) async fn drain(client: &Client, worker: &str, wait: bool) -> anyhow::
     Ok(())
 }
 
-/// Waiting tasks per (tenant, priority) over every unfinished job, and tasks ended overall.
-async fn backlog(client: &Client) -> anyhow::Result<(BTreeMap<(String, String), u64>, u64)> {
-    let mut waiting = BTreeMap::new();
-    let mut ended = 0;
-    for tenant in client.jobs.tenants().await? {
-        for id in client.jobs.list(&tenant, 1000).await? {
-            let Some(record) = client.jobs.get(&tenant, &id).await? else { continue };
-            let p = client.jobs.progress(&tenant, &id).await?;
-            ended += p.tasks_done;
-            if !record.state.is_terminal() {
-                let priority = format!("{:?}", record.priority).to_lowercase();
-                *waiting.entry((tenant.to_string(), priority)).or_insert(0) += p.tasks_total - p.tasks_done;
-            }
-        }
-    }
-    Ok((waiting, ended))
-}
-
-/// `queue`: the backlog by tenant and priority, the fleet's rate over `window` seconds, the
-/// time to drain at that rate, and why tasks wait for a device.
+/// `queue`: the backlog by tenant and priority (the figure the leading scheduler exports as
+/// `fleet_backlog_tasks`), the fleet's rate over `window` seconds, the time to drain at that
+/// rate, and why tasks wait for a device.
 pub(crate) async fn queue(client: &Client, window: u64) -> anyhow::Result<()> {
-    let (_, ended_before) = backlog(client).await?;
+    let before = client.jobs.backlog().await?;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(window.max(1))).await;
-    let (waiting, ended_after) = backlog(client).await?;
-    let rate = ended_after.saturating_sub(ended_before) as f64 / started.elapsed().as_secs_f64();
+    let after = client.jobs.backlog().await?;
+    let ended = |b: &fleet_state::tasks::Backlog| b.ended.values().sum::<u64>();
+    let rate = ended(&after).saturating_sub(ended(&before)) as f64 / started.elapsed().as_secs_f64();
+    let waiting = after.waiting;
     println!("{:<24} {:<12} {:>10}", "tenant", "priority", "tasks");
     for ((tenant, priority), n) in &waiting {
-        println!("{tenant:<24} {priority:<12} {n:>10}");
+        println!("{tenant:<24} {:<12} {n:>10}", priority.as_str());
     }
     let total: u64 = waiting.values().sum();
     println!("{:<24} {:<12} {total:>10}", "all", "");
