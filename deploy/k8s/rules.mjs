@@ -41,7 +41,9 @@ function options(source) {
 export function readFacts(repo) {
   const read = (path) => readFileSync(join(repo, path), "utf8");
   const metricsSource = read("telemetry/src/metrics.rs");
-  const registered = /(?:Opts|HistogramOpts|IntCounter|IntGauge|Counter|Gauge|Histogram)::new\(\s*"([A-Za-z_:][A-Za-z0-9_:]*)"/g;
+  // Names given to prometheus' constructors, and to the worker's dcgm() helper (GPU readings
+  // under dcgm-exporter's names).
+  const registered = /(?:(?:Opts|HistogramOpts|IntCounter|IntGauge|Counter|Gauge|Histogram)::new|\bdcgm)\(\s*"([A-Za-z_:][A-Za-z0-9_:]*)"/g;
   const metrics = new Set();
   for (const [call, name] of metricsSource.matchAll(registered)) {
     metrics.add(name);

@@ -42,8 +42,7 @@ fi
 GARAGE_INIT_TIMEOUT=$((deadline - SECONDS > 10 ? deadline - SECONDS : 10)) garage-init
 
 for service in scheduler worker api; do
-  upper=$(printf %s "$service" | tr a-z A-Z)
-  key_var=FLEET_${upper}_S3_KEY secret_var=FLEET_${upper}_S3_SECRET
+  key_var=FLEET_${service^^}_S3_KEY secret_var=FLEET_${service^^}_S3_SECRET
   id=${!key_var:?$key_var is not set} secret=${!secret_var:?$secret_var is not set}
   if ! garage key info "$id" >/dev/null 2>&1; then
     log "importing key fleet-$service ($id)"
