@@ -73,8 +73,11 @@ pub async fn handle(
         }
     };
     let id = valid.request.id.clone();
-    let span =
-        tracing::info_span!("intake", tenant = %tenant, job = %id, trace_id = trace_id(&traceparent).unwrap_or(""));
+    let span = tracing::info_span!("intake", tenant = %tenant, job = %id, trace_id = trace_id(&traceparent).unwrap_or(""),
+        "messaging.system" = "rabbitmq", "messaging.destination.name" = fleet_queue::INTAKE_QUEUE);
+    fleet_telemetry::traces::follow(&span, &traceparent);
+    // The job keeps the intake span's context, so its split and tasks hang beneath it.
+    let traceparent = fleet_telemetry::traces::traceparent_of(&span).unwrap_or(traceparent);
     accept(sched, events, tenant, valid, traceparent).instrument(span).await
 }
 

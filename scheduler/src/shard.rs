@@ -111,6 +111,7 @@ async fn try_shard(
         }
     };
     let span = tracing::info_span!("shard", tenant = %tenant, job, trace_id = trace_of(&record));
+    fleet_telemetry::traces::follow(&span, &record.traceparent);
     split(sched, out, tenant, job, record, cursor).instrument(span).await
 }
 
@@ -327,12 +328,15 @@ async fn publish_tasks(
     )
     .await?;
     let (_, routing_key) = task_queue(record.priority);
+    // Each task names the shard span as its parent (or a new child id of the job's, without
+    // an exporter).
+    let parent = fleet_telemetry::traces::traceparent_of(&tracing::Span::current());
     let outgoing: Vec<Outgoing> = messages
         .into_iter()
         .zip(existing)
         .filter(|(_, existing)| existing.as_ref().is_none_or(|t| !t.state.is_terminal()))
         .map(|(message, _)| {
-            let traceparent = child_traceparent(&record.traceparent);
+            let traceparent = parent.clone().unwrap_or_else(|| child_traceparent(&record.traceparent));
             let props = BasicProperties::default()
                 .with_content_type("application/json".into())
                 .with_message_id(message.id().into())

@@ -10,6 +10,7 @@ use aws_sdk_s3::Client;
 
 use super::{ListPage, ObjectStore, StoreError};
 use fleet_protocol::keys::check_key;
+use tracing::Instrument;
 
 /// Where the bucket is and how to sign requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +103,9 @@ impl S3Store {
         if let Some(lease) = lease {
             request = request.metadata(WRITTEN_BY, lease);
         }
-        request.send().await.map_err(|e| backend("put", key, e))?;
+        let span = tracing::info_span!("S3.PutObject", "rpc.system" = "aws-api", "rpc.service" = "S3",
+            "rpc.method" = "PutObject", "aws.s3.bucket" = %self.bucket, "aws.s3.key" = key);
+        request.send().instrument(span).await.map_err(|e| backend("put", key, e))?;
         Ok(())
     }
 
@@ -172,28 +175,53 @@ async fn read_body(key: &str, out: aws_sdk_s3::operation::get_object::GetObjectO
     Ok(body.into_bytes().to_vec())
 }
 
+/// The span of one GetObject, named and labelled as OpenTelemetry's semantic conventions for
+/// AWS S3 say.
+fn get_span(bucket: &str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "S3.GetObject",
+        "rpc.system" = "aws-api",
+        "rpc.service" = "S3",
+        "rpc.method" = "GetObject",
+        "aws.s3.bucket" = bucket,
+        "aws.s3.key" = key
+    )
+}
+
 impl ObjectStore for S3Store {
     async fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         check_key(key)?;
-        let out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
-            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                StoreError::NotFound { key: key.to_string() }
-            } else {
-                backend("get", key, e)
-            }
-        })?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .instrument(get_span(&self.bucket, key))
+            .await
+            .map_err(|e| {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    StoreError::NotFound { key: key.to_string() }
+                } else {
+                    backend("get", key, e)
+                }
+            })?;
         read_body(key, out).await
     }
 
     async fn get_capped(&self, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
         check_key(key)?;
-        let mut out = self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| {
-            if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
-                StoreError::NotFound { key: key.to_string() }
-            } else {
-                backend("get", key, e)
-            }
-        })?;
+        let span = get_span(&self.bucket, key);
+        let mut out =
+            self.client.get_object().bucket(&self.bucket).key(key).send().instrument(span.clone()).await.map_err(
+                |e| {
+                    if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                        StoreError::NotFound { key: key.to_string() }
+                    } else {
+                        backend("get", key, e)
+                    }
+                },
+            )?;
         let too_large = |size: u64| StoreError::TooLarge { key: key.to_string(), size, max };
         // Refused on the declared length before any of the body is read; dropping the body
         // closes the connection.
@@ -203,7 +231,7 @@ impl ObjectStore for S3Store {
         }
         // And counted as it arrives, whatever the header said.
         let mut bytes = Vec::with_capacity(declared as usize);
-        while let Some(chunk) = out.body.next().await {
+        while let Some(chunk) = out.body.next().instrument(span.clone()).await {
             let chunk = chunk.map_err(|e| StoreError::Backend {
                 op: "get",
                 key: key.to_string(),

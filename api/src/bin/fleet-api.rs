@@ -86,10 +86,8 @@ enum TokenCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs to stderr; spans over OTLP too where OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _traces = fleet_telemetry::traces::init("fleet-api", "info");
     if let Err(e) = fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "api") {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;

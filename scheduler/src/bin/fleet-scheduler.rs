@@ -65,10 +65,8 @@ fn tenants(path: Option<&std::path::Path>) -> anyhow::Result<fleet_protocol::ten
 }
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    // Logs to stderr; spans over OTLP too where OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _traces = fleet_telemetry::traces::init("fleet-scheduler", "info");
     if let Err(e) = fleet_config::layer(&<Cli as clap::CommandFactory>::command(), "scheduler") {
         eprintln!("error: {e}");
         return std::process::ExitCode::FAILURE;

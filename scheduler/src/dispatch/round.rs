@@ -83,11 +83,17 @@ impl Round {
                 Some(Ok(Grant::Granted { token, grants })) => {
                     let device = &self.devices[p.device];
                     let lease = LeaseGrant { token, attempt: grants, device: device.device };
+                    let span = tracing::info_span!("dispatch", task = %w.message.id(), worker = %device.worker,
+                        device = device.device, token, attempt = grants, warm = p.warm,
+                        "messaging.system" = "rabbitmq", "messaging.destination.name" = %worker_queue(&device.worker));
+                    fleet_telemetry::traces::follow(&span, &w.traceparent);
+                    let traceparent =
+                        fleet_telemetry::traces::traceparent_of(&span).unwrap_or_else(|| w.traceparent.clone());
                     let props = BasicProperties::default()
                         .with_content_type("application/json".into())
                         .with_message_id(w.message.id().into())
                         .with_headers(string_headers(&[
-                            (TRACEPARENT_HEADER, &w.traceparent),
+                            (TRACEPARENT_HEADER, &traceparent),
                             (LEASE_HEADER, &lease.header()),
                         ]));
                     outgoing.push((worker_queue(&device.worker), w.delivery.data.clone(), props));

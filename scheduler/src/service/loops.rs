@@ -15,6 +15,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Session, Splitter};
 use crate::context::Scheduler;
@@ -219,8 +220,15 @@ async fn on_report(sched: &Scheduler, session: &Session, delivery: Delivery, sto
         Err(e) if e.is_retryable() => Some(e.to_string()),
         _ => None,
     };
-    let handled =
-        patiently("report", stop, retry, || crate::reports::handle(sched, &session.events, report.clone())).await;
+    let span = tracing::info_span!("report", kind = report.kind(), "messaging.system" = "rabbitmq");
+    if let Some(traceparent) =
+        fleet_queue::header_str(&delivery.properties, fleet_protocol::message::TRACEPARENT_HEADER)
+    {
+        fleet_telemetry::traces::follow(&span, &traceparent);
+    }
+    let handled = patiently("report", stop, retry, || crate::reports::handle(sched, &session.events, report.clone()))
+        .instrument(span)
+        .await;
     match handled {
         Ok(()) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fleet_protocol::job::Priority;
-use fleet_protocol::message::{LeaseGrant, Report, TaskMessage};
+use fleet_protocol::message::{LeaseGrant, Report, TaskMessage, TRACEPARENT_HEADER};
 use fleet_queue::{confirmed_channel, publish_confirmed, reports_queue, AmqpError};
 use lapin::{BasicProperties, Channel, Connection};
 
@@ -48,7 +48,11 @@ pub(super) async fn report_to_scheduler(
                 Priority::Interactive => &channels.interactive,
                 Priority::Batch => &channels.batch,
             };
-            let props = BasicProperties::default().with_content_type("application/json".into());
+            let mut props = BasicProperties::default().with_content_type("application/json".into());
+            // The report hangs beneath the span that makes it (the task's).
+            if let Some(traceparent) = fleet_telemetry::traces::traceparent_of(&tracing::Span::current()) {
+                props = props.with_headers(fleet_queue::string_headers(&[(TRACEPARENT_HEADER, &traceparent)]));
+            }
             match publish_confirmed(channel, "", reports_queue(priority), &body, props).await {
                 Ok(()) => return Ok(()),
                 Err(e) => tracing::warn!(error = %e, report = report.kind(), "report not confirmed; retrying"),

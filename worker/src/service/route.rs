@@ -64,7 +64,9 @@ impl Accepted {
         });
         let _hold = LeaseHold::hold(&worker.live, task.id(), held, training);
         let span = tracing::info_span!("task", tenant = %task.tenant, job = %task.job, task = task.task,
-            attempt = lease.attempt, token = lease.token, trace_id = trace_id(&traceparent).unwrap_or(""));
+            attempt = lease.attempt, token = lease.token, trace_id = trace_id(&traceparent).unwrap_or(""),
+            "messaging.system" = "rabbitmq");
+        fleet_telemetry::traces::follow(&span, &traceparent);
         async {
             let Some(device) = worker.devices.get(lease.device as usize) else {
                 let reason = format!("placed on device {} but this worker has {}", lease.device, worker.devices.len());
