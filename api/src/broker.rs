@@ -13,6 +13,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 /// Prefix of every queue the API declares (its broker user may configure only these).
 pub const QUEUE_PREFIX: &str = "fleet-api.";
@@ -57,9 +58,18 @@ impl Broker {
     /// Publishes job `body` for `tenant` under message id `id`; returns once the broker holds it.
     pub async fn publish_job(&self, tenant: &str, id: &str, body: &[u8]) -> Result<(), AmqpError> {
         let (_, channel) = self.link().await?;
-        let traceparent = new_traceparent();
+        // The trace of the job starts here: the submit span is its root where spans are
+        // exported.
+        let span = tracing::info_span!(
+            "submit",
+            tenant,
+            job = id,
+            "messaging.system" = "rabbitmq",
+            "messaging.destination.name" = amqp::JOBS_EXCHANGE
+        );
+        let traceparent = fleet_telemetry::traces::traceparent_of(&span).unwrap_or_else(new_traceparent);
         let props = job_properties(tenant, id).with_headers(string_headers(&[(TRACEPARENT_HEADER, &traceparent)]));
-        publish_confirmed(&channel, amqp::JOBS_EXCHANGE, amqp::SUBMIT_KEY, body, props).await
+        publish_confirmed(&channel, amqp::JOBS_EXCHANGE, amqp::SUBMIT_KEY, body, props).instrument(span).await
     }
 
     /// Asks the scheduler to cancel `tenant`'s job `id`.

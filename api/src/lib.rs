@@ -21,6 +21,7 @@ pub mod objects;
 pub mod ops;
 pub mod problem;
 pub mod tokens;
+pub mod ui;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -190,7 +191,8 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The whole service: the API, `/openapi.json`, `/docs`, `/livez` and `/readyz`.
+/// The whole service: the API, `/openapi.json`, `/docs`, the dashboard under `/ui`,
+/// `/livez` and `/readyz`.
 pub fn router(state: AppState) -> Router {
     let (api, openapi) = api_routes();
     let page = docs::page(&openapi);
@@ -199,6 +201,7 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(move || async move { axum::response::Html(page) }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .merge(ui::routes())
         .fallback(|| async { Problem::not_found("such endpoint (see /docs)") })
         .with_state(state)
 }
