@@ -13,7 +13,7 @@ use fleet_protocol::state::JobState;
 use fleet_queue as amqp;
 use fleet_store::{list_all, ObjectStore};
 use fleet_tests_e2e::fleet::{client, Fleet};
-use fleet_tests_e2e::{libfaketime, plain, unique};
+use fleet_tests_e2e::{libfaketime, photo, plain, unique};
 use fleet_tests_services::proxy::{addr_of, Mode, Proxy};
 use lapin::options::{BasicGetOptions, BasicNackOptions};
 use serde_json::json;
@@ -24,20 +24,6 @@ const TENANT: &str = "tenant-a";
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} unset: the test command exports it"))
-}
-
-/// A small PNG photo: a gradient with a dark square in the middle.
-fn photo(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(96, 72, |x, y| {
-        if (30..66).contains(&x) && (20..52).contains(&y) {
-            image::Rgb([20, 30 + seed, 40])
-        } else {
-            image::Rgb([(x * 2) as u8, (y * 3) as u8, 200u8.wrapping_add(seed)])
-        }
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 fn job(id: &str, input: serde_json::Value) -> Vec<u8> {

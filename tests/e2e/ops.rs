@@ -11,7 +11,7 @@ use fleet_client::Submitted;
 use fleet_protocol::state::JobState;
 use fleet_store::ObjectStore;
 use fleet_tests_e2e::fleet::{client, Fleet};
-use fleet_tests_e2e::{plain, unique};
+use fleet_tests_e2e::{photo, plain, unique};
 use serde_json::json;
 
 const TENANT: &str = "tenant-a";
@@ -143,20 +143,6 @@ async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Received>>>
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, spans)
-}
-
-/// A small PNG photo: a gradient with a dark square in the middle.
-fn photo(seed: u8) -> Vec<u8> {
-    let img = image::RgbImage::from_fn(96, 72, |x, y| {
-        if (30..66).contains(&x) && (20..52).contains(&y) {
-            image::Rgb([20, 30 + seed, 40])
-        } else {
-            image::Rgb([(x * 2) as u8, (y * 3) as u8, 200u8.wrapping_add(seed)])
-        }
-    });
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

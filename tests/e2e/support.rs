@@ -319,6 +319,20 @@ pub mod fleet {
     }
 }
 
+/// A small PNG photo: a gradient with a dark square in the middle.
+pub fn photo(seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(96, 72, |x, y| {
+        if (30..66).contains(&x) && (20..52).contains(&y) {
+            image::Rgb([20, 30 + seed, 40])
+        } else {
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, 200u8.wrapping_add(seed)])
+        }
+    });
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 /// A log without its terminal colours, so `field=value` reads as written.
 pub fn plain(log: &str) -> String {
     let mut out = String::with_capacity(log.len());
