@@ -119,7 +119,17 @@ async fn take_over(sched: &Scheduler, events: &Channel, lease: &LeaseRecord, now
     } else {
         (TaskEvent::LeaseLost, TaskOutcome::default(), LeaseOp::Requeue { token: lease.token, not_before_ms: 0 })
     };
-    let update = sched.store.update_task(&tenant, &message.job, message.task, event, &outcome, note, op).await?;
+    let update = match sched.store.update_task(&tenant, &message.job, message.task, event, &outcome, note, op).await {
+        Ok(update) => update,
+        Err(JobStoreError::NotFound { .. }) => {
+            // The task has no record (its job expired, or was never recorded): nothing can be
+            // dispatched again, and a lease kept would hold its device's slot for ever.
+            tracing::warn!(task = %lease.id, worker = %lease.worker, "expired lease of a task with no record dropped");
+            sched.store.end_lease(&lease.id, lease.token).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     match &update {
         TaskUpdate::Applied { .. } => {
             let weight = sched.config.tenants.limits(tenant.as_str()).weight();

@@ -384,6 +384,37 @@ async fn two_schedulers_at_once_one_leads_and_the_other_takes_over_when_it_dies(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_expired_lease_whose_task_has_no_record_is_dropped_and_frees_its_device() {
+    let _turn = SERIAL.lock().await;
+    let client = client(TENANT).await;
+    let tenant = TenantId::new(TENANT).unwrap();
+    // A lease on a worker's device for a task whose job was never recorded (or has expired).
+    let (job, worker) = (unique("orphan"), unique("ghost"));
+    let body = serde_json::to_vec(&json!({
+        "tenant": TENANT, "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
+        "keys": [format!("{TENANT}/x.png")], "background": {"mode": "transparent"}, "output": {"format": "png"},
+        "accepted_at_ms": fleet_protocol::message::now_ms(),
+    }))
+    .unwrap();
+    let granted = client.jobs.grant_lease(&tenant, &job, 0, &worker, 0, "batch", &body).await.unwrap();
+    assert!(matches!(granted, fleet_state::lease::Grant::Granted { .. }), "{granted:?}");
+    let slot = (worker.clone(), 0, "batch".to_string());
+    assert_eq!(client.jobs.load().await.unwrap().get(&slot), Some(&1));
+    // Nobody renews it; the scheduler finds it expired and, with no task to send again,
+    // drops it instead of trying for ever, which would hold the device's slot for ever.
+    let mut fleet = Fleet::default();
+    fleet.scheduler("scheduler");
+    let id = fleet_protocol::message::task_id(TENANT, &job, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.jobs.lease(&id).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the orphan lease stayed:\n{}", plain(&fleet.log("scheduler")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(client.jobs.load().await.unwrap().get(&slot), None, "its device's slot is free again");
+    assert!(plain(&fleet.log("scheduler")).contains("expired lease of a task with no record dropped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_restart_keeps_every_scripted_write() {
     let _turn = SERIAL.lock().await;
     let client = client(TENANT).await;

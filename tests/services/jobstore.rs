@@ -342,8 +342,10 @@ async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_
         store.create_task(&tenant, &job, task, 1, Priority::Batch).await.unwrap();
     }
     let body = task_body(&job, fleet_protocol::message::now_ms());
+    // Workers of their own: the leases count against their devices until they end.
+    let (w1, w2) = (unique("w1"), unique("w2"));
     let Grant::Granted { token: first, .. } =
-        store.grant_lease(&tenant, &job, 0, "w1", 0, "batch", &body).await.unwrap()
+        store.grant_lease(&tenant, &job, 0, &w1, 0, "batch", &body).await.unwrap()
     else {
         panic!("granted")
     };
@@ -353,7 +355,7 @@ async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_
     let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("SET").arg("fleet:lease:seq").arg(first - 1).query_async(&mut conn).await.unwrap();
     let Grant::Granted { token: second, .. } =
-        store.grant_lease(&tenant, &job, 1, "w2", 0, "batch", &body).await.unwrap()
+        store.grant_lease(&tenant, &job, 1, &w2, 0, "batch", &body).await.unwrap()
     else {
         panic!("granted")
     };
@@ -363,6 +365,9 @@ async fn tokens_keep_rising_after_redis_loses_its_last_writes_and_leases_run_on_
     let server = store.server_now_ms().await.unwrap();
     let ttl = fleet_state::lease::LEASE_TTL.as_millis() as u64;
     assert!(lease.expires_ms > server && lease.expires_ms <= server + ttl, "{} vs {server}", lease.expires_ms);
+    for (task, token) in [(0, first), (1, second)] {
+        store.end_lease(&fleet_protocol::message::task_id("tenant-jobstore", &job, task), token).await.unwrap();
+    }
 }
 
 #[tokio::test]
