@@ -180,9 +180,10 @@ async fn submissions_during_a_job_store_outage_wait_for_it_and_none_is_lost() {
     for id in &ids {
         client.publish(id, &placeholder(id)).await.unwrap();
     }
-    // Longer than six returns to the queue used to take: each spent one delivery of the
-    // message's limit, and the sixth dead-lettered it with no word to the submitter.
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    // Longer than six returns to the queue used to take (each spent one delivery of the
+    // message's limit, and the sixth dead-lettered it with no word to the submitter), and
+    // longer than a Redis call's 10 s answer timeout, so a call made in the outage fails in it.
+    tokio::time::sleep(Duration::from_secs(15)).await;
     proxy.set(Mode::Pass);
     for id in &ids {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -387,24 +388,31 @@ async fn two_schedulers_at_once_one_leads_and_the_other_takes_over_when_it_dies(
 async fn an_expired_lease_whose_task_has_no_record_is_dropped_and_frees_its_device() {
     let _turn = SERIAL.lock().await;
     let client = client(TENANT).await;
-    let tenant = TenantId::new(TENANT).unwrap();
-    // A lease on a worker's device for a task whose job was never recorded (or has expired).
+    // A lease on a worker's device for a task whose record is gone. A tenant of its own:
+    // the task stays counted in its backlog.
+    let tenant = TenantId::new(&unique("orphans")).unwrap();
     let (job, worker) = (unique("orphan"), unique("ghost"));
     let body = serde_json::to_vec(&json!({
-        "tenant": TENANT, "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
-        "keys": [format!("{TENANT}/x.png")], "background": {"mode": "transparent"}, "output": {"format": "png"},
+        "tenant": tenant.as_str(), "job": job, "task": 0, "priority": "batch", "model": "matting-ref@1.0.0",
+        "keys": [format!("{tenant}/x.png")], "background": {"mode": "transparent"}, "output": {"format": "png"},
         "accepted_at_ms": fleet_protocol::message::now_ms(),
     }))
     .unwrap();
+    client.jobs.create_task(&tenant, &job, 0, 1, fleet_protocol::job::Priority::Batch).await.unwrap();
     let granted = client.jobs.grant_lease(&tenant, &job, 0, &worker, 0, "batch", &body).await.unwrap();
     assert!(matches!(granted, fleet_state::lease::Grant::Granted { .. }), "{granted:?}");
     let slot = (worker.clone(), 0, "batch".to_string());
     assert_eq!(client.jobs.load().await.unwrap().get(&slot), Some(&1));
+    // The task's record goes (as an expired job's would); the lease stays behind.
+    let mut redis =
+        redis::Client::open(env("FLEET_REDIS_URL")).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let tasks = fleet_state::schema::job_key("tasks", &tenant, &job);
+    let _: () = redis::cmd("DEL").arg(&tasks).query_async(&mut redis).await.unwrap();
     // Nobody renews it; the scheduler finds it expired and, with no task to send again,
     // drops it instead of trying for ever, which would hold the device's slot for ever.
     let mut fleet = Fleet::default();
     fleet.scheduler("scheduler");
-    let id = fleet_protocol::message::task_id(TENANT, &job, 0);
+    let id = fleet_protocol::message::task_id(tenant.as_str(), &job, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while client.jobs.lease(&id).await.unwrap().is_some() {
         assert!(Instant::now() < deadline, "the orphan lease stayed:\n{}", plain(&fleet.log("scheduler")));
