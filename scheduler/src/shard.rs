@@ -173,9 +173,9 @@ async fn split(
                 let count = slice.len() as u32;
                 sched.usage.published(tenant.as_str(), count);
                 let sent = publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, slice).await;
-                if sent.is_err() {
-                    sched.usage.unpublished(tenant.as_str(), count);
-                }
+                // Tasks that ended before a resume are not sent again: no dispatcher will
+                // take them, so they hold no place in the window.
+                sched.usage.unpublished(tenant.as_str(), count - sent.as_ref().map_or(0, |&n| n));
                 sent?;
             }
         } else {
@@ -315,14 +315,14 @@ pub fn make_tasks(
 }
 
 /// Records each task (once) and publishes those not already ended, waiting for the broker
-/// to confirm them all.
+/// to confirm them all; how many it published.
 async fn publish_tasks(
     sched: &Scheduler,
     channel: &Channel,
     tenant: &TenantId,
     record: &JobRecord,
     messages: Vec<TaskMessage>,
-) -> Result<(), SchedulerError> {
+) -> Result<u32, SchedulerError> {
     let existing = try_join_all(
         messages.iter().map(|m| sched.store.create_task(tenant, &m.job, m.task, m.keys.len() as u32, record.priority)),
     )
@@ -347,7 +347,7 @@ async fn publish_tasks(
     let count = outgoing.len() as u64;
     publish_all(channel, TASKS_EXCHANGE, outgoing).await?;
     fleet_telemetry::metrics::TASKS.with_label_values(&["dispatched"]).inc_by(count);
-    Ok(())
+    Ok(count as u32)
 }
 
 #[cfg(test)]
