@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # The fleet's backing services for local development and CI, each a plain background daemon
-# on 127.0.0.1 with all its data under one folder (no systemd, no containers):
+# on 127.0.0.1 with all its data under one folder (no systemd, no containers; PostgreSQL's goes
+# to /var/tmp when the postgres user cannot reach that folder, see pg_place):
 #
 #   RabbitMQ 3.10  jobs in, events out      amqp://127.0.0.1:5672/fleet
 #   Redis 7.0      job state                redis://127.0.0.1:6379
 #   Garage 2.x     S3 for images            http://127.0.0.1:3900, bucket "fleet"
+#   PostgreSQL 15  the royalty ledger       postgres://127.0.0.1:5432/fleet
 #
 #   deploy/stack.sh up [--reuse]    install what is missing, start, provision; safe to repeat. A
 #                                   stack in this folder that another checkout started is refused
 #                                   unless --reuse (or FLEET_STACK_REUSE=1) says to use it
-#   deploy/stack.sh down [--purge]  stop all three, data kept (--purge deletes the stack folder)
+#   deploy/stack.sh down [--purge]  stop them all, data kept (--purge deletes the stack folder,
+#                                   and PostgreSQL's folder outside it if it has one: see pg_place)
 #   deploy/stack.sh status          one line per service; exits non-zero if any is down
-#   deploy/stack.sh restart SERVICE stop and start rabbitmq, redis or garage, data kept
+#   deploy/stack.sh restart SERVICE stop and start rabbitmq, redis, garage or postgres, data kept
 #   deploy/stack.sh env             export lines for clients: eval "$(deploy/stack.sh env)"
 #
 # Settings: FLEET_STACK_DIR (default .fleet/stack in the repo), FLEET_AMQP_PORT, FLEET_REDIS_PORT,
 # FLEET_S3_PORT, FLEET_GARAGE_RPC_PORT, FLEET_GARAGE_ADMIN_PORT, FLEET_RABBIT_DIST_PORT (Erlang
-# distribution, default AMQP port + 20000). Config files are rendered from
-# deploy/templates/ on every `up`. Every credential here is a dev credential: see README.md.
+# distribution, default AMQP port + 20000), FLEET_PG_PORT. Config files are rendered from
+# deploy/templates/ on every `up` (PostgreSQL's are written by this script; the ledger's schema
+# is templates/ledger.sql). Every credential here is a dev credential: see README.md.
 # shellcheck disable=SC2034  # some settings are only read by render(), through ${!key}
 set -euo pipefail
 
@@ -27,12 +31,17 @@ STACK=$(realpath -m "${FLEET_STACK_DIR:-$REPO/.fleet/stack}")
 RABBIT_DIR=$STACK/rabbitmq
 REDIS_DIR=$STACK/redis
 GARAGE_DIR=$STACK/garage
+PG_DIR=$STACK/postgres
+# PostgreSQL's own folder (data/, run/, its logs): $PG_DIR, or one here when the postgres user
+# cannot reach the stack (see pg_place).
+PG_OUTSIDE=/var/tmp/gpu-fleet-postgres
 
 AMQP_PORT=${FLEET_AMQP_PORT:-5672}
 REDIS_PORT=${FLEET_REDIS_PORT:-6379}
 S3_PORT=${FLEET_S3_PORT:-3900}
 GARAGE_RPC_PORT=${FLEET_GARAGE_RPC_PORT:-3901}
 GARAGE_ADMIN_PORT=${FLEET_GARAGE_ADMIN_PORT:-3903}
+PG_PORT=${FLEET_PG_PORT:-5432}
 
 # Installed with cargo when no garage binary is found; the config targets 2.x.
 GARAGE_VERSION=2.5.0
@@ -63,10 +72,19 @@ S3_SECRET=060c4fc49a9cbc16a7d4d5f34a98f0594d261756f49a183e136f383eb578a40a
 GARAGE_RPC_SECRET=f6ae36f92639b88a1ce3b42cab60f8b2cfec5d9fa573d475c8c655929d40ce9a
 GARAGE_ADMIN_TOKEN=3cc13defa7a7547228af84b33ced7651b60b3f488e72a3b974cfc3e09a5a64db
 
+# The royalty ledger: database `fleet`, owned by fleet_ledger_owner (only this script logs in
+# as it, to apply templates/ledger.sql); workers write, the API reads, the operator revokes.
+PG_DB=fleet
+LEDGER_OWNER_PASS=fleet-ledger-owner-dev
+LEDGER_WRITER_PASS=fleet-ledger-writer-dev
+LEDGER_READER_PASS=fleet-ledger-reader-dev
+LEDGER_ADMIN_PASS=fleet-ledger-admin-dev
+
 # Start-up budgets, in seconds.
 RABBIT_TIMEOUT=30
 REDIS_TIMEOUT=10
 GARAGE_TIMEOUT=20
+PG_TIMEOUT=20
 
 log() { printf '\033[1m[stack]\033[0m %s\n' "$*" >&2; }
 
@@ -120,11 +138,16 @@ pids_of() {
 # port_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# stack_of DIR: the stack folder (marked .fleet-stack) that DIR is in or under, if any.
+# stack_of DIR: the stack folder (marked .fleet-stack) that DIR is in or under, if any. A
+# PostgreSQL folder kept outside its stack (marked .fleet-postgres) names the stack it is of.
 stack_of() {
-  local dir=$1
+  local dir=$1 link
   while [ -n "$dir" ] && [ "$dir" != / ]; do
     [ -f "$dir/.fleet-stack" ] && { echo "$dir"; return; }
+    if link=$(sed -n 's/^stack=//p' "$dir/.fleet-postgres" 2>/dev/null | grep .); then
+      dir=$link
+      continue
+    fi
     dir=$(dirname "$dir")
   done
   return 1
@@ -148,7 +171,8 @@ port_holder() {
   fi
   [ -n "$pid" ] || { echo "a process this shell cannot see"; return; }
   cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-200)
-  # Our daemons name their folder: rabbitmq by -home, garage by -c, redis by its working dir.
+  # Our daemons name their folder: rabbitmq by -home, garage by -c, redis and postgres (its
+  # data folder) by their working dir.
   where=$(sed -n 's/.*-home \([^ ]*\) .*/\1/p; s/.* -c \([^ ]*\)\/garage.toml.*/\1/p' <<<"$cmd" | head -n 1)
   [ -n "$where" ] || where=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
   if stack=$(stack_of "$where"); then
@@ -192,6 +216,7 @@ ensure_packages() {
   [ -x "$RABBIT_BIN/rabbitmq-server" ] || missing+=(rabbitmq-server)
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
   command -v curl >/dev/null || missing+=(curl)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   # libfaketime: the tests and the chaos suite run a worker whose clock is off.
   command -v faketime >/dev/null || missing+=(faketime)
   [ ${#missing[@]} -eq 0 ] && return
@@ -227,6 +252,12 @@ stop_package_daemons() {
   if [ -n "$(pids_of redis-server redis)" ] && [ -x /etc/init.d/redis-server ]; then
     log "stopping the redis-server system service the package started"
     /etc/init.d/redis-server stop >&2 || true
+  fi
+  # Debian's own cluster (pg_ctlcluster keeps its pid file in /run/postgresql) holds 5432;
+  # ours runs as the same user, so it is told apart by that file.
+  if compgen -G '/run/postgresql/*.pid' >/dev/null && [ -x /etc/init.d/postgresql ]; then
+    log "stopping the postgresql system service the package started"
+    /etc/init.d/postgresql stop >&2 || true
   fi
   local pid
   for pid in $(pids_of epmd rabbitmq); do
@@ -622,6 +653,248 @@ stop_garage() {
   rm -f "$GARAGE_DIR/garage.pid"
 }
 
+# ---- PostgreSQL ---------------------------------------------------------------------------
+
+# Our own cluster, not Debian's: initdb and pg_ctl on a data folder of the stack's. The server
+# refuses to run as root, so it and every superuser call run as the package's postgres user,
+# which must reach the folder holding the cluster, its socket and its log (PG_HOME). That is
+# $PG_DIR when it can; when a folder above the stack is closed to it (a CI checkout under
+# /root, say), it is $PG_OUTSIDE/<hash of the stack's path>, and $PG_DIR/location names it
+# (with postgres.log and initdb.log linked beside it), so every command finds it again and
+# `down --purge` deletes it too.
+#
+#   $PG_HOME/  data/ (the cluster), run/ (socket), postgres.log, initdb.log
+#              and, outside the stack only, .fleet-postgres (stack=$STACK)
+
+# pg_locate: PG_HOME from $PG_DIR/location, if the stack has one; else $PG_DIR.
+pg_locate() {
+  PG_HOME=$PG_DIR
+  [ -f "$PG_DIR/location" ] || return 0
+  PG_HOME=$(head -n 1 "$PG_DIR/location")
+  case $PG_HOME in
+    "$PG_OUTSIDE"/?*) ;;
+    *) fail "postgres: $PG_DIR/location names $PG_HOME, which is not under $PG_OUTSIDE" ;;
+  esac
+}
+
+# The server's binaries: those of the version that made the data folder, else the newest.
+pg_bin() {
+  local version
+  if [ -f "$PG_HOME/data/PG_VERSION" ]; then
+    version=$(cat "$PG_HOME/data/PG_VERSION")
+    [ -x "/usr/lib/postgresql/$version/bin/postgres" ] ||
+      fail "postgres: $PG_HOME/data was made by PostgreSQL $version, which is not installed"
+  else
+    version=$(find /usr/lib/postgresql -mindepth 3 -maxdepth 3 -path '*/bin/initdb' 2>/dev/null |
+      cut -d/ -f5 | sort -V | tail -n 1)
+    [ -n "$version" ] || fail "postgres: no /usr/lib/postgresql/*/bin/initdb (apt-get install postgresql)"
+  fi
+  echo "/usr/lib/postgresql/$version/bin"
+}
+
+# pg_as COMMAND...: COMMAND as the postgres user, in its folder (root's may be closed to it).
+pg_as() (cd "$PG_HOME" && exec runuser -u postgres -- "$@")
+
+# pg_super: psql as the superuser over the stack's socket (peer auth), the script on stdin.
+pg_super() { pg_as "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_HOME/run" -p "$PG_PORT" -d postgres "$@"; }
+
+pg_pid() {
+  local pid
+  pid=$(head -n 1 "$PG_HOME/data/postmaster.pid" 2>/dev/null) || return 1
+  [ -n "$pid" ] && running "$pid" postgres || return 1
+  echo "$pid"
+}
+
+# pg_reachable: whether the postgres user can reach $PG_DIR. The stack's own folders under the
+# repo's .fleet (made closed by a umask of 077, say) are opened for traversal if that is all
+# that stands in the way; nothing else is ever opened (never /root, never a FLEET_STACK_DIR
+# elsewhere).
+pg_reachable() {
+  runuser -u postgres -- test -x "$PG_DIR" && return
+  local dot_fleet dir
+  dot_fleet=$(realpath -m "$REPO/.fleet")
+  # The first folder above the stack's own: if the postgres user cannot get that far, give up.
+  dir=$STACK
+  while in_dir "$dir" "$dot_fleet"; do dir=$(dirname "$dir"); done
+  [ "$dir" != "$STACK" ] || return 1
+  runuser -u postgres -- test -x "$dir" || return 1
+  dir=$STACK
+  while in_dir "$dir" "$dot_fleet"; do
+    [ -L "$dir" ] || chmod o+x "$dir"
+    dir=$(dirname "$dir")
+  done
+  runuser -u postgres -- test -x "$PG_DIR"
+}
+
+# in_dir PATH DIR: PATH is DIR or under it.
+in_dir() { case $1 in "$2" | "$2"/*) return 0 ;; esac; return 1; }
+
+# pg_place: settles PG_HOME on `up` and makes it, the postgres user's. A stack keeps the place
+# it was first given: $PG_DIR/location if it has one, else a cluster in $PG_DIR.
+pg_place() {
+  mkdir -p "$PG_DIR"
+  chown postgres:postgres "$PG_DIR"
+  chmod 700 "$PG_DIR"
+  local outside
+  outside=$PG_OUTSIDE/$(printf '%s' "$STACK" | sha256sum | cut -c1-12)
+  if [ ! -f "$PG_DIR/location" ]; then
+    if [ -f "$PG_DIR/data/PG_VERSION" ]; then
+      pg_reachable || fail "postgres: the postgres user cannot reach the cluster in $PG_DIR/data (a folder \
+above it is closed to other users): open that folder to others for traversal (o+x), or move the stack"
+      PG_HOME=$PG_DIR
+    # A folder outside that names this stack (its location file lost) keeps its cluster.
+    elif [ "$(sed -n 's/^stack=//p' "$outside/.fleet-postgres" 2>/dev/null)" != "$STACK" ] && pg_reachable; then
+      PG_HOME=$PG_DIR
+    else
+      PG_HOME=$outside
+    fi
+  fi
+  if [ "$PG_HOME" = "$PG_DIR" ]; then
+    mkdir -p "$PG_HOME/run"
+    chown postgres:postgres "$PG_HOME/run"
+    chmod 700 "$PG_HOME/run"
+    return
+  fi
+  # Outside the stack: $PG_OUTSIDE is root's and only traversable (711), so nobody else lists
+  # or plants anything there; PG_HOME in it is the postgres user's, mode 700.
+  [ -d "$PG_OUTSIDE" ] || mkdir -m 711 "$PG_OUTSIDE"
+  if [ -L "$PG_OUTSIDE" ] || [ "$(stat -c %u "$PG_OUTSIDE")" != 0 ]; then
+    fail "postgres: $PG_OUTSIDE is not a folder of root's: remove it, and \`up\` makes it again"
+  fi
+  chmod 711 "$PG_OUTSIDE"
+  if [ ! -d "$PG_HOME" ]; then
+    log "postgres: the postgres user cannot reach $STACK; keeping PostgreSQL's files in $PG_HOME"
+    mkdir -m 700 "$PG_HOME"
+  fi
+  mkdir -p "$PG_HOME/run"
+  chown postgres:postgres "$PG_HOME" "$PG_HOME/run"
+  chmod 700 "$PG_HOME" "$PG_HOME/run"
+  printf 'stack=%s\n' "$STACK" >"$PG_HOME/.fleet-postgres"
+  printf '%s\n' "$PG_HOME" >"$PG_DIR/location"
+  # The logs are written as postgres, so they live in PG_HOME; links show them in the stack.
+  ln -sfn "$PG_HOME/postgres.log" "$PG_DIR/postgres.log"
+  ln -sfn "$PG_HOME/initdb.log" "$PG_DIR/initdb.log"
+}
+
+# pg_put DEST: stdin into DEST, the postgres user's, mode 600. Returns 0 when DEST changed.
+pg_put() {
+  (umask 077 && cat >"$1.tmp") || fail "cannot write $1"
+  chown postgres:postgres "$1.tmp"
+  if cmp -s "$1.tmp" "$1"; then
+    rm -f "$1.tmp"
+    return 1
+  fi
+  mv "$1.tmp" "$1"
+}
+
+# Writes the server's settings and client rules over initdb's on every `up`. Returns 0 when
+# either changed.
+pg_config() {
+  local changed=1
+  pg_put "$PG_HOME/data/postgresql.conf" <<CONF && changed=0
+# Written by deploy/stack.sh on every \`up\`: edit the script, not this copy.
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_HOME/run'
+max_connections = 100
+shared_buffers = 64MB
+password_encryption = scram-sha-256
+# The ledger must survive a crash: every commit is on disk before it is acknowledged.
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+timezone = 'UTC'
+log_timezone = 'UTC'
+log_line_prefix = '%m [%p] %q%u@%d '
+CONF
+  pg_put "$PG_HOME/data/pg_hba.conf" <<HBA && changed=0
+# Written by deploy/stack.sh on every \`up\`: edit the script, not this copy.
+# The superuser only over the socket, as the postgres OS user; every role else by password.
+local   all   postgres                 peer
+host    all   all        127.0.0.1/32  scram-sha-256
+HBA
+  return $changed
+}
+
+start_postgres() {
+  id postgres >/dev/null 2>&1 || fail "postgres: no postgres user (the postgresql package creates it)"
+  pg_place
+  PG_BIN=$(pg_bin)
+  local socket=$PG_HOME/run/.s.PGSQL.$PG_PORT
+  [ ${#socket} -le 107 ] ||
+    fail "postgres: the socket path $socket is longer than 107 bytes: give the stack a shorter FLEET_STACK_DIR"
+  if [ ! -f "$PG_HOME/data/PG_VERSION" ]; then
+    log "postgres: creating a cluster in $PG_HOME/data"
+    pg_as "$PG_BIN/initdb" -D "$PG_HOME/data" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
+      --no-locale -E UTF8 >>"$PG_HOME/initdb.log" 2>&1 || fail "postgres: initdb failed" "$PG_HOME/initdb.log"
+  fi
+  local changed=""
+  pg_config && changed=1
+  local pid
+  if pid=$(pg_pid); then
+    if [ -z "$changed" ]; then
+      log "postgres: already running (pid $pid, data in $PG_HOME, started by $(owner_of "$STACK"))"
+      return
+    fi
+    # Port and memory settings take a restart; every commit is already on disk.
+    log "postgres: config changed; restarting it to apply it (data kept)"
+    stop_postgres
+  fi
+  port_open "$PG_PORT" && taken postgres "$PG_PORT"
+  log "postgres: starting on 127.0.0.1:$PG_PORT"
+  PG_STARTED=$(now)
+  # -W: returns at once (the others start meanwhile); pg_ctl puts the server in its own session.
+  pg_as "$PG_BIN/pg_ctl" start -W -s -D "$PG_HOME/data" -l "$PG_HOME/postgres.log" ||
+    fail "postgres: pg_ctl start failed" "$PG_HOME/postgres.log"
+}
+
+# Roles, database and schema are each created only if missing, so this runs on every `up`.
+provision_postgres() {
+  local started=${PG_STARTED:-$(now)}
+  local deadline=$((SECONDS + PG_TIMEOUT)) grace=$((SECONDS + 3))
+  until "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; do
+    # The server writes its pid file before it listens; none a moment after the start means it exited.
+    pg_pid >/dev/null || [ $SECONDS -lt $grace ] || fail "postgres: exited during start-up" "$PG_HOME/postgres.log"
+    [ $SECONDS -lt $deadline ] || fail "postgres: not up after ${PG_TIMEOUT}s" "$PG_HOME/postgres.log"
+    sleep 0.1
+  done
+  # The roles first: templates/ledger.sql grants to them.
+  pg_super -v owner_pass="$LEDGER_OWNER_PASS" -v writer_pass="$LEDGER_WRITER_PASS" \
+    -v reader_pass="$LEDGER_READER_PASS" -v admin_pass="$LEDGER_ADMIN_PASS" -v db="$PG_DB" >/dev/null <<'SQL' ||
+SELECT format('CREATE ROLE %I', wanted)
+  FROM unnest(ARRAY['fleet_ledger_owner', 'fleet_ledger_writer', 'fleet_ledger_reader', 'fleet_ledger_admin']) AS wanted
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted) \gexec
+ALTER ROLE fleet_ledger_owner LOGIN PASSWORD :'owner_pass';
+ALTER ROLE fleet_ledger_writer LOGIN PASSWORD :'writer_pass';
+ALTER ROLE fleet_ledger_reader LOGIN PASSWORD :'reader_pass';
+ALTER ROLE fleet_ledger_admin LOGIN PASSWORD :'admin_pass';
+SELECT format('CREATE DATABASE %I OWNER fleet_ledger_owner', :'db')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+ALTER DATABASE :"db" OWNER TO fleet_ledger_owner;
+REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
+GRANT CONNECT ON DATABASE :"db" TO fleet_ledger_writer, fleet_ledger_reader, fleet_ledger_admin;
+SQL
+    fail "postgres: creating the ledger's roles and database failed" "$PG_HOME/postgres.log"
+  # As the owner, over TCP with its password: the tables are the owner's, and its grants hold.
+  PGPASSWORD=$LEDGER_OWNER_PASS PGOPTIONS='-c client_min_messages=warning' "$PG_BIN/psql" -X -q \
+    -v ON_ERROR_STOP=1 "host=127.0.0.1 port=$PG_PORT dbname=$PG_DB user=fleet_ledger_owner connect_timeout=5" \
+    -f "$DEPLOY/templates/ledger.sql" >/dev/null ||
+    fail "postgres: applying templates/ledger.sql failed" "$PG_HOME/postgres.log"
+  log "postgres: up in $(since "$started")s (ledger schema applied)"
+}
+
+stop_postgres() {
+  local pid
+  pid=$(pg_pid) || return 0
+  PG_BIN=$(pg_bin)
+  log "postgres: stopping"
+  if ! pg_as "$PG_BIN/pg_ctl" stop -s -D "$PG_HOME/data" -m fast -t 20; then
+    # Immediate is a crash to the server: the next start replays the WAL, no commit is lost.
+    log "postgres: pid $pid not stopped after 20s; stopping it with -m immediate"
+    pg_as "$PG_BIN/pg_ctl" stop -s -D "$PG_HOME/data" -m immediate -t 10 || log "postgres: pid $pid still running"
+  fi
+}
+
 # wait_exit PID SECONDS: wait for a process (not our child) to exit.
 wait_exit() {
   local deadline=$((SECONDS + $2))
@@ -641,7 +914,7 @@ check_foreign() {
   owner=$(owner_of "$STACK")
   [ "$owner" = "an unknown checkout" ] && [ ! -f "$STACK/.fleet-stack" ] && return
   [ "$owner" = "$REPO" ] && return
-  if pid=$(rabbit_pid) || pid=$(redis_pid) || pid=$(garage_pid); then
+  if pid=$(rabbit_pid) || pid=$(redis_pid) || pid=$(garage_pid) || pid=$(pg_pid); then
     fail "a stack is already running from $STACK (pid $pid), started by $owner, not this checkout ($REPO): \
 use it with \`$0 up --reuse\` (or FLEET_STACK_REUSE=1), stop it with \`FLEET_STACK_DIR=$STACK $0 down\`, \
 or give this one its own FLEET_STACK_DIR and ports"
@@ -662,13 +935,16 @@ cmd_up() {
   mkdir -p "$STACK"
   # Marks the folder as ours, so `down --purge` never deletes a folder it did not create, and
   # records which checkout brought it up.
-  printf 'checkout=%s\nports=amqp:%s redis:%s s3:%s\n' "$REPO" "$AMQP_PORT" "$REDIS_PORT" "$S3_PORT" >"$STACK/.fleet-stack"
+  printf 'checkout=%s\nports=amqp:%s redis:%s s3:%s pg:%s\n' "$REPO" "$AMQP_PORT" "$REDIS_PORT" "$S3_PORT" "$PG_PORT" \
+    >"$STACK/.fleet-stack"
   # RabbitMQ boots slowest: start it first and let the others start and settle meanwhile.
   start_rabbit
   start_redis
   start_garage
+  start_postgres
   await_redis
   provision_garage
+  provision_postgres
   await_rabbit
   check_rabbit_users
   check_rabbit_topology
@@ -682,11 +958,20 @@ cmd_down() {
     --purge) purge=1 ;;
     *) fail "usage: $0 down [--purge]" ;;
   esac
+  stop_postgres
   stop_garage
   stop_redis
   stop_rabbit
   if [ -n "$purge" ] && [ -d "$STACK" ]; then
     [ -f "$STACK/.fleet-stack" ] || fail "not purging $STACK: it has no .fleet-stack marker"
+    # PostgreSQL's folder outside the stack goes too, if it says it is this stack's.
+    if [ "$PG_HOME" != "$PG_DIR" ] && [ -d "$PG_HOME" ]; then
+      [ "$(sed -n 's/^stack=//p' "$PG_HOME/.fleet-postgres" 2>/dev/null)" = "$STACK" ] ||
+        fail "not purging $STACK: $PG_HOME, where its PostgreSQL files are, does not say it is this stack's"
+      log "deleting $PG_HOME"
+      rm -rf "$PG_HOME"
+      rmdir "$PG_OUTSIDE" 2>/dev/null || true
+    fi
     log "deleting $STACK"
     rm -rf "$STACK"
   fi
@@ -701,13 +986,14 @@ cmd_restart() {
     rabbitmq) stop_rabbit; start_rabbit; await_rabbit; check_rabbit_topology ;;
     redis) stop_redis; start_redis; await_redis ;;
     garage) stop_garage; start_garage; provision_garage ;;
-    *) fail "usage: $0 restart rabbitmq|redis|garage" ;;
+    postgres) stop_postgres; start_postgres; provision_postgres ;;
+    *) fail "usage: $0 restart rabbitmq|redis|garage|postgres" ;;
   esac
   log "$1 restarted in $(since "$started")s"
 }
 
 cmd_status() {
-  local down=0 pid
+  local down=0 pid bin
   if pid=$(rabbit_pid) && rabbitmqctl_ ping >/dev/null 2>&1; then
     printf '%-9s up    127.0.0.1:%-5s pid %s\n' rabbitmq "$AMQP_PORT" "$pid"
   else
@@ -726,6 +1012,12 @@ cmd_status() {
     printf '%-9s down  127.0.0.1:%-5s -\n' garage "$S3_PORT"
     down=1
   fi
+  if pid=$(pg_pid) && bin=$(pg_bin) && "$bin/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; then
+    printf '%-9s up    127.0.0.1:%-5s pid %s\n' postgres "$PG_PORT" "$pid"
+  else
+    printf '%-9s down  127.0.0.1:%-5s -\n' postgres "$PG_PORT"
+    down=1
+  fi
   return $down
 }
 
@@ -742,6 +1034,9 @@ export FLEET_WORKER_S3_KEY=$WORKER_S3_KEY FLEET_WORKER_S3_SECRET=$WORKER_S3_SECR
 export FLEET_API_AMQP_URL=amqp://fleet-api:fleet-api-dev@127.0.0.1:$AMQP_PORT/$AMQP_VHOST
 export FLEET_API_REDIS_URL=redis://fleet-api:fleet-api-dev@127.0.0.1:$REDIS_PORT
 export FLEET_API_S3_KEY=$API_S3_KEY FLEET_API_S3_SECRET=$API_S3_SECRET
+export FLEET_LEDGER_URL=postgres://fleet_ledger_admin:$LEDGER_ADMIN_PASS@127.0.0.1:$PG_PORT/$PG_DB
+export FLEET_WORKER_LEDGER_URL=postgres://fleet_ledger_writer:$LEDGER_WRITER_PASS@127.0.0.1:$PG_PORT/$PG_DB
+export FLEET_API_LEDGER_URL=postgres://fleet_ledger_reader:$LEDGER_READER_PASS@127.0.0.1:$PG_PORT/$PG_DB
 export FLEET_S3_ENDPOINT=http://127.0.0.1:$S3_PORT
 export FLEET_S3_REGION=$S3_REGION
 export FLEET_S3_BUCKET=$S3_BUCKET
@@ -754,9 +1049,11 @@ export FLEET_S3_PORT=$S3_PORT
 export FLEET_GARAGE_RPC_PORT=$GARAGE_RPC_PORT
 export FLEET_GARAGE_ADMIN_PORT=$GARAGE_ADMIN_PORT
 export FLEET_RABBIT_DIST_PORT=$RABBIT_DIST_PORT
+export FLEET_PG_PORT=$PG_PORT
 EOF
 }
 
+pg_locate
 case ${1:-} in
   up) cmd_up "${@:2}" ;;
   down) cmd_down "${@:2}" ;;

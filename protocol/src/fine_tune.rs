@@ -251,10 +251,15 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// Parses a data set, keeping the samples that carry a licence and a contributor, whose
-/// keys are the tenant's and that have what `target` trains on (a mask for matting); the
-/// others are refused with reasons.
-pub fn parse_dataset(text: &str, tenant: &TenantId, target: Target) -> (Vec<(usize, Sample)>, Vec<Refusal>) {
+/// Parses a data set, keeping the samples that carry a licence (one of `allowed`, when the
+/// tenant's policy lists them) and a contributor, whose keys are the tenant's and that have
+/// what `target` trains on (a mask for matting); the others are refused with reasons.
+pub fn parse_dataset(
+    text: &str,
+    tenant: &TenantId,
+    target: Target,
+    allowed: Option<&[String]>,
+) -> (Vec<(usize, Sample)>, Vec<Refusal>) {
     let mut kept = Vec::new();
     let mut refused = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -292,6 +297,15 @@ pub fn parse_dataset(text: &str, tenant: &TenantId, target: Target) -> (Vec<(usi
         } else if !present(&sample.contributor) {
             let reason = "no contributor: outputs could not be traced back to who made it".to_string();
             refused.push(refuse(&sample.image, "no_contributor", reason));
+        } else if let Some(allowed) =
+            allowed.filter(|a| !a.iter().any(|l| l.trim().eq_ignore_ascii_case(sample.licence.as_deref().unwrap_or("").trim())))
+        {
+            let reason = format!(
+                "licence {:?} is not one the tenant may train on ({})",
+                sample.licence.as_deref().unwrap_or(""),
+                allowed.join(", ")
+            );
+            refused.push(refuse(&sample.image, "licence_not_allowed", reason));
         } else {
             kept.push((line_no, sample));
         }
@@ -427,7 +441,7 @@ mod tests {
             r#"{"image": "tenant-a/i/7.png", "prompt": "wood", "contributor": "c7", "licence": "cc-by"}"#,
         ]
         .join("\n");
-        let (kept, refused) = parse_dataset(&text, &tenant(), Target::Matting);
+        let (kept, refused) = parse_dataset(&text, &tenant(), Target::Matting, None);
         assert_eq!(kept.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [1]);
         let codes: Vec<(usize, &str)> = refused.iter().map(|r| (r.line, r.code.as_str())).collect();
         assert_eq!(
@@ -435,9 +449,25 @@ mod tests {
             [(2, "no_licence"), (3, "no_contributor"), (4, "invalid_key"), (6, "unreadable"), (7, "no_mask")]
         );
         // A generator trains on images and prompts: no mask needed.
-        let (kept, _) = parse_dataset(&text, &tenant(), Target::BackgroundGenerator);
+        let (kept, _) = parse_dataset(&text, &tenant(), Target::BackgroundGenerator, None);
         assert_eq!(kept.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [1, 7]);
         assert_eq!(kept[1].1.prompt.as_deref(), Some("wood"));
+    }
+
+    #[test]
+    fn samples_under_a_licence_the_tenant_may_not_train_on_are_refused_with_the_list() {
+        let text = [
+            r#"{"image": "tenant-a/i/1.png", "prompt": "wood", "contributor": "c1", "licence": "CC-BY-4.0"}"#,
+            r#"{"image": "tenant-a/i/2.png", "prompt": "wood", "contributor": "c2", "licence": "cc-by-nc-4.0"}"#,
+        ]
+        .join("\n");
+        let allowed = ["cc-by-4.0".to_string(), "cc0-1.0".to_string()];
+        let (kept, refused) = parse_dataset(&text, &tenant(), Target::BackgroundGenerator, Some(&allowed));
+        assert_eq!(kept.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [1]);
+        assert_eq!((refused[0].line, refused[0].code.as_str()), (2, "licence_not_allowed"));
+        assert!(refused[0].reason.contains("cc-by-nc-4.0") && refused[0].reason.contains("cc0-1.0"));
+        let (kept, _) = parse_dataset(&text, &tenant(), Target::BackgroundGenerator, None);
+        assert_eq!(kept.len(), 2);
     }
 
     #[test]

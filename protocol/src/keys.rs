@@ -7,6 +7,7 @@
 //! <tenant>/results/<job>/<item>/result.<k>.{png|jpg|webp}        generated result k (from 1)
 //! <tenant>/results/<job>/<item>/matte.png                        8-bit alpha matte
 //! <tenant>/results/<job>/<item>/embedding[.<k>].npy              L2-normalised float32 embedding
+//! <tenant>/results/<job>/<item>/attribution[.<k>].json           training samples and contributors' shares
 //! <tenant>/results/<job>/_tasks/<task>.json                      per-task manifest
 //! ```
 //!
@@ -131,6 +132,15 @@ pub fn output_keys(tenant: &TenantId, job_id: &str, input_key: &str, extension: 
 pub fn variant_keys(tenant: &TenantId, job_id: &str, input_key: &str, extension: &str, k: usize) -> (String, String) {
     let folder = item_folder(tenant, job_id, input_key);
     (format!("{folder}result.{k}.{extension}"), format!("{folder}embedding.{k}.npy"))
+}
+
+/// Key of the attribution record of an input's result `k` (0: the first result, `result.*`).
+pub fn attribution_key(tenant: &TenantId, job_id: &str, input_key: &str, k: usize) -> String {
+    let folder = item_folder(tenant, job_id, input_key);
+    match k {
+        0 => format!("{folder}attribution.json"),
+        k => format!("{folder}attribution.{k}.json"),
+    }
 }
 
 /// The folder of one input's outputs: `<tenant>/results/<job>/<item>/`.

@@ -15,6 +15,7 @@
 //! No I/O and no heavy dependencies: the scheduler, the CLI and tests read all of it without
 //! Redis, RabbitMQ, S3 or libtorch.
 
+pub mod attribution;
 pub mod device;
 pub mod fine_tune;
 pub mod heartbeat;

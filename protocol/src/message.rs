@@ -75,6 +75,9 @@ pub struct TaskMessage {
     /// A fine-tune's spec (its one task trains; `keys` then holds the data set key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_tune: Option<crate::fine_tune::FineTuneSpec>,
+    /// Licences the tenant may fine-tune on (its policy's `allowed_licences`); `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_licences: Option<Vec<String>>,
 }
 
 impl TaskMessage {

@@ -49,6 +49,10 @@ pub struct Limits {
     /// device, is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fine_tune_max_memory_mib: Option<u64>,
+    /// Licences (SPDX identifiers, compared without case) the tenant may fine-tune on: a
+    /// sample under any other is refused (`licence_not_allowed`). Absent: any licence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_licences: Option<Vec<String>>,
 }
 
 impl Limits {
@@ -62,6 +66,7 @@ impl Limits {
             images_per_hour: self.images_per_hour.or(defaults.images_per_hour),
             interactive_jobs_per_minute: self.interactive_jobs_per_minute.or(defaults.interactive_jobs_per_minute),
             fine_tune_max_memory_mib: self.fine_tune_max_memory_mib.or(defaults.fine_tune_max_memory_mib),
+            allowed_licences: self.allowed_licences.clone().or_else(|| defaults.allowed_licences.clone()),
         }
     }
 
@@ -89,6 +94,11 @@ impl Limits {
         for (key, value) in positive {
             if value == Some(0) {
                 return Err(bad(key, "a limit of 0 refuses everything: leave the key out for no limit"));
+            }
+        }
+        if let Some(licences) = &self.allowed_licences {
+            if licences.is_empty() || licences.iter().any(|l| l.trim().is_empty()) {
+                return Err(bad("allowed_licences", "list at least one licence, none empty: leave the key out for any"));
             }
         }
         Ok(())

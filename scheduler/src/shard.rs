@@ -251,6 +251,7 @@ async fn split_fine_tune(
         shadow: None,
         accepted_at_ms: record.accepted_at_ms,
         fine_tune: Some(spec),
+        allowed_licences: sched.config.tenants.limits(tenant.as_str()).allowed_licences,
     };
     publish_tasks(sched, tasks.for_priority(record.priority), tenant, &record, vec![message]).await?;
     if record.state == JobState::Accepted {
@@ -309,6 +310,7 @@ pub fn make_tasks(
             output: spec.output.clone(),
             shadow: spec.shadow,
             accepted_at_ms: record.accepted_at_ms,
+            allowed_licences: None,
             fine_tune: None,
         })
         .collect()

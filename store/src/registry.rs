@@ -159,6 +159,9 @@ pub fn model_files(manifest: &ModelManifest) -> Vec<String> {
     }
     files.extend(manifest.trainable_file.clone());
     files.extend(manifest.source.as_ref().and_then(|s| s.licence_file.clone()));
+    if let Some(set) = &manifest.training_set {
+        files.extend([set.index.clone(), set.samples.clone()]);
+    }
     files.push("manifest.json".to_string());
     // A file named twice (a trainable module that is also the inference file) is one file.
     let mut seen = std::collections::HashSet::new();

@@ -142,6 +142,7 @@ pub fn ensure_base(python: &Path, models_root: &Path) -> Result<PathBuf> {
         max_batch: None,
         memory_measured: None,
         source: None,
+        training_set: None,
     };
     let manifest_path = tmp.path().join("manifest.json");
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest).what("encoding the manifest")?)

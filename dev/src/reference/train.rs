@@ -308,6 +308,7 @@ fn manifest(cfg: &TrainConfig, vs: &nn::VarStore, training: serde_json::Value) -
         max_batch: None,
         memory_measured: None,
         source: None,
+        training_set: None,
     }
 }
 

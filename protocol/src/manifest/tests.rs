@@ -24,6 +24,7 @@ fn sample() -> ModelManifest {
         max_batch: None,
         memory_measured: None,
         source: None,
+        training_set: None,
     }
 }
 

@@ -11,6 +11,7 @@ use fleet_protocol::message::{now_ms, FailureKind, LeaseGrant, Report, TaskMessa
 use fleet_protocol::state::JobState;
 use fleet_telemetry::metrics;
 
+use super::attribute::Attribution;
 use super::config::Executor;
 use super::failure::AttemptError;
 use super::lanes::Device;
@@ -194,15 +195,28 @@ async fn run_on(
     tenant: &TenantId,
     fence: &Fence<'_>,
 ) -> Result<TaskResult, Handback> {
-    let engine = device.models.get(&worker.s3, tenant, &task.model).await.map_err(|e| Handback::Failed(e.into()))?;
-    let generator = match &task.background {
+    let (engine, matting) =
+        device.models.get(&worker.s3, tenant, &task.model).await.map_err(|e| Handback::Failed(e.into()))?;
+    // Outputs owe their look to the generator of a generate job, else to the matting model.
+    let (generator, attribution) = match &task.background {
         BackgroundSpec::Generate(g) => {
-            Some(device.models.generator(&worker.s3, tenant, &g.model).await.map_err(|e| Handback::Failed(e.into()))?)
+            let (generator, lineage) =
+                device.models.generator(&worker.s3, tenant, &g.model).await.map_err(|e| Handback::Failed(e.into()))?;
+            (Some(generator), Attribution { model: g.model.clone(), training_set: lineage.training_set, ..Default::default() })
         }
-        _ => None,
+        _ => (None, Attribution { model: task.model.clone(), training_set: matting.training_set, ..Default::default() }),
     };
-    let ctx =
-        TaskContext { s3: &worker.s3, engine, worker: &worker.config.id, attempt: lease.attempt, fence, generator };
+    let attribution =
+        Attribution { embedding_space: matting.embedding_space, ledger: worker.ledger.as_ref(), ..attribution };
+    let ctx = TaskContext {
+        s3: &worker.s3,
+        engine,
+        worker: &worker.config.id,
+        attempt: lease.attempt,
+        fence,
+        generator,
+        attribution,
+    };
     match task::run(&ctx, task).await {
         Ok(result) => Ok(result),
         Err(e) => Err(handback(e, fence)),

@@ -43,6 +43,8 @@ pub struct WorkerConfig {
     pub noop_task_time: Duration,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The royalty ledger's URL (PostgreSQL), if there is one.
+    pub ledger_url: Option<String>,
 }
 
 /// One device a worker drives.

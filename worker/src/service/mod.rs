@@ -20,7 +20,8 @@
 //!
 //! Where each part lives: `config` the settings; `session` the broker sessions and
 //! reconnects; `intake` whether the worker takes tasks (operator's order, shutdown); `route` a
-//! delivery to its task; `lanes` the devices and their slots; `attempt` one attempt at a task;
+//! delivery to its task; `lanes` the devices and their slots; `attempt` one attempt at a task; `attribute` the attribution of a task's outputs and `lineage` a
+//! model's training set;
 //! `reports` the reports to the scheduler; `beat` the heartbeat loop and lease renewal, with
 //! [`heartbeat`] building each beat; `error` the service's errors.
 //!
@@ -32,6 +33,7 @@
 //! the leases of the tasks until the last ended, removes itself; then `run` returns.
 
 mod attempt;
+mod attribute;
 mod beat;
 mod config;
 mod error;
@@ -41,6 +43,7 @@ pub mod heartbeat;
 mod hold;
 mod intake;
 mod lanes;
+pub mod lineage;
 pub mod models;
 mod reports;
 mod route;
@@ -73,6 +76,8 @@ struct Worker {
     live: heartbeat::Live,
     /// The report channels of the current broker session (none between sessions).
     reports: tokio::sync::RwLock<Option<Arc<Reports>>>,
+    /// The royalty ledger, when configured (connected on first use).
+    ledger: Option<fleet_attribution::Ledger>,
 }
 
 /// Runs the worker until `shutdown` resolves, then drains: takes nothing new, gives back the
@@ -92,8 +97,12 @@ pub async fn run(
         devices,
         live: heartbeat::Live::default(),
         reports: tokio::sync::RwLock::new(None),
+        ledger: config.ledger_url.as_deref().map(fleet_attribution::Ledger::new),
         config,
     });
+    if worker.ledger.is_none() {
+        tracing::warn!("no royalty ledger (--ledger-url): attributions are written unchecked for revocations and not recorded");
+    }
     // The metrics endpoint serves for as long as `run` runs, drain included, so probes of
     // `/livez` keep passing while tasks finish.
     let _metrics = worker.config.metrics_addr.map(|addr| {

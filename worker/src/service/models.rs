@@ -20,6 +20,7 @@ use fleet_engine::generate::Generator;
 use fleet_engine::{Engine, EngineError, InferenceThread};
 
 use super::failure::AttemptError;
+use super::lineage::Lineage;
 
 /// Images per forward pass the engine runs (its default batch): activation memory is
 /// counted for a full batch.
@@ -108,6 +109,7 @@ enum Warm {
 
 struct Entry {
     warm: Warm,
+    lineage: Lineage,
     mib: f64,
     last_used: u64,
 }
@@ -164,10 +166,10 @@ impl ModelCache {
     /// recently used models if the budget needs the room). Loads are serialised, so two tasks
     /// arriving together for a cold model load it once.
     /// `tenant`'s own models come before shared ones of the same name and version.
-    pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> Result<Arc<Engine>, ModelError> {
+    pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> Result<(Arc<Engine>, Lineage), ModelError> {
         match self.warm_model(s3, tenant, model, Task::Matting).await? {
-            Warm::Matting(engine) => Ok(engine),
-            Warm::Generator(_) => Err(ModelError::WrongKind {
+            (Warm::Matting(engine), lineage) => Ok((engine, lineage)),
+            (Warm::Generator(_), _) => Err(ModelError::WrongKind {
                 model: model.into(),
                 found: Task::BackgroundGenerator,
                 wanted: Task::Matting,
@@ -177,10 +179,15 @@ impl ModelCache {
 
     /// The warm background generator `model`, loaded like [`get`](Self::get) loads engines,
     /// in the same memory budget.
-    pub async fn generator(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> Result<Arc<Generator>, ModelError> {
+    pub async fn generator(
+        &self,
+        s3: &S3Store,
+        tenant: &TenantId,
+        model: &str,
+    ) -> Result<(Arc<Generator>, Lineage), ModelError> {
         match self.warm_model(s3, tenant, model, Task::BackgroundGenerator).await? {
-            Warm::Generator(generator) => Ok(generator),
-            Warm::Matting(_) => Err(ModelError::WrongKind {
+            (Warm::Generator(generator), lineage) => Ok((generator, lineage)),
+            (Warm::Matting(_), _) => Err(ModelError::WrongKind {
                 model: model.into(),
                 found: Task::Matting,
                 wanted: Task::BackgroundGenerator,
@@ -188,7 +195,13 @@ impl ModelCache {
         }
     }
 
-    async fn warm_model(&self, s3: &S3Store, tenant: &TenantId, model: &str, task: Task) -> Result<Warm, ModelError> {
+    async fn warm_model(
+        &self,
+        s3: &S3Store,
+        tenant: &TenantId,
+        model: &str,
+        task: Task,
+    ) -> Result<(Warm, Lineage), ModelError> {
         let model: ModelRef = model.parse()?;
         let scope = self.scope_of(s3, tenant, &model).await?;
         let key = (scope.clone(), model.clone());
@@ -197,7 +210,7 @@ impl ModelCache {
         let now = entries.clock;
         if let Some(entry) = entries.by_model.get_mut(&key) {
             entry.last_used = now;
-            let warm = entry.warm.clone();
+            let warm = (entry.warm.clone(), entry.lineage.clone());
             self.publish_warm(&entries);
             return Ok(warm);
         }
@@ -216,6 +229,13 @@ impl ModelCache {
             }
             self.evict_for(&mut entries, mib, budget);
         }
+        let lineage = {
+            let (dir, manifest) = (dir.clone(), manifest.clone());
+            tokio::task::spawn_blocking(move || super::lineage::load(&dir, &manifest))
+                .await
+                .map_err(|e| ModelError::Manifest { model: model.to_string(), reason: e.to_string() })?
+                .map_err(|reason| ModelError::Manifest { model: model.to_string(), reason })?
+        };
         let device = self.device;
         let started = std::time::Instant::now();
         let warm = match task {
@@ -235,9 +255,9 @@ impl ModelCache {
         tracing::info!(model = %model, task = ?task, load_ms = started.elapsed().as_millis() as u64,
             mib = mib.round(), "model loaded and kept warm");
         fleet_telemetry::metrics::MODEL_LOADS.inc();
-        entries.by_model.insert(key, Entry { warm: warm.clone(), mib, last_used: now });
+        entries.by_model.insert(key, Entry { warm: warm.clone(), lineage: lineage.clone(), mib, last_used: now });
         self.publish_warm(&entries);
-        Ok(warm)
+        Ok((warm, lineage))
     }
 
     /// Where `tenant` finds `model`, remembered for a while so a task does not cost a

@@ -23,6 +23,8 @@ use fleet_engine::folder::npy_f32;
 pub use super::failure::AttemptError;
 use fleet_engine::{Engine, EngineOptions, InputItem, ItemRecord};
 
+use super::attribute::{attribute_outputs, Attribution, OutputEmbedding, Summary};
+
 /// Objects fetched or written at once per task.
 pub const IO_CONCURRENCY: usize = 8;
 /// Tries of one object operation on a retryable error.
@@ -67,6 +69,8 @@ struct ManifestItem {
     /// Generated results after the first (`result_key` is the first).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     variants: Vec<VariantItem>,
+    /// Whose training images the result owes its look to.
+    attribution: Option<Summary>,
     #[serde(flatten)]
     record: ItemRecord,
 }
@@ -77,6 +81,7 @@ struct VariantItem {
     result_key: String,
     embedding_key: String,
     seed: u64,
+    attribution: Option<Summary>,
 }
 
 /// The task's lease, checked before outputs are written: a worker that lost its lease (the
@@ -125,6 +130,8 @@ pub struct TaskContext<'a> {
     pub fence: &'a Fence<'a>,
     /// The background generator, warm on the same device, for generate jobs.
     pub generator: Option<Arc<fleet_engine::generate::Generator>>,
+    /// What outputs are attributed to, and the ledger they are recorded in.
+    pub attribution: Attribution<'a>,
 }
 
 /// The compositor's shadow for a job's.
@@ -218,7 +225,18 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
             Err(f) => failures.push(ItemFailureReport { key: f.id, code: f.code, reason: f.reason }),
         }
     }
-    let items: Vec<ManifestItem> = stream::iter(outputs)
+    // Every output's embedding, for attribution once the outputs are written.
+    let mut embeddings = Vec::new();
+    for output in &outputs {
+        let id = &output.record.id;
+        let (result_key, _, _) = output_keys(&tenant, &task.job, id, extension);
+        embeddings.push(OutputEmbedding { item: id.clone(), k: 0, output_key: result_key, embedding: output.embedding.clone() });
+        for (k, variant) in output.variants.iter().enumerate() {
+            let (result_key, _) = variant_keys(&tenant, &task.job, id, extension, k + 1);
+            embeddings.push(OutputEmbedding { item: id.clone(), k: k + 1, output_key: result_key, embedding: variant.embedding.clone() });
+        }
+    }
+    let mut items: Vec<ManifestItem> = stream::iter(outputs)
         .map(|output| {
             let tenant = tenant.clone();
             let download = download_ms.get(&output.record.id).copied().unwrap_or(0.0);
@@ -236,7 +254,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                         variant_keys(&tenant, &task.job, &output.record.id, extension, k + 1);
                     put_fenced(ctx, &result_key, variant.image.clone(), image_type).await?;
                     put_fenced(ctx, &embedding_key, npy_f32(&variant.embedding), "application/octet-stream").await?;
-                    variants.push(VariantItem { result_key, embedding_key, seed: variant.seed });
+                    variants.push(VariantItem { result_key, embedding_key, seed: variant.seed, attribution: None });
                 }
                 let upload_ms = started.elapsed().as_secs_f64() * 1e3;
                 let t = &output.record.timings_ms;
@@ -250,6 +268,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                     upload_ms,
                     latency_ms,
                     variants,
+                    attribution: None,
                     record: output.record,
                 })
             }
@@ -257,6 +276,13 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
         .buffered(IO_CONCURRENCY)
         .try_collect()
         .await?;
+    let mut summaries = attribute_outputs(ctx, &tenant, task, embeddings).await?;
+    for item in &mut items {
+        item.attribution = summaries.remove(&item.result_key);
+        for variant in &mut item.variants {
+            variant.attribution = summaries.remove(&variant.result_key);
+        }
+    }
     let succeeded = items.len() as u64;
     let manifest_key = task_manifest_key(&tenant, &task.job, task.task);
     let model = ctx.engine.inference().manifest().model_ref().to_string();
@@ -362,7 +388,7 @@ async fn get(s3: &S3Store, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
 /// Writes one output under a lease checked just before: a worker paused or cut off past its
 /// lease finds it taken over at its next write, not only once before thousands of them. What
 /// remains is the one write in flight when the pause began (see RELIABILITY.md).
-async fn put_fenced(ctx: &TaskContext<'_>, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
+pub(super) async fn put_fenced(ctx: &TaskContext<'_>, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
     ctx.fence.check().await?;
     let lease = format!("{} {}", ctx.fence.task_id, ctx.fence.token);
     let mut tries = 0;

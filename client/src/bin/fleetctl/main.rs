@@ -12,6 +12,7 @@
 //! workers and queue) and [`seed`] (synthetic data), and [`view`] prints jobs.
 
 mod ops;
+mod royalties;
 mod seed;
 mod submit;
 mod tenant;
@@ -140,6 +141,14 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// What each contributor is owed over a period: their summed shares of the outputs
+    /// attributed to them, from the royalty ledger (operator).
+    Royalties(royalties::RoyaltiesArgs),
+    /// Licences granted by contributors (operator).
+    Licence {
+        #[command(subcommand)]
+        command: LicenceCommand,
+    },
     /// Seed a synthetic catalog (images, masks, a few broken uploads) under a prefix.
     SeedCatalog {
         #[arg(long)]
@@ -155,6 +164,26 @@ enum Command {
         /// Scratch folder for generation.
         #[arg(long, default_value = ".fleet/seed")]
         work: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LicenceCommand {
+    /// Withdraw a contributor's licence on one image (`--image`) or on all they contributed:
+    /// attributions made afterwards never credit it, and its weight goes to the others.
+    Revoke {
+        /// The contributor, as the training data set names them.
+        #[arg(long)]
+        contributor: String,
+        /// One image's key; all the contributor's images without it.
+        #[arg(long)]
+        image: Option<String>,
+        /// Why (kept in the ledger).
+        #[arg(long)]
+        reason: String,
+        /// The royalty ledger, as the operator.
+        #[arg(long, env = "FLEET_LEDGER_URL", hide_env_values = true)]
+        ledger_url: Option<String>,
     },
 }
 
@@ -194,6 +223,16 @@ async fn connect(cli: &Cli) -> anyhow::Result<Client> {
 /// Runs one command; only `submit` has an exit code of its own (2: rejected). With a token,
 /// the tenant's commands go through the API.
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The ledger's commands need the ledger only.
+    match cli.command {
+        Command::Royalties(args) => return royalties::royalties(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Licence { command: LicenceCommand::Revoke { contributor, image, reason, ledger_url } } => {
+            return royalties::revoke(ledger_url.as_deref(), &contributor, image.as_deref(), &reason)
+                .await
+                .map(|()| ExitCode::SUCCESS)
+        }
+        _ => {}
+    }
     if let Some(token) = cli.token.as_deref().filter(|t| !t.is_empty()) {
         let api = fleet_client::api::ApiTenant::new(&cli.api_url, token)?;
         match cli.command {
@@ -235,6 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SeedCatalog { prefix, count, seed, min_side, max_side, work } => {
             seed::catalog(&client, &prefix, count, seed, min_side, max_side, &work).await?
         }
+        Command::Royalties(_) | Command::Licence { .. } => unreachable!("answered above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -105,6 +105,11 @@ struct ServeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`), e.g. 127.0.0.1:9461.
     #[arg(long, env = "FLEET_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// The royalty ledger (PostgreSQL, the worker's writer role): outputs of models with a
+    /// registered training set are recorded there once each, and revoked licences are read
+    /// from it. Without it attributions are still written beside outputs, marked unchecked.
+    #[arg(long, env = "FLEET_LEDGER_URL")]
+    ledger_url: Option<String>,
     /// With the noop executor: milliseconds each task pretends to work (0: none).
     #[arg(long, default_value_t = 0)]
     noop_ms: u64,
@@ -234,6 +239,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         executor: args.executor,
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
         metrics_addr: args.metrics_addr,
+        ledger_url: args.ledger_url,
     };
     let stopped = runtime()?.block_on(fleet_worker::service::run(config, async {
         let mut term =

@@ -65,12 +65,24 @@ pub(super) async fn run(
     if let Some(state) = &resume {
         tracing::info!(step = state.step, "resuming the generator fine-tune from its last checkpoint");
     }
+    let out = Outputs {
+        tenant: &tenant,
+        spec,
+        results: &results,
+        checkpoint_prefix: &checkpoint_prefix,
+        base: &base_ref,
+        base_dir: &base_dir,
+        embedder_dir: Some(&mask_dir),
+        digest: &digest,
+        refusals: &refusals,
+        started,
+    };
     let job = GeneratorJob {
         samples: loaded,
         hyper: spec.hyper.clone(),
         settings,
-        base_dir,
-        mask_dir,
+        base_dir: base_dir.clone(),
+        mask_dir: mask_dir.clone(),
         device: ctx.device,
         work: work.path().to_path_buf(),
         resume,
@@ -78,16 +90,6 @@ pub(super) async fn run(
         parent: base_ref.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         yield_now: ctx.yield_now.clone(),
-    };
-    let out = Outputs {
-        tenant: &tenant,
-        spec,
-        results: &results,
-        checkpoint_prefix: &checkpoint_prefix,
-        base: &base_ref,
-        digest: &digest,
-        refusals: &refusals,
-        started,
     };
     train_and_report(ctx, job, out).await
 }

@@ -108,7 +108,7 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
         return finished_without_model(ctx, &results, task, spec, &reason).await.map(Ended::Trained);
     }
     let digest = sha256_hex(text.as_bytes());
-    let (listed, mut refusals) = parse_dataset(&text, &tenant, spec.target);
+    let (listed, mut refusals) = parse_dataset(&text, &tenant, spec.target, task.allowed_licences.as_deref());
     if spec.target == Target::BackgroundGenerator {
         return generator::run(ctx, task, spec, listed, refusals, digest).await;
     }
@@ -142,6 +142,18 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
         tracing::info!(step = state.step, "resuming the fine-tune from its last checkpoint");
     }
 
+    let out = Outputs {
+        tenant: &tenant,
+        spec,
+        results: &results,
+        checkpoint_prefix: &checkpoint_prefix,
+        base: &base_ref,
+        base_dir: &base_dir,
+        embedder_dir: None,
+        digest: &digest,
+        refusals: &refusals,
+        started,
+    };
     let job = TrainJob {
         samples: loaded,
         hyper: spec.hyper.clone(),
@@ -154,16 +166,6 @@ pub async fn run(ctx: &FineTuneContext<'_>, task: &TaskMessage, spec: &FineTuneS
         stop: std::sync::Arc::new(AtomicBool::new(false)),
         yield_now: ctx.yield_now.clone(),
     };
-    let out = Outputs {
-        tenant: &tenant,
-        spec,
-        results: &results,
-        checkpoint_prefix: &checkpoint_prefix,
-        base: &base_ref,
-        digest: &digest,
-        refusals: &refusals,
-        started,
-    };
     train_and_report(ctx, job, out).await
 }
 
@@ -174,6 +176,10 @@ struct Outputs<'a> {
     results: &'a str,
     checkpoint_prefix: &'a str,
     base: &'a ModelRef,
+    /// The base model's folder (its training set is inherited).
+    base_dir: &'a Path,
+    /// The matting model that embedded the training samples; `None`: the trained model.
+    embedder_dir: Option<&'a Path>,
     digest: &'a str,
     refusals: &'a [Refusal],
     started: Instant,
@@ -192,10 +198,17 @@ async fn train_and_report<T: Trainer>(
     let trainer = tokio::task::spawn_blocking(move || job.run(&tx));
     let checkpoint_s = relay(ctx, out.checkpoint_prefix, rx, &stop).await;
     let trained = trainer.await.map_err(|e| AttemptError::retry(format!("training thread: {e}")))?;
-    let outcome = match trained.map_err(AttemptError::retry)? {
+    let mut outcome = match trained.map_err(AttemptError::retry)? {
         Trained::Done(outcome) => outcome,
         Trained::Yielded(step) => return Ok(Ended::Yielded { step }),
     };
+    // The lineage's training set goes into the model folder before it is registered.
+    let (dir, parent) = (outcome.dir.clone(), out.base_dir.to_path_buf());
+    let embedder = out.embedder_dir.map_or_else(|| dir.clone(), Path::to_path_buf);
+    outcome.report["training_set"] =
+        tokio::task::spawn_blocking(move || super::lineage::build_training_set(&dir, &parent, &embedder))
+            .await
+            .map_err(|e| AttemptError::retry(format!("training set thread: {e}")))??;
     let model_prefix = register(ctx, out.tenant, out.spec, &outcome.dir).await?;
     let run = Run { base: out.base, digest: out.digest, refusals: out.refusals, checkpoint_s, started: out.started };
     write_report(ctx, out.results, out.spec, &model_prefix, &outcome, &run).await.map(Ended::Trained)

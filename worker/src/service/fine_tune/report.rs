@@ -47,6 +47,7 @@ pub(super) async fn write_report(
         "steps": outcome.report["steps"],
         "hyper": spec.hyper,
         "generator": spec.generator,
+        "training_set": outcome.report["training_set"],
         "train_seconds": outcome.report["train_seconds"],
         "checkpoint_seconds": run.checkpoint_s,
         "seconds": run.started.elapsed().as_secs_f64(),
