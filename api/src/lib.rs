@@ -20,6 +20,7 @@ pub mod models;
 pub mod objects;
 pub mod ops;
 pub mod problem;
+pub mod royalties;
 pub mod tokens;
 pub mod ui;
 pub mod webhooks;
@@ -57,6 +58,8 @@ pub struct ApiConfig {
     pub url_ttl: Duration,
     /// Webhook retries.
     pub webhooks: webhooks::RetryPolicy,
+    /// The royalty ledger (PostgreSQL, the reader's role), for `/v1/royalties`.
+    pub ledger_url: Option<String>,
 }
 
 /// Settings the handlers read.
@@ -82,6 +85,8 @@ pub struct Inner {
     pub broker: broker::Broker,
     /// Settings.
     pub settings: Settings,
+    /// The royalty ledger, when configured.
+    pub ledger: Option<fleet_attribution::Ledger>,
 }
 
 /// The handlers' state (cheap to clone).
@@ -140,6 +145,7 @@ impl AppState {
             s3: S3Store::new(&config.s3),
             broker: broker::Broker::new(&config.amqp_url),
             settings: Settings { answer_timeout: config.answer_timeout, url_ttl: config.url_ttl },
+            ledger: config.ledger_url.as_deref().map(fleet_attribution::Ledger::new),
         })))
     }
 }
@@ -152,6 +158,7 @@ impl AppState {
         (name = "jobs", description = "Submit, follow, cancel"),
         (name = "objects", description = "Presigned uploads and results"),
         (name = "models", description = "Models a tenant can use"),
+        (name = "attribution", description = "Royalties owed to the contributors of training images"),
         (name = "webhooks", description = "Signed notifications of job ends"),
         (name = "operators", description = "Tokens and workers (operator tokens only)"),
     )
@@ -184,6 +191,7 @@ pub fn api_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(objects::results))
         .routes(routes!(objects::uploads))
         .routes(routes!(models::list))
+        .routes(routes!(royalties::report))
         .routes(routes!(webhooks::set, webhooks::get, webhooks::delete))
         .routes(routes!(ops::create_token, ops::list_tokens))
         .routes(routes!(ops::revoke_token))

@@ -41,12 +41,8 @@ fn ix<T, E: std::fmt::Display>(what: &str, result: Result<T, E>) -> Result<T, At
 }
 
 fn new_index(dim: usize) -> Result<Index, AttributionError> {
-    let options = IndexOptions {
-        dimensions: dim,
-        metric: MetricKind::Cos,
-        quantization: ScalarKind::F32,
-        ..Default::default()
-    };
+    let options =
+        IndexOptions { dimensions: dim, metric: MetricKind::Cos, quantization: ScalarKind::F32, ..Default::default() };
     Index::new(&options).map_err(|e| AttributionError::Index(format!("creating a {dim}-d index: {e}")))
 }
 
@@ -129,13 +125,17 @@ impl TrainingSet {
             .filter(|l| !l.trim().is_empty())
             .enumerate()
             .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| AttributionError::Corrupt(format!("training embeddings line {}: {e}", i + 1)))
+                serde_json::from_str(l)
+                    .map_err(|e| AttributionError::Corrupt(format!("training embeddings line {}: {e}", i + 1)))
             })
             .collect::<Result<_, _>>()?;
         self.reserve(lines.len())?;
         for (i, line) in lines.iter().enumerate() {
             let (Some(contributor), Some(licence)) = (&line.contributor, &line.licence) else {
-                return Err(AttributionError::Corrupt(format!("training embeddings line {}: no contributor or licence", i + 1)));
+                return Err(AttributionError::Corrupt(format!(
+                    "training embeddings line {}: no contributor or licence",
+                    i + 1
+                )));
             };
             let sample = IndexedSample {
                 image: line.image.clone(),
@@ -270,7 +270,12 @@ mod tests {
     fn a_child_inherits_its_parents_samples_and_both_are_found_after_a_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let mut parent = TrainingSet::new(4, "m@1", "sha256:aa").unwrap();
-        parent.add_training_embeddings(&jsonl(&[("p/1", "c1", [1., 0., 0., 0.]), ("p/2", "c2", [0., 1., 0., 0.])]), "gen@1").unwrap();
+        parent
+            .add_training_embeddings(
+                &jsonl(&[("p/1", "c1", [1., 0., 0., 0.]), ("p/2", "c2", [0., 1., 0., 0.])]),
+                "gen@1",
+            )
+            .unwrap();
         let spec = parent.write(dir.path()).unwrap();
         let parent = TrainingSet::load(dir.path(), &spec).unwrap();
 

@@ -77,7 +77,12 @@ pub struct Period {
 }
 
 fn db(what: &str) -> impl FnOnce(tokio_postgres::Error) -> AttributionError + '_ {
-    move |e| AttributionError::Ledger(format!("{what}: {}", e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())))
+    move |e| {
+        AttributionError::Ledger(format!(
+            "{what}: {}",
+            e.as_db_error().map_or(e.to_string(), |d| d.message().to_string())
+        ))
+    }
 }
 
 impl Ledger {
@@ -96,7 +101,8 @@ impl Ledger {
     async fn client(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, AttributionError> {
         let mut guard = self.client.lock().await;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await.map_err(db("connecting to the ledger"))?;
+            let (client, connection) =
+                tokio_postgres::connect(&self.url, NoTls).await.map_err(db("connecting to the ledger"))?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::warn!(error = %e, "royalty ledger connection ended");
@@ -135,7 +141,9 @@ impl Ledger {
             }
             new += 1;
             for s in &e.shares {
-                tx.execute(&share, &[&e.output_key, &s.contributor, &s.share]).await.map_err(db("recording a share"))?;
+                tx.execute(&share, &[&e.output_key, &s.contributor, &s.share])
+                    .await
+                    .map_err(db("recording a share"))?;
             }
         }
         tx.commit().await.map_err(db("committing"))?;
@@ -181,7 +189,10 @@ impl Ledger {
         let guard = self.client().await?;
         let client = guard.as_ref().expect("connected above");
         let rows = client
-            .query("SELECT contributor, share FROM share WHERE output_key = $1 ORDER BY share DESC, contributor", &[&output_key])
+            .query(
+                "SELECT contributor, share FROM share WHERE output_key = $1 ORDER BY share DESC, contributor",
+                &[&output_key],
+            )
             .await
             .map_err(db("reading shares"))?;
         Ok(rows.iter().map(|r| Share { contributor: r.get(0), share: r.get(1) }).collect())

@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use fleet_protocol::attribution::{
-    AttributionRecord, AttributionStatus, IndexedSample, Neighbour, Share, ShareRule,
-};
+use fleet_protocol::attribution::{AttributionRecord, AttributionStatus, IndexedSample, Neighbour, Share, ShareRule};
 
 use crate::index::TrainingSet;
 use crate::AttributionError;
@@ -37,7 +35,11 @@ pub fn search_width(rule: &ShareRule, set: &TrainingSet) -> usize {
 }
 
 /// The nearest samples of one output, before revocations are known.
-pub fn neighbours(set: &TrainingSet, rule: &ShareRule, embedding: &[f32]) -> Result<Vec<(IndexedSample, f32)>, AttributionError> {
+pub fn neighbours(
+    set: &TrainingSet,
+    rule: &ShareRule,
+    embedding: &[f32],
+) -> Result<Vec<(IndexedSample, f32)>, AttributionError> {
     Ok(set.nearest(embedding, search_width(rule, set))?.into_iter().map(|(s, sim)| (s.clone(), sim)).collect())
 }
 
@@ -118,7 +120,9 @@ mod tests {
             .map(|(image, c, e)| {
                 let n = e.iter().map(|x| x * x).sum::<f32>().sqrt();
                 let e: Vec<f32> = e.iter().map(|x| x / n).collect();
-                serde_json::json!({"image": image, "contributor": c, "licence": "cc-by-4.0", "embedding": e}).to_string() + "\n"
+                serde_json::json!({"image": image, "contributor": c, "licence": "cc-by-4.0", "embedding": e})
+                    .to_string()
+                    + "\n"
             })
             .collect();
         let mut set = TrainingSet::new(3, "m@1", "sha256:aa").unwrap();

@@ -198,6 +198,16 @@ impl ApiTenant {
     pub async fn models(&self) -> Result<Vec<Value>, ClientError> {
         decode(&self.api.get("/v1/models").await?, "models")
     }
+
+    /// What the tenant's outputs of `job` (all jobs: `None`) owe each contributor, from the
+    /// royalty ledger.
+    pub async fn royalties(&self, job: Option<&str>) -> Result<Value, ClientError> {
+        let path = match job {
+            Some(job) => format!("/v1/royalties?job={}", encode(job)),
+            None => "/v1/royalties".to_string(),
+        };
+        decode(&self.api.get(&path).await?, "royalties")
+    }
 }
 
 /// Percent-encodes a query value.

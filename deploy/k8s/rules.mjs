@@ -69,6 +69,10 @@ export function readFacts(repo) {
     binaries,
     definitions: JSON.parse(read("deploy/templates/definitions.json")),
     redisUsers: read("deploy/templates/redis.conf").split("\n").filter((l) => l.startsWith("user ")),
+    // Files the dev overlay holds verbatim copies of (kustomize reads no file outside it), by
+    // the name the copy has in its ConfigMap.
+    copies: Object.fromEntries(["deploy/templates/ledger.sql", "deploy/docker/postgres-init.sh"]
+      .map((path) => [path.split("/").pop(), { path, text: read(path) }])),
     rabbitLimits: settings(rabbit, ["consumer_timeout", "max_message_size"]),
   };
 }
@@ -317,6 +321,9 @@ function checkTemplateCopies(configMaps, facts, add) {
       const users = data["redis.conf"].split("\n").filter((l) => l.startsWith("user "));
       if (!isDeepStrictEqual(users, facts.redisUsers)) add(cm, "redis.conf's ACL users differ from deploy/templates/redis.conf's");
     }
+    for (const [file, original] of Object.entries(facts.copies)) {
+      if (file in data && data[file] !== original.text) add(cm, `${file} differs from ${original.path}`);
+    }
     if ("rabbitmq.conf" in data) {
       const got = settings(data["rabbitmq.conf"], Object.keys(facts.rabbitLimits));
       for (const [k, v] of Object.entries(facts.rabbitLimits))
@@ -330,10 +337,18 @@ export function externalSecrets(docs) {
   if (docs.some((d) => d.kind === "Secret")) return {};
   const out = {};
   for (const doc of docs) {
-    for (const c of podSpec(doc)?.containers ?? []) {
+    const pod = podSpec(doc);
+    for (const c of pod?.containers ?? []) {
       for (const e of c.env ?? []) {
         const s = e.valueFrom?.secretKeyRef;
         if (s) (out[s.name] ??= new Set()).add(s.key);
+      }
+      // Secrets mounted as files: their items' keys, or every key when no items are named.
+      const mounted = new Set((c.volumeMounts ?? []).map((v) => v.name));
+      for (const v of pod.volumes ?? []) {
+        if (!v.secret || !mounted.has(v.name)) continue;
+        const keys = (out[v.secret.secretName] ??= new Set());
+        for (const key of v.secret.items?.map((i) => i.key) ?? ["every key"]) keys.add(key);
       }
     }
   }

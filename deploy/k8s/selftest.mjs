@@ -38,8 +38,12 @@ const CASES = [
     (d) => { const c = container(d, "fleet-worker"); c.volumeMounts = c.volumeMounts.filter((m) => m.name !== "models"); }],
   ["a Secret key the dev overlay lacks", "dev", /Secret fleet-worker-credentials has no key FLEET_WORKER_S3_KEY/,
     (d) => { delete find(d, "Secret", "fleet-worker-credentials").data.FLEET_WORKER_S3_KEY; }],
+  ["a mounted Secret's file the dev overlay lacks", "dev", /Secret fleet-worker-signing has no key key\.pem/,
+    (d) => { delete find(d, "Secret", "fleet-worker-signing").data["key.pem"]; }],
   ["a broker definitions copy that drifted", "dev", /definitions\.json differs/,
     (d) => { const c = find(d, "ConfigMap", "rabbitmq-config"); c.data["definitions.json"] = c.data["definitions.json"].replace('"fleet.tasks.batch"', '"fleet.tasks.bulk"'); }],
+  ["a ledger schema copy that drifted", "dev", /ledger\.sql differs from deploy\/templates\/ledger\.sql/,
+    (d) => { const c = find(d, "ConfigMap", "postgres-config"); c.data["ledger.sql"] = c.data["ledger.sql"].replace("TO fleet_ledger_reader", "TO PUBLIC"); }],
 ];
 
 /** Runs every case on the render it names; true if each was caught. */

@@ -158,7 +158,9 @@ impl AttributionRecord {
             output: output.to_string(),
             model: model.to_string(),
             status: AttributionStatus::NoTrainingSet,
-            reason: Some(format!("{model} has no registered training set: its outputs cannot be traced to training images")),
+            reason: Some(format!(
+                "{model} has no registered training set: its outputs cannot be traced to training images"
+            )),
             embedding_model: None,
             rule: None,
             training_samples: 0,

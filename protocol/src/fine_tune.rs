@@ -297,9 +297,9 @@ pub fn parse_dataset(
         } else if !present(&sample.contributor) {
             let reason = "no contributor: outputs could not be traced back to who made it".to_string();
             refused.push(refuse(&sample.image, "no_contributor", reason));
-        } else if let Some(allowed) =
-            allowed.filter(|a| !a.iter().any(|l| l.trim().eq_ignore_ascii_case(sample.licence.as_deref().unwrap_or("").trim())))
-        {
+        } else if let Some(allowed) = allowed.filter(|a| {
+            !a.iter().any(|l| l.trim().eq_ignore_ascii_case(sample.licence.as_deref().unwrap_or("").trim()))
+        }) {
             let reason = format!(
                 "licence {:?} is not one the tenant may train on ({})",
                 sample.licence.as_deref().unwrap_or(""),

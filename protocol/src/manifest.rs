@@ -336,7 +336,10 @@ impl ModelManifest {
         }
         if let Some(set) = &self.training_set {
             if !plain(&set.index) || !plain(&set.samples) || set.index == set.samples {
-                return Err(invalid("training_set", "index and samples must be two plain file names next to the manifest"));
+                return Err(invalid(
+                    "training_set",
+                    "index and samples must be two plain file names next to the manifest",
+                ));
             }
             if set.dim == 0 || set.lineage.is_empty() || set.embedding_model.trim().is_empty() {
                 return Err(invalid("training_set", "needs a dimension, an embedding model and a lineage"));

@@ -98,7 +98,10 @@ impl Limits {
         }
         if let Some(licences) = &self.allowed_licences {
             if licences.is_empty() || licences.iter().any(|l| l.trim().is_empty()) {
-                return Err(bad("allowed_licences", "list at least one licence, none empty: leave the key out for any"));
+                return Err(bad(
+                    "allowed_licences",
+                    "list at least one licence, none empty: leave the key out for any",
+                ));
             }
         }
         Ok(())

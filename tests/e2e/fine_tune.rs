@@ -217,6 +217,20 @@ async fn a_fine_tune_learns_a_new_domain_in_two_phases_and_registers_a_tenant_mo
     assert_eq!(client.submit(&rerender, &body, Duration::from_secs(60)).await.unwrap(), Submitted::Accepted);
     let used = client.wait(&rerender, Duration::from_secs(120), |_| {}).await.unwrap();
     assert_eq!(used.progress.items_succeeded, 2, "{}", fleet.log("ft-w1"));
+    // Its outputs are traced to its training set: a training photo re-rendered finds itself
+    // nearest (the same model embeds both) and credits its own contributor.
+    let tenant = fleet_protocol::keys::TenantId::new(TENANT).unwrap();
+    for (key, row) in keys.iter().zip(&rows) {
+        let record_key = fleet_protocol::keys::attribution_key(&tenant, &rerender, key, 0);
+        let record: fleet_protocol::attribution::AttributionRecord =
+            serde_json::from_slice(&client.s3.get(&record_key).await.unwrap()).unwrap();
+        assert_eq!(record.status, fleet_protocol::attribution::AttributionStatus::Attributed, "{record:?}");
+        assert_eq!(record.neighbours[0].sample.image, *key);
+        assert!(record.neighbours[0].similarity > 0.99, "{record:?}");
+        let own = record.shares.iter().find(|s| s.contributor == row["contributor"].as_str().unwrap());
+        assert!(own.is_some_and(|s| s.share > 0.0), "{record:?}");
+        assert_eq!(record.model, format!("{output}@1"));
+    }
     let other = fleet_tests_e2e::fleet::client("tenant-b").await;
     let stolen = unique("ft-steal");
     let body = serde_json::to_vec(&json!({

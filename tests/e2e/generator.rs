@@ -313,6 +313,13 @@ async fn a_killed_generator_fine_tune_resumes_from_its_checkpoint_and_its_model_
     let embeddings = client.s3.get(&format!("{TENANT}/models/{output}/1/training-embeddings.jsonl")).await.unwrap();
     let first: serde_json::Value = serde_json::from_slice(embeddings.split(|&b| b == b'\n').next().unwrap()).unwrap();
     assert!(first["prompt"].is_string() && first["contributor"].is_string() && first["embedding"].is_array());
+    // The new generator's training set is bg-gen-ref's (inherited: both embed with matting-ref)
+    // plus its own samples.
+    let set = &report["training_set"];
+    let inherited = set["inherited"]["samples"].as_u64().unwrap_or(0);
+    assert!(inherited > 0, "{set}");
+    assert_eq!(set["samples"].as_u64(), Some(inherited + set["own"].as_u64().unwrap()), "{set}");
+    assert_eq!(set["lineage"], json!(["bg-gen-ref@1.0.0", format!("{output}@1")]), "{set}");
 
     // The tenant's new generator serves a generate job.
     let use_id = unique("gen-use");

@@ -56,6 +56,11 @@ pub mod fleet {
                 var(from).unwrap_or_else(|_| panic!("FLEET_{service}_{from} unset: the test command exports it"));
             command.env(to, value);
         }
+        // The royalty ledger, for the services that have a role in it (not the scheduler).
+        match var("LEDGER_URL") {
+            Ok(url) => command.env("FLEET_LEDGER_URL", url),
+            Err(_) => command.env_remove("FLEET_LEDGER_URL"),
+        };
     }
 
     /// The scheduler and workers of one test.

@@ -81,7 +81,7 @@ async fn recorded_rows_cannot_be_changed_or_removed_and_shares_stay_in_range() {
     }
     assert_eq!(writer.shares_of(&e.output_key).await.unwrap(), e.shares);
     let bad = entry(&unique("job"), "y.jpg", &[(&alice, 1.5)]);
-    assert!(writer.record(&[bad.clone()]).await.is_err(), "a share above 1 is refused");
+    assert!(writer.record(std::slice::from_ref(&bad)).await.is_err(), "a share above 1 is refused");
     assert!(writer.recorded(&[bad.output_key]).await.unwrap().is_empty(), "and its transaction left nothing");
 }
 

@@ -1,7 +1,8 @@
-//! Seeded corruption of training images: a share of the samples get Gaussian noise so the
-//! model learns the object's outline rather than memorising any contributor's photo. Both
-//! the choice of samples and the noise are functions of the job's seed alone (no global
-//! RNG), so a resumed or re-run job corrupts the same images the same way.
+//! Seeded corruption of training images, so a model learns from a contributor's photo
+//! without memorising it: Gaussian noise (the matting fine-tune) or dropped pixels (the
+//! generator fine-tune's Ambient Diffusion masks). The choice of samples, the noise and the
+//! masks are functions of the job's seed alone (no global RNG), so a resumed or re-run job
+//! corrupts the same images the same way.
 
 use rayon::prelude::*;
 use tch::Tensor;
@@ -9,6 +10,7 @@ use tch::Tensor;
 /// Separates the random streams drawn from one job seed.
 const NOISE_STREAM: u64 = 0x6e6f_6973_6500_0001;
 const CHOICE_STREAM: u64 = 0x6368_6f69_6365_0002;
+const DROP_STREAM: u64 = 0x6472_6f70_7065_0003;
 
 /// `image` (`3 x H x W`, float in `[0, 1]`, any device) plus Gaussian noise of standard
 /// deviation `strength`, clamped to `[0, 1]`; the same `seed` gives the same noise.
@@ -30,6 +32,12 @@ pub fn corrupt(image: &Tensor, strength: f64, seed: u64) -> Tensor {
 /// samples are; the same for the same `seed`, whatever order the samples are visited in.
 pub fn chosen(index: usize, ratio: f64, seed: u64) -> bool {
     unit(hash(seed ^ CHOICE_STREAM, index as u64)) < ratio
+}
+
+/// A `width` x `height` pixel mask, row-major: `0.0` where the pixel is dropped (each with
+/// probability `p`, independently), `1.0` where it is kept; the same `seed` gives the same mask.
+pub fn pixel_mask(width: usize, height: usize, p: f64, seed: u64) -> Vec<f32> {
+    (0..width * height).map(|i| if unit(hash(seed ^ DROP_STREAM, i as u64)) < p { 0.0 } else { 1.0 }).collect()
 }
 
 /// A standard normal value for element `i`, by Box-Muller on two uniform halves of a hash.
@@ -102,5 +110,19 @@ mod tests {
         }
         assert!(!(0..10_000).any(|i| chosen(i, 0.0, 5)));
         assert!((0..10_000).all(|i| chosen(i, 1.0, 5)));
+    }
+
+    #[test]
+    fn pixel_masks_drop_about_p_of_the_pixels_the_same_way_per_seed() {
+        for (p, seed) in [(0.1, 1), (0.5, 2), (0.8, 3)] {
+            let mask = pixel_mask(100, 80, p, seed);
+            assert_eq!(mask.len(), 8000);
+            assert!(mask.iter().all(|&v| v == 0.0 || v == 1.0));
+            let dropped = mask.iter().filter(|&&v| v == 0.0).count() as f64 / 8000.0;
+            assert!((dropped - p).abs() < 0.02, "p {p}: {dropped}");
+            assert_eq!(mask, pixel_mask(100, 80, p, seed));
+            assert_ne!(mask, pixel_mask(100, 80, p, seed + 1), "another seed drops other pixels");
+        }
+        assert!(pixel_mask(10, 10, 0.0, 4).iter().all(|&v| v == 1.0));
     }
 }

@@ -57,6 +57,9 @@ struct ServeArgs {
     /// Seconds presigned URLs work.
     #[arg(long, env = "FLEET_API_URL_TTL_S", default_value_t = 900)]
     url_ttl_s: u64,
+    /// The royalty ledger (PostgreSQL, a reader's role), for `GET /v1/royalties`.
+    #[arg(long, env = "FLEET_LEDGER_URL", hide_env_values = true)]
+    ledger_url: Option<String>,
     /// Attempts per webhook delivery.
     #[arg(long, env = "FLEET_API_WEBHOOK_ATTEMPTS", default_value_t = 8)]
     webhook_attempts: u32,
@@ -123,6 +126,7 @@ async fn serve(redis_url: String, args: ServeArgs) -> anyhow::Result<()> {
             first_backoff: Duration::from_millis(args.webhook_backoff_ms),
             timeout: Duration::from_secs(10),
         },
+        ledger_url: args.ledger_url,
     };
     let state = AppState::connect(&config).await?;
     let listener = fleet_api::bind(&args.listen).await?;

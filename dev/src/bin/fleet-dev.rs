@@ -75,6 +75,39 @@ enum Command {
         #[arg(long, default_value_t = 120)]
         photos: usize,
     },
+    /// EXPERIMENTS.md: the reference generator trained on a small set of photos plain and
+    /// with corruption (Ambient Diffusion masks), same data, steps and seed; each one's
+    /// generated backgrounds matched to their nearest training photo against the
+    /// train-vs-train baseline (Somepalli et al.), and checked on held-out photos.
+    MemorisationExperiment {
+        #[arg(long, env = "FLEET_MODEL_DIR")]
+        models: PathBuf,
+        /// Photos per backdrop class given to the training (six classes).
+        #[arg(long, default_value_t = 6)]
+        per_class: usize,
+        /// Steps of phase 1 and of phase 2.
+        #[arg(long, value_delimiter = ',', default_value = "2000,0")]
+        steps: Vec<u32>,
+        /// Batch size.
+        #[arg(long, default_value_t = 16)]
+        batch: u32,
+        /// corruption_ratio of the corrupted arm.
+        #[arg(long, default_value_t = 0.5)]
+        corruption: f64,
+        /// Backgrounds sampled per arm and matched to the training photos.
+        #[arg(long, default_value_t = 120)]
+        samples: usize,
+        /// Held-out photos of each arm's quality check.
+        #[arg(long, default_value_t = 60)]
+        photos: usize,
+        /// Seed of the photos and the training.
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// Write each arm's most similar generated backgrounds beside their nearest training
+        /// photo here.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
     /// Check a background generator on held-out synthetic photos (product kept, expansion,
     /// backdrop recognised) in fast and quality mode; prints the figures as JSON.
     GeneratorCheck {
@@ -264,6 +297,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let arms = fleet_dev::reference::generator::masks_experiment(&python, &models, &cfg, photos)?;
             println!("{}", fleet_dev::reference::generator::markdown(&arms));
             println!("{}", serde_json::to_string_pretty(&arms)?);
+        }
+        Command::MemorisationExperiment {
+            models,
+            per_class,
+            steps,
+            batch,
+            corruption,
+            samples,
+            photos,
+            seed,
+            save,
+        } => {
+            anyhow::ensure!(steps.len() == 2, "--steps takes two numbers: phase 1, phase 2");
+            anyhow::ensure!((0.0..=0.9).contains(&corruption), "--corruption is a share in 0..=0.9");
+            let cfg = fleet_dev::generate::memorise::MemoriseConfig {
+                per_class,
+                seed,
+                steps: (steps[0], steps[1]),
+                batch,
+                corruption,
+                samples,
+                photos,
+                save,
+            };
+            let python = fleet_dev::reference::trainable::python();
+            let report = fleet_dev::generate::memorise::memorise_experiment(&python, &models, &cfg)?;
+            println!("{}", fleet_dev::generate::memorise::markdown(&report));
+            println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Command::GeneratorCheck { generator, models, photos, save, min_class_accuracy } => {
             let device = fleet_engine::resolve_device(fleet_protocol::DeviceSpec::Auto)?;

@@ -6,10 +6,13 @@
 //!   --> leak filter (background masks only): hesitant mattes, no product, no background
 //!   --> masks: background (product dilated by dilate_pct) or scribbles (fresh every step)
 //!   --> aspect-ratio buckets at the pixel budget, seeded validation split
+//!   --> corruption_ratio of the training photos seen only through a fixed pixel mask
+//!       (Ambient Diffusion; see `components`)
 //!   --> phase 1 (every kept sample) --> phase 2 (matte confidence >= quality_threshold)
 //!       each step: t ~ U[0, T), eps seeded by (seed, step); x_t = sqrt(a) x0 + sqrt(1-a) eps;
 //!       prompt dropped for 10 % of the batch (guidance needs the unconditional answer);
-//!       loss = MSE(denoiser(x_t, t, masked, mask, cond), eps or v); AdamW, warm-up + schedule
+//!       loss = MSE(denoiser(x_t, t, masked, mask, cond), eps or v), on a corrupted photo's
+//!       observed pixels only; AdamW, warm-up + schedule
 //!   --> held-out denoising error after each phase --> generator folder like the base's
 //! ```
 //! Checkpoints, resume, yield and progress are the matting fine-tune's ([`crate::checkpoint`],
@@ -41,7 +44,7 @@ use crate::checkpoint::{CheckpointState, Phase2};
 use crate::data::{pick_batch, split};
 use crate::matting::{embed, infer_alpha};
 use crate::progress::{Event, Steps, TrainOutcome, Trained};
-use components::{Conditioner, Objective, Vae};
+use components::{observed_mask, Conditioner, Objective, Vae};
 
 /// Share of each batch trained without its prompt, so guidance has an unconditional answer.
 pub const PROMPT_DROPOUT: f64 = 0.1;
@@ -91,13 +94,17 @@ pub struct GeneratorJob {
 
 /// A photo ready to train on, at its bucket's size.
 pub struct Prepared {
+    /// Index in the job's samples.
     pub index: usize,
-    /// `[3,h,w]` in [-1, 1].
+    /// `[3,h,w]` in [-1, 1]; 0 where `observed` drops the pixel.
     pub pixels: Tensor,
     /// `[1,h,w]`, 1 = to generate (background masks).
     pub mask: Tensor,
     /// `[D...]` conditioning of its prompt.
     pub cond: Tensor,
+    /// `[1,h,w]`, 1 = a pixel there is: the Ambient Diffusion mask A of a corrupted photo,
+    /// `None` for the others.
+    pub observed: Option<Tensor>,
 }
 
 /// What the matting model says about every photo.
@@ -121,6 +128,11 @@ impl GeneratorJob {
         spec.pixel_budget = h.pixel_budget;
         let total = h.total_steps();
         let schedule = NoiseSchedule::of(&spec.schedule);
+        if h.corruption_ratio > 0.0 && matches!(spec.space, Space::Latent { .. }) {
+            return Err("corruption_ratio drops pixels, which a latent generator's denoiser never sees: \
+                        set it to 0 for this base"
+                .into());
+        }
 
         // Mattes and embeddings of every photo, then the leak filter and the split.
         let matting = fleet_engine::model::LoadedModel::load(&self.mask_dir, device).map_err(|e| e.to_string())?;
@@ -169,7 +181,8 @@ impl GeneratorJob {
         let vae = Vae::load(&self.base_dir, &spec.space, device)?;
         let buckets =
             fleet_engine::buckets::buckets_of(spec.pixel_budget, fleet_engine::generate::model::sample_multiple(&spec));
-        let prepare = |i: usize| -> Result<(usize, Prepared), String> {
+        // Training photos may be corrupted (Ambient Diffusion); held-out ones never are.
+        let prepare = |i: usize, corruptible: bool| -> Result<(usize, Prepared), String> {
             let s = &self.samples[i];
             let (w, hgt) = sample_size(&spec, s.rgb.width(), s.rgb.height());
             let alpha = resize_gray(&matted[i].alpha, w, hgt);
@@ -177,10 +190,20 @@ impl GeneratorJob {
             let mask = Tensor::from_slice(&mask).view([1, hgt as i64, w as i64]);
             let cond = encoder.encode(s.sample.prompt.as_deref().unwrap_or(""))?.squeeze_dim(0).to_device(Device::Cpu);
             let pixels = to_signed(&resize_rgb(&s.rgb, w, hgt));
-            Ok((buckets.iter().position(|b| *b == (w, hgt)).unwrap_or(0), Prepared { index: i, pixels, mask, cond }))
+            let ratio = if corruptible { h.corruption_ratio } else { 0.0 };
+            let observed = observed_mask(i, w, hgt, ratio, h.seed);
+            // The dropped pixels are gone from here on, not just left out of the loss.
+            let pixels = match &observed {
+                Some(a) => pixels * a,
+                None => pixels,
+            };
+            let bucket = buckets.iter().position(|b| *b == (w, hgt)).unwrap_or(0);
+            Ok((bucket, Prepared { index: i, pixels, mask, cond, observed }))
         };
-        let prepared: Vec<(usize, Prepared)> = train_idx.iter().map(|&i| prepare(i)).collect::<Result<_, _>>()?;
-        let validation: Vec<(usize, Prepared)> = val_idx.iter().map(|&i| prepare(i)).collect::<Result<_, _>>()?;
+        let prepared: Vec<(usize, Prepared)> = train_idx.iter().map(|&i| prepare(i, true)).collect::<Result<_, _>>()?;
+        let validation: Vec<(usize, Prepared)> =
+            val_idx.iter().map(|&i| prepare(i, false)).collect::<Result<_, _>>()?;
+        let corrupted = prepared.iter().filter(|(_, p)| p.observed.is_some()).count();
 
         // The trainable denoiser, from the checkpoint when resuming.
         let (_vs, mut module, mut optimizer) =
@@ -298,7 +321,8 @@ impl GeneratorJob {
             "embedding_model": self.settings.mask_model,
             "dilate_pct": self.settings.dilate_pct,
             "leak_threshold": self.settings.leak_threshold,
-            "samples": {"train": train_idx.len(), "validation": val_idx.len(), "phase2": chosen.kept.len(), "leaked": leaked.len()},
+            "samples": {"train": train_idx.len(), "validation": val_idx.len(), "phase2": chosen.kept.len(), "leaked": leaked.len(),
+                        "corrupted": corrupted},
             "hyper": h,
             "phases": phases,
             "base_validation": validation_json(base_validation),
@@ -327,6 +351,8 @@ impl GeneratorJob {
                 "dropped": chosen.dropped,
             },
             "validation_lines": val_idx.iter().map(|&i| self.samples[i].line).collect::<Vec<_>>(),
+            "corruption": {"ratio": h.corruption_ratio, "corrupted": corrupted, "method": "ambient pixel dropping",
+                           "drop": components::AMBIENT_DROP, "further": components::AMBIENT_FURTHER},
             "phases": phases,
             "base_validation": validation_json(base_validation),
             "resumed_from": self.resume.as_ref().map(|s| s.step),

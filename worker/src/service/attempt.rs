@@ -202,9 +202,14 @@ async fn run_on(
         BackgroundSpec::Generate(g) => {
             let (generator, lineage) =
                 device.models.generator(&worker.s3, tenant, &g.model).await.map_err(|e| Handback::Failed(e.into()))?;
-            (Some(generator), Attribution { model: g.model.clone(), training_set: lineage.training_set, ..Default::default() })
+            (
+                Some(generator),
+                Attribution { model: g.model.clone(), training_set: lineage.training_set, ..Default::default() },
+            )
         }
-        _ => (None, Attribution { model: task.model.clone(), training_set: matting.training_set, ..Default::default() }),
+        _ => {
+            (None, Attribution { model: task.model.clone(), training_set: matting.training_set, ..Default::default() })
+        }
     };
     let attribution =
         Attribution { embedding_space: matting.embedding_space, ledger: worker.ledger.as_ref(), ..attribution };
@@ -216,6 +221,7 @@ async fn run_on(
         fence,
         generator,
         attribution,
+        signer: worker.config.signer.as_deref(),
     };
     match task::run(&ctx, task).await {
         Ok(result) => Ok(result),

@@ -77,8 +77,7 @@ pub async fn attribute_outputs(
     }
     let revoked = match (&comparable, a.ledger) {
         (Some(_), Some(ledger)) => {
-            let mut contributors: Vec<String> =
-                found.iter().flatten().map(|(s, _)| s.contributor.clone()).collect();
+            let mut contributors: Vec<String> = found.iter().flatten().map(|(s, _)| s.contributor.clone()).collect();
             contributors.sort();
             contributors.dedup();
             Some(ledger.revocations(&contributors).await.map_err(|e| AttemptError::retry(e.to_string()))?)
@@ -129,6 +128,12 @@ pub async fn attribute_outputs(
         ctx.fence.check().await?;
         let new = ledger.record(&entries).await.map_err(|e| AttemptError::retry(e.to_string()))?;
         tracing::info!(job = %task.job, task = task.task, outputs = entries.len(), new, "attributions recorded in the ledger");
+        // Fault injection for the tests: die between the ledger and the task's report, so the
+        // task is redone by another worker and must find its outputs already recorded.
+        if std::env::var_os("FLEET_FAULT_EXIT_AFTER_LEDGER").is_some() {
+            tracing::error!("FLEET_FAULT_EXIT_AFTER_LEDGER: dying after the ledger write, before the report");
+            std::process::abort();
+        }
     }
     Ok(summaries)
 }

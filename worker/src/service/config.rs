@@ -45,6 +45,8 @@ pub struct WorkerConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// The royalty ledger's URL (PostgreSQL), if there is one.
     pub ledger_url: Option<String>,
+    /// Signs a C2PA manifest into every result image, if set.
+    pub signer: Option<std::sync::Arc<fleet_credentials::Signer>>,
 }
 
 /// One device a worker drives.

@@ -52,17 +52,24 @@ pub fn load(dir: &Path, manifest: &ModelManifest) -> Result<Lineage, String> {
 /// same embedding space) and this fine-tune's `training-embeddings.jsonl`, embedded by the
 /// matting model in `embedder_dir` (`dir` itself for a matting fine-tune). Returns what the
 /// fine-tune's report says about it.
-pub fn build_training_set(dir: &Path, parent_dir: &Path, embedder_dir: &Path) -> Result<serde_json::Value, AttemptError> {
+pub fn build_training_set(
+    dir: &Path,
+    parent_dir: &Path,
+    embedder_dir: &Path,
+) -> Result<serde_json::Value, AttemptError> {
     let fail = |e: String| AttemptError::retry(format!("training set: {e}"));
     let mut manifest = manifest_in(dir).map_err(fail)?;
     let embedder = manifest_in(embedder_dir).map_err(fail)?;
     let (space, dim) = embedding_space(embedder_dir, &embedder)
         .map_err(fail)?
         .ok_or_else(|| fail(format!("{} computes no embeddings", embedder.model_ref())))?;
-    let mut set = TrainingSet::new(dim as usize, &embedder.model_ref().to_string(), &space).map_err(|e| fail(e.to_string()))?;
+    let mut set =
+        TrainingSet::new(dim as usize, &embedder.model_ref().to_string(), &space).map_err(|e| fail(e.to_string()))?;
     let parent = manifest_in(parent_dir).map_err(fail)?;
     let inherited = match &parent.training_set {
-        None => serde_json::json!({"samples": 0, "reason": format!("{} has no registered training set", parent.model_ref())}),
+        None => {
+            serde_json::json!({"samples": 0, "reason": format!("{} has no registered training set", parent.model_ref())})
+        }
         Some(spec) => {
             let parent_set = TrainingSet::load(parent_dir, spec).map_err(|e| fail(e.to_string()))?;
             match set.inherit(&parent_set) {
@@ -76,7 +83,8 @@ pub fn build_training_set(dir: &Path, parent_dir: &Path, embedder_dir: &Path) ->
         }
     };
     let jsonl = std::fs::read_to_string(dir.join("training-embeddings.jsonl")).map_err(|e| fail(e.to_string()))?;
-    let own = set.add_training_embeddings(&jsonl, &manifest.model_ref().to_string()).map_err(|e| fail(e.to_string()))?;
+    let own =
+        set.add_training_embeddings(&jsonl, &manifest.model_ref().to_string()).map_err(|e| fail(e.to_string()))?;
     let spec = set.write(dir).map_err(|e| fail(e.to_string()))?;
     let summary = serde_json::json!({
         "samples": spec.count, "own": own, "inherited": inherited, "lineage": spec.lineage,

@@ -100,8 +100,13 @@ pub async fn run(
         ledger: config.ledger_url.as_deref().map(fleet_attribution::Ledger::new),
         config,
     });
+    if worker.config.signer.is_none() {
+        tracing::warn!("no signing key (--signing-chain, --signing-key): results carry no content credentials");
+    }
     if worker.ledger.is_none() {
-        tracing::warn!("no royalty ledger (--ledger-url): attributions are written unchecked for revocations and not recorded");
+        tracing::warn!(
+            "no royalty ledger (--ledger-url): attributions are written unchecked for revocations and not recorded"
+        );
     }
     // The metrics endpoint serves for as long as `run` runs, drain included, so probes of
     // `/livez` keep passing while tasks finish.

@@ -166,7 +166,12 @@ impl ModelCache {
     /// recently used models if the budget needs the room). Loads are serialised, so two tasks
     /// arriving together for a cold model load it once.
     /// `tenant`'s own models come before shared ones of the same name and version.
-    pub async fn get(&self, s3: &S3Store, tenant: &TenantId, model: &str) -> Result<(Arc<Engine>, Lineage), ModelError> {
+    pub async fn get(
+        &self,
+        s3: &S3Store,
+        tenant: &TenantId,
+        model: &str,
+    ) -> Result<(Arc<Engine>, Lineage), ModelError> {
         match self.warm_model(s3, tenant, model, Task::Matting).await? {
             (Warm::Matting(engine), lineage) => Ok((engine, lineage)),
             (Warm::Generator(_), _) => Err(ModelError::WrongKind {

@@ -11,7 +11,7 @@ use fleet_imaging::composite::{Background, CompositeOptions};
 use fleet_imaging::decode::{decode, DecodeLimits};
 use fleet_imaging::encode::OutputFormat;
 use fleet_protocol::job::{BackgroundSpec, OutputFormatName, OutputSpec, Priority};
-use fleet_protocol::keys::{check_tenant_key, output_keys, task_manifest_key, variant_keys, TenantId};
+use fleet_protocol::keys::{attribution_key, check_tenant_key, output_keys, task_manifest_key, variant_keys, TenantId};
 use fleet_protocol::message::{now_ms, ItemFailureReport, TaskMessage};
 use fleet_store::s3::S3Store;
 use fleet_store::{content_type, ObjectStore, StoreError};
@@ -71,6 +71,8 @@ struct ManifestItem {
     variants: Vec<VariantItem>,
     /// Whose training images the result owes its look to.
     attribution: Option<Summary>,
+    /// Whether the result images carry a signed C2PA manifest.
+    content_credentials: bool,
     #[serde(flatten)]
     record: ItemRecord,
 }
@@ -132,6 +134,8 @@ pub struct TaskContext<'a> {
     pub generator: Option<Arc<fleet_engine::generate::Generator>>,
     /// What outputs are attributed to, and the ledger they are recorded in.
     pub attribution: Attribution<'a>,
+    /// Signs each result's content credentials (C2PA), if the worker has a key.
+    pub signer: Option<&'a fleet_credentials::Signer>,
 }
 
 /// The compositor's shadow for a job's.
@@ -230,10 +234,20 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     for output in &outputs {
         let id = &output.record.id;
         let (result_key, _, _) = output_keys(&tenant, &task.job, id, extension);
-        embeddings.push(OutputEmbedding { item: id.clone(), k: 0, output_key: result_key, embedding: output.embedding.clone() });
+        embeddings.push(OutputEmbedding {
+            item: id.clone(),
+            k: 0,
+            output_key: result_key,
+            embedding: output.embedding.clone(),
+        });
         for (k, variant) in output.variants.iter().enumerate() {
             let (result_key, _) = variant_keys(&tenant, &task.job, id, extension, k + 1);
-            embeddings.push(OutputEmbedding { item: id.clone(), k: k + 1, output_key: result_key, embedding: variant.embedding.clone() });
+            embeddings.push(OutputEmbedding {
+                item: id.clone(),
+                k: k + 1,
+                output_key: result_key,
+                embedding: variant.embedding.clone(),
+            });
         }
     }
     let mut items: Vec<ManifestItem> = stream::iter(outputs)
@@ -245,14 +259,18 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                     output_keys(&tenant, &task.job, &output.record.id, extension);
                 let started = Instant::now();
                 let image_type = content_type(&result_key);
-                put_fenced(ctx, &result_key, output.image, image_type).await?;
+                let generator = output.record.generated.as_ref().map(|g| g.generator.as_str());
+                let image = credentials(ctx, task, &output.record.id, 0, generator, output.image, image_type)?;
+                put_fenced(ctx, &result_key, image, image_type).await?;
                 put_fenced(ctx, &matte_key, output.matte_png, "image/png").await?;
                 put_fenced(ctx, &embedding_key, npy_f32(&output.embedding), "application/octet-stream").await?;
                 let mut variants = Vec::with_capacity(output.variants.len());
                 for (k, variant) in output.variants.iter().enumerate() {
                     let (result_key, embedding_key) =
                         variant_keys(&tenant, &task.job, &output.record.id, extension, k + 1);
-                    put_fenced(ctx, &result_key, variant.image.clone(), image_type).await?;
+                    let image =
+                        credentials(ctx, task, &output.record.id, k + 1, generator, variant.image.clone(), image_type)?;
+                    put_fenced(ctx, &result_key, image, image_type).await?;
                     put_fenced(ctx, &embedding_key, npy_f32(&variant.embedding), "application/octet-stream").await?;
                     variants.push(VariantItem { result_key, embedding_key, seed: variant.seed, attribution: None });
                 }
@@ -269,6 +287,7 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
                     latency_ms,
                     variants,
                     attribution: None,
+                    content_credentials: ctx.signer.is_some(),
                     record: output.record,
                 })
             }
@@ -301,6 +320,33 @@ pub async fn run(ctx: &TaskContext<'_>, task: &TaskMessage) -> Result<TaskResult
     let json = serde_json::to_vec_pretty(&manifest).expect("a task manifest serialises");
     put_fenced(ctx, &manifest_key, json, "application/json").await?;
     Ok(TaskResult { succeeded, failures, manifest: manifest_key })
+}
+
+/// `image` with a signed C2PA manifest naming the model, the generator, the job and the
+/// attribution record of result `k` of `item`; as it is when the worker has no key.
+fn credentials(
+    ctx: &TaskContext<'_>,
+    task: &TaskMessage,
+    item: &str,
+    k: usize,
+    generator: Option<&str>,
+    image: Vec<u8>,
+    image_type: &str,
+) -> Result<Vec<u8>, AttemptError> {
+    let Some(signer) = ctx.signer else { return Ok(image) };
+    let tenant = TenantId::new(&task.tenant).map_err(|e| AttemptError::permanent(e.to_string()))?;
+    let attribution = attribution_key(&tenant, &task.job, item, k);
+    let claim = fleet_credentials::Claim {
+        tenant: &task.tenant,
+        job: &task.job,
+        item,
+        model: &task.model,
+        generator,
+        attribution: Some(&attribution),
+        worker: ctx.worker,
+    };
+    fleet_credentials::sign(&image, image_type, &claim, signer)
+        .map_err(|e| AttemptError::permanent(format!("signing the content credentials of {item}: {e}")))
 }
 
 /// The generator and settings of a generate job; the reference image is read once per task.
@@ -388,7 +434,12 @@ async fn get(s3: &S3Store, key: &str, max: u64) -> Result<Vec<u8>, StoreError> {
 /// Writes one output under a lease checked just before: a worker paused or cut off past its
 /// lease finds it taken over at its next write, not only once before thousands of them. What
 /// remains is the one write in flight when the pause began (see RELIABILITY.md).
-pub(super) async fn put_fenced(ctx: &TaskContext<'_>, key: &str, bytes: Vec<u8>, content_type: &str) -> Result<(), AttemptError> {
+pub(super) async fn put_fenced(
+    ctx: &TaskContext<'_>,
+    key: &str,
+    bytes: Vec<u8>,
+    content_type: &str,
+) -> Result<(), AttemptError> {
     ctx.fence.check().await?;
     let lease = format!("{} {}", ctx.fence.task_id, ctx.fence.token);
     let mut tries = 0;

@@ -71,6 +71,13 @@ enum Command {
     },
     /// Run as a fleet worker: take tasks from RabbitMQ until SIGTERM, then drain.
     Serve(ServeArgs),
+    /// Write a test certificate chain and key for content credentials (a CA and a leaf it
+    /// signed) into a folder, as chain.pem and key.pem: for tests and the dev stack only.
+    MakeTestSigner {
+        /// Where to write them.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +117,14 @@ struct ServeArgs {
     /// from it. Without it attributions are still written beside outputs, marked unchecked.
     #[arg(long, env = "FLEET_LEDGER_URL")]
     ledger_url: Option<String>,
+    /// Content credentials: the certificate chain (PEM, leaf first) that signs a C2PA
+    /// manifest into every result image; with --signing-key. Without both, results are
+    /// written unsigned.
+    #[arg(long, env = "FLEET_SIGNING_CHAIN", requires = "signing_key")]
+    signing_chain: Option<PathBuf>,
+    /// The signing certificate's private key (PEM, PKCS#8).
+    #[arg(long, env = "FLEET_SIGNING_KEY", requires = "signing_chain")]
+    signing_key: Option<PathBuf>,
     /// With the noop executor: milliseconds each task pretends to work (0: none).
     #[arg(long, default_value_t = 0)]
     noop_ms: u64,
@@ -189,6 +204,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("published {} to models/{}/{}/", manifest.model_ref(), manifest.name, manifest.version);
         }
         Command::Serve(args) => serve(args)?,
+        Command::MakeTestSigner { out } => {
+            std::fs::create_dir_all(&out)?;
+            let (chain, key) = fleet_credentials::make_test_signer(&out)?;
+            println!("{}\n{}", chain.display(), key.display());
+        }
     }
     Ok(())
 }
@@ -240,6 +260,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         noop_task_time: std::time::Duration::from_millis(args.noop_ms),
         metrics_addr: args.metrics_addr,
         ledger_url: args.ledger_url,
+        signer: match (&args.signing_chain, &args.signing_key) {
+            (Some(chain), Some(key)) => {
+                let signer = fleet_credentials::Signer::from_pem_files(chain, key)?;
+                tracing::info!(algorithm = %signer.algorithm(), subject = signer.subject(), "results carry signed content credentials");
+                Some(std::sync::Arc::new(signer))
+            }
+            _ => None,
+        },
     };
     let stopped = runtime()?.block_on(fleet_worker::service::run(config, async {
         let mut term =
