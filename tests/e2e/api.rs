@@ -354,6 +354,7 @@ async fn the_openapi_document_is_the_routes() {
         "GET /v1/fine-tunes",
         "POST /v1/uploads",
         "GET /v1/models",
+        "GET /v1/royalties",
         "PUT /v1/webhook",
         "GET /v1/webhook",
         "DELETE /v1/webhook",

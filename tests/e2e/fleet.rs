@@ -66,6 +66,8 @@ async fn outputs(client: &Client, id: &str) -> BTreeMap<&'static str, usize> {
             "matte"
         } else if key.ends_with("/embedding.npy") {
             "embedding"
+        } else if key.ends_with("/attribution.json") {
+            "attribution"
         } else if key.contains("/_tasks/") {
             "task manifest"
         } else {
@@ -143,6 +145,7 @@ async fn a_catalog_job_runs_end_to_end_with_outputs_failures_and_ordered_events(
     assert!(mean_iou >= 0.9, "mean alpha IoU {mean_iou:.3} against ground truth");
     let counts = outputs(&client, &id).await;
     assert_eq!(counts.get("result"), Some(&46));
+    assert_eq!(counts.get("attribution"), Some(&46), "every output says what it owes (here: no training set)");
     assert_eq!(counts.get("task manifest"), Some(&9));
 
     // Events arrive in order: accepted, queued, progress..., the outcome with the failures.

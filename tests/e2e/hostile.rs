@@ -137,8 +137,8 @@ async fn inputs_named_like_another_input_s_outputs_keep_their_own_results() {
     assert_eq!(view.record.state, JobState::Succeeded, "{:?}", client.failures(&id).await.unwrap());
     let tenant = TenantId::new(TENANT).unwrap();
     let keys = list_all(&client.s3, &results_prefix(&tenant, &id)).await.unwrap();
-    // Each input: result, matte, embedding; and one task manifest.
-    assert_eq!(keys.len(), names.len() * 3 + 1, "{keys:#?}");
+    // Each input: result, matte, embedding, attribution record; and one task manifest.
+    assert_eq!(keys.len(), names.len() * 4 + 1, "{keys:#?}");
     for name in names {
         let (result, matte, _) = fleet_protocol::keys::output_keys(&tenant, &id, &format!("{prefix}{name}"), "png");
         let result = image::load_from_memory(&client.s3.get(&result).await.unwrap()).unwrap();
