@@ -20,7 +20,7 @@ use fleet_engine::generate::masks::{background_mask, dilate_px};
 use fleet_engine::generate::{GenerateOptions, Generator};
 use fleet_engine::model::LoadedModel;
 use fleet_imaging::resize::{resize_gray, resize_rgb};
-use fleet_protocol::fine_tune::{GeneratorTraining, Hyper, MaskSource, Schedule};
+use fleet_protocol::fine_tune::{GeneratorTraining, Hyper, MaskSource};
 use fleet_protocol::{DeviceSpec, ModelRef};
 use fleet_synth::backdrop::{class_of_prompt, Backdrop};
 use fleet_train::generator::{GenSample, GeneratorJob};
@@ -31,7 +31,7 @@ use serde::Serialize;
 use super::classifier::BackdropClassifier;
 use super::evaluate::{evaluate, held_out, matte, Evaluation};
 use crate::error::{DevError, IoAt, Result};
-use crate::reference::generator::{self as reference, BASE_NAME, PIXEL_BUDGET, VERSION};
+use crate::reference::generator::{self as reference, BASE_NAME, VERSION};
 
 /// Side of the square backgrounds are compared at: the generator samples about 32 x 32, so
 /// half of that keeps its structure and forgives a pixel of misalignment.
@@ -332,21 +332,7 @@ fn train_arm(
     samples: Vec<GenSample>,
     work: &Path,
 ) -> Result<TrainOutcome> {
-    let hyper = Hyper {
-        steps_phase1: cfg.steps.0,
-        steps_phase2: cfg.steps.1,
-        batch_size: cfg.batch,
-        lr: 2e-3,
-        warmup_steps: 50.min(cfg.steps.0),
-        schedule: Schedule::Cosine,
-        validation_fraction: 0.1,
-        seed: cfg.seed,
-        pixel_budget: PIXEL_BUDGET,
-        quality_threshold: 0.75,
-        checkpoint_every: 100_000,
-        corruption_ratio: corruption,
-        ..Hyper::default()
-    };
+    let hyper = Hyper { corruption_ratio: corruption, ..reference::reference_hyper(cfg.steps, cfg.batch, cfg.seed) };
     let train = crate::reference::train::NAME;
     let job = GeneratorJob {
         samples,

@@ -192,20 +192,7 @@ pub fn train(
     output: ModelRef,
     work: &Path,
 ) -> Result<TrainOutcome> {
-    let hyper = Hyper {
-        steps_phase1: cfg.steps.0,
-        steps_phase2: cfg.steps.1,
-        batch_size: cfg.batch,
-        lr: 2e-3,
-        warmup_steps: 50.min(cfg.steps.0),
-        schedule: Schedule::Cosine,
-        validation_fraction: 0.1,
-        seed: cfg.seed,
-        pixel_budget: PIXEL_BUDGET,
-        quality_threshold: 0.75,
-        checkpoint_every: 100_000,
-        ..Hyper::default()
-    };
+    let hyper = reference_hyper(cfg.steps, cfg.batch, cfg.seed);
     let job = GeneratorJob {
         samples: photos(cfg.per_class, cfg.seed),
         hyper,
@@ -374,4 +361,23 @@ pub fn markdown(arms: &[Arm]) -> String {
         ));
     }
     s
+}
+
+/// The reference generator's training settings for `steps` (phase 1, phase 2), as every
+/// experiment trains it: AdamW 2e-3, 50 warm-up steps, cosine, 10 % held out.
+pub fn reference_hyper(steps: (u32, u32), batch: u32, seed: u64) -> Hyper {
+    Hyper {
+        steps_phase1: steps.0,
+        steps_phase2: steps.1,
+        batch_size: batch,
+        lr: 2e-3,
+        warmup_steps: 50.min(steps.0),
+        schedule: Schedule::Cosine,
+        validation_fraction: 0.1,
+        seed,
+        pixel_budget: PIXEL_BUDGET,
+        quality_threshold: 0.75,
+        checkpoint_every: 100_000,
+        ..Hyper::default()
+    }
 }
